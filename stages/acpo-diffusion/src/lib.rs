@@ -1,0 +1,1 @@
+//! Diffusion core in candle: UNet, schedules, DDPM/DDIM samplers, base training.
