@@ -1,1 +1,36 @@
-//! Diffusion core in candle: UNet, schedules, DDPM/DDIM samplers, base training.
+//! Diffusion core in candle: UNet, noise schedules, DDPM/DDIM samplers, base training.
+//!
+//! The public API that other crates (ACPO fine-tuning) use:
+//! - [`UNetConfig`] and [`UNet`]: build a noise-prediction network from a serde config, either
+//!   trainable ([`UNet::new_trainable`], parameters are [`candle_core::Var`]s in a
+//!   [`candle_nn::VarMap`]) or frozen ([`UNet::from_tensors`], [`UNet::frozen_copy`]).
+//!   `eps = unet.forward(&x_t, &t, cond)`.
+//! - [`NoiseSchedule`]: linear or cosine betas, `alpha_bar`, forward noising `q_sample`.
+//! - [`sampler`]: DDPM ancestral and DDIM (eta) samplers with classifier-free guidance,
+//!   reproducible from one seed per image, plus the single DDIM step for policy-gradient use.
+//! - [`heldout_mse`]: the held-out noise-prediction MSE with fixed `(x0, t, eps)` draws.
+//! - [`train`]: the `train-base` loop (AdamW, warm-up, clipping, EMA, exact resume) and
+//!   [`sample_stage`] for the `sample` stage.
+//!
+//! Every random draw comes from [`rng::SeededRng`] streams keyed by explicit seeds, never from
+//! candle's global RNG, so results are reproducible and training resumes bit-exactly.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod grid;
+pub mod metrics;
+pub mod nn;
+pub mod optim;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+pub mod train;
+pub mod unet;
+
+pub use config::{BenchmarkParams, SampleConfig, ScheduleKind, TrainConfig, UNetConfig};
+pub use error::{DiffusionError, Result};
+pub use metrics::{heldout_mse, HeldoutMse};
+pub use schedule::NoiseSchedule;
+pub use train::{sample_stage, train_base, TrainOutcome};
+pub use unet::{Cond, UNet};

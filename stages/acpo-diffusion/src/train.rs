@@ -1,0 +1,528 @@
+//! The `train-base` and `sample` stages.
+//!
+//! Output layout of `train-base` in `out_dir` (e.g. `results/base/<benchmark>/`):
+//! `model.safetensors` (EMA weights, parameter names as in [`UNet::params`]),
+//! `checkpoint.safetensors` (`model.*`, `ema.*`, `adam_m.*`, `adam_v.*`, `meta.step`,
+//! `meta.seed`, `meta.loss`), `config.json` (the resolved [`BenchmarkParams`]), `loss.csv`
+//! (`step,loss,lr,grad_norm`), `metrics.json` ([`TrainOutcome`]).
+//!
+//! RNG state: every training draw of step `s` comes from streams keyed by `(seed, s)`, so the
+//! seed and the step counter are the complete RNG state; resuming from a checkpoint replays
+//! exactly the draws an uninterrupted run makes.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BenchmarkParams, SamplerKind};
+use crate::data::{to_u8_hwc, ImageSet};
+use crate::error::{DiffusionError, Result};
+use crate::metrics::{heldout_mse, HeldoutMse};
+use crate::optim::{AdamW, Ema};
+use crate::rng::SeededRng;
+use crate::sampler::{sample, SamplerOpts};
+use crate::schedule::NoiseSchedule;
+use crate::unet::UNet;
+
+const KEY_BATCH: u64 = 1;
+const KEY_DROPOUT: u64 = 2;
+
+/// Saves named tensors as safetensors under a temporary name, then renames into place.
+pub fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    candle_core::safetensors::save(map, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| DiffusionError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|source| DiffusionError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, s.as_bytes())
+}
+
+/// A progress bar drawn only when stderr is a terminal.
+pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// What `train-base` reports in `metrics.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    /// Optimiser steps completed.
+    pub steps: usize,
+    /// Step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// Mean training loss of the last (up to) 100 steps.
+    pub final_train_loss: f64,
+    /// Held-out noise-prediction MSE of the EMA model on the test split.
+    pub heldout_mse: HeldoutMse,
+    /// Training throughput of this invocation (images per second, checkpoints excluded).
+    pub images_per_s: f64,
+    /// Wall-clock seconds of this invocation's training steps.
+    pub train_seconds: f64,
+    /// Scalar parameters of the UNet.
+    pub num_params: usize,
+    /// Training images used.
+    pub train_images: usize,
+}
+
+/// Fields of the train config that may change between a checkpoint and its resumption.
+fn resume_key(p: &BenchmarkParams) -> String {
+    let mut p = p.clone();
+    p.train.steps = 0;
+    p.train.checkpoint_every = 0;
+    p.train.heldout_images = 0;
+    p.train.heldout_seed = 0;
+    p.sample = Default::default();
+    serde_json::to_string(&p).expect("params serialise")
+}
+
+/// One training step's loss on a batch; draws come from `(seed, step)` streams.
+#[allow(clippy::too_many_arguments)]
+fn loss_at_step(
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    data: &ImageSet,
+    contexts: Option<&Tensor>,
+    p: &BenchmarkParams,
+    step: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let tc = &p.train;
+    let b = tc.batch_size;
+    let mut r = SeededRng::new(tc.seed, &[KEY_BATCH, step as u64]);
+    let idx: Vec<usize> = (0..b).map(|_| r.below(data.n)).collect();
+    let flip: Vec<bool> = (0..b)
+        .map(|_| tc.random_flip && r.uniform() < 0.5)
+        .collect();
+    let ts: Vec<usize> = (0..b).map(|_| r.below(schedule.timesteps())).collect();
+    let x0 = data.batch(&idx, &flip, device)?;
+    let eps = r.normal(x0.dims(), device)?;
+    let xt = schedule.q_sample(&x0, &ts, &eps)?;
+    let tt = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;
+    let ctx = match contexts {
+        Some(c) => {
+            let ids =
+                Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), b, device)?;
+            let sel = c.index_select(&ids, 0)?;
+            // Classifier-free guidance training: drop the condition (zeros) with prob cond_drop.
+            let keep: Vec<f32> = (0..b)
+                .map(|_| {
+                    if (r.uniform() as f64) < tc.cond_drop {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let keep = Tensor::from_vec(keep, (b, 1, 1), device)?;
+            Some(sel.broadcast_mul(&keep)?)
+        }
+        None => None,
+    };
+    let mut dr = SeededRng::new(tc.seed, &[KEY_DROPOUT, step as u64]);
+    let pred = model.forward_train(&xt, &tt, ctx.as_ref(), Some(&mut dr))?;
+    Ok((pred - eps)?.sqr()?.mean_all()?)
+}
+
+/// Learning rate at `step` (0-based): linear warm-up to `lr`, then constant (DDPM).
+pub fn lr_at(p: &BenchmarkParams, step: usize) -> f64 {
+    let w = p.train.warmup_steps;
+    if w == 0 {
+        p.train.lr
+    } else {
+        p.train.lr * ((step + 1) as f64 / w as f64).min(1.0)
+    }
+}
+
+/// Trains a base model on `data_dir/train.safetensors` into `out_dir`, resuming from
+/// `out_dir/checkpoint.safetensors` when present (unless `fresh`), and evaluates the EMA model
+/// on `data_dir/test.safetensors`.
+pub fn train_base(
+    p: &BenchmarkParams,
+    data_dir: &Path,
+    out_dir: &Path,
+    fresh: bool,
+) -> Result<TrainOutcome> {
+    p.validate()?;
+    let mut data = ImageSet::load(&data_dir.join("train.safetensors"))?;
+    data.truncate(p.train.train_subset);
+    let m = &p.model;
+    if data.h != m.image_size || data.w != m.image_size || data.c != m.in_channels {
+        return Err(DiffusionError::BadInput {
+            path: data_dir.join("train.safetensors"),
+            member: "images".into(),
+            msg: format!(
+                "images are {}x{}x{}, model.image_size/in_channels want {}x{}x{}",
+                data.h, data.w, data.c, m.image_size, m.image_size, m.in_channels
+            ),
+        });
+    }
+    if m.context_dim.is_some() {
+        return Err(DiffusionError::config(
+            "model.context_dim",
+            "train-base on an image dataset trains unconditional models; use train_loop with contexts",
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| DiffusionError::io(out_dir, e))?;
+    let device = Device::Cpu;
+    let test_path = data_dir.join("test.safetensors");
+    let mut test = ImageSet::load(&test_path)?;
+    test.truncate(p.train.heldout_images);
+    let (model, outcome_parts) = train_loop(p, &data, None, out_dir, fresh, &device)?;
+    let _ = model;
+    let ema_model = UNet::load(&p.model, &out_dir.join("model.safetensors"), &device)?;
+    let schedule = NoiseSchedule::from_config(&p.schedule)?;
+    let mse = heldout_mse(
+        &ema_model,
+        &schedule,
+        &test.all(&device)?,
+        p.train.heldout_seed,
+        1,
+        None,
+    )?;
+    let outcome = TrainOutcome {
+        heldout_mse: mse,
+        train_images: data.n,
+        ..outcome_parts
+    };
+    write_json(&out_dir.join("metrics.json"), &outcome)?;
+    Ok(outcome)
+}
+
+/// The training loop behind [`train_base`]: trains (or resumes) and writes `model.safetensors`,
+/// `checkpoint.safetensors`, `config.json` and `loss.csv` into `out_dir`. `contexts`
+/// (`[N, L, D]`, one per training image) trains a text-conditional model with condition dropout.
+/// Returns the trained model (vars at their final values) and the outcome without held-out MSE.
+pub fn train_loop(
+    p: &BenchmarkParams,
+    data: &ImageSet,
+    contexts: Option<&Tensor>,
+    out_dir: &Path,
+    fresh: bool,
+    device: &Device,
+) -> Result<(UNet, TrainOutcome)> {
+    let tc = &p.train;
+    let schedule = NoiseSchedule::from_config(&p.schedule)?;
+    let varmap = VarMap::new();
+    let model = UNet::new_trainable(&p.model, &varmap, tc.seed, device)?;
+    let vars = model.vars()?;
+    let mut opt = AdamW::new(vars.clone(), tc.beta1, tc.beta2, tc.eps, tc.weight_decay)?;
+    let mut ema = Ema::new(&vars, tc.ema_decay)?;
+    let mut losses: Vec<(f32, f32, f32)> = Vec::new(); // (loss, lr, grad_norm)
+    let ckpt_path = out_dir.join("checkpoint.safetensors");
+    let mut start = 0usize;
+    if !fresh && ckpt_path.exists() {
+        start = load_checkpoint(
+            &ckpt_path,
+            p,
+            &vars,
+            &mut opt,
+            &mut ema,
+            &mut losses,
+            device,
+        )?;
+    }
+    write_json(&out_dir.join("config.json"), p)?;
+
+    let pb = progress_bar(
+        tc.steps as u64,
+        "train {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    );
+    pb.set_position(start.min(tc.steps) as u64);
+    let t0 = Instant::now();
+    let mut train_secs = 0f64;
+    let mut done_here = 0usize;
+    for step in start..tc.steps {
+        let ts = Instant::now();
+        let loss = loss_at_step(&model, &schedule, data, contexts, p, step, device)?;
+        let grads = loss.backward()?;
+        let lr = lr_at(p, step);
+        let gn = opt.step(&grads, lr, tc.grad_clip)?;
+        ema.update(&vars)?;
+        let lv = loss.to_scalar::<f32>()?;
+        if !lv.is_finite() {
+            return Err(DiffusionError::config(
+                "train.lr",
+                format!("loss became {lv} at step {step}; lower the learning rate"),
+            ));
+        }
+        losses.push((lv, lr as f32, gn as f32));
+        train_secs += ts.elapsed().as_secs_f64();
+        done_here += 1;
+        let ips = (done_here * tc.batch_size) as f64 / train_secs;
+        pb.set_message(format!("loss {lv:.4} {ips:.1} img/s"));
+        pb.inc(1);
+        let n = step + 1;
+        if n % tc.checkpoint_every == 0 || n == tc.steps {
+            save_checkpoint(&ckpt_path, p, n, &vars, &opt, &ema, &losses)?;
+            if !std::io::stderr().is_terminal() {
+                let k = losses.len().min(tc.checkpoint_every);
+                let recent = losses[losses.len() - k..]
+                    .iter()
+                    .map(|l| l.0 as f64)
+                    .sum::<f64>()
+                    / k as f64;
+                eprintln!(
+                    "train-base: step {n}/{} loss(last {k}) {recent:.4} {ips:.1} img/s, {:.0}s",
+                    tc.steps,
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    pb.finish_and_clear();
+    if start > tc.steps {
+        return Err(DiffusionError::Resume {
+            path: ckpt_path,
+            msg: format!(
+                "checkpoint is at step {start}, past train.steps = {}",
+                tc.steps
+            ),
+        });
+    }
+    if start == tc.steps && !ckpt_path.exists() {
+        save_checkpoint(&ckpt_path, p, start, &vars, &opt, &ema, &losses)?;
+    }
+    // EMA weights as the model file.
+    let ema_map: HashMap<String, Tensor> = vars
+        .iter()
+        .zip(&ema.shadow)
+        .map(|((n, _), t)| (n.clone(), t.clone()))
+        .collect();
+    save_tensors_atomic(&ema_map, &out_dir.join("model.safetensors"))?;
+    let mut csv = String::from("step,loss,lr,grad_norm\n");
+    for (i, (l, lr, g)) in losses.iter().enumerate() {
+        csv.push_str(&format!("{},{l},{lr},{g}\n", i + 1));
+    }
+    write_atomic(&out_dir.join("loss.csv"), csv.as_bytes())?;
+    let k = losses.len().min(100).max(1);
+    let final_loss = losses[losses.len().saturating_sub(k)..]
+        .iter()
+        .map(|l| l.0 as f64)
+        .sum::<f64>()
+        / k as f64;
+    let outcome = TrainOutcome {
+        steps: tc.steps,
+        resumed_from: start,
+        final_train_loss: final_loss,
+        heldout_mse: HeldoutMse {
+            mean: f64::NAN,
+            ci95: f64::NAN,
+            n: 0,
+        },
+        images_per_s: if train_secs > 0.0 {
+            (done_here * tc.batch_size) as f64 / train_secs
+        } else {
+            0.0
+        },
+        train_seconds: train_secs,
+        num_params: model.num_params(),
+        train_images: data.n,
+    };
+    Ok((model, outcome))
+}
+
+fn save_checkpoint(
+    path: &Path,
+    p: &BenchmarkParams,
+    step: usize,
+    vars: &[(String, candle_core::Var)],
+    opt: &AdamW,
+    ema: &Ema,
+    losses: &[(f32, f32, f32)],
+) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut map = HashMap::new();
+    for (i, (n, v)) in vars.iter().enumerate() {
+        map.insert(format!("model.{n}"), v.as_tensor().detach());
+        map.insert(format!("ema.{n}"), ema.shadow[i].clone());
+        map.insert(format!("adam_m.{n}"), opt.m[i].clone());
+        map.insert(format!("adam_v.{n}"), opt.v[i].clone());
+    }
+    map.insert("meta.step".into(), Tensor::new(&[step as i64], &dev)?);
+    map.insert("meta.adam_t".into(), Tensor::new(&[opt.t as i64], &dev)?);
+    map.insert(
+        "meta.seed".into(),
+        Tensor::new(&[p.train.seed as i64], &dev)?,
+    );
+    let flat: Vec<f32> = losses.iter().flat_map(|&(a, b, c)| [a, b, c]).collect();
+    map.insert(
+        "meta.loss".into(),
+        Tensor::from_vec(flat, (losses.len(), 3), &dev)?,
+    );
+    let key = resume_key(p).into_bytes();
+    let kl = key.len();
+    map.insert("meta.resume_key".into(), Tensor::from_vec(key, kl, &dev)?);
+    save_tensors_atomic(&map, path)
+}
+
+fn load_checkpoint(
+    path: &Path,
+    p: &BenchmarkParams,
+    vars: &[(String, candle_core::Var)],
+    opt: &mut AdamW,
+    ema: &mut Ema,
+    losses: &mut Vec<(f32, f32, f32)>,
+    device: &Device,
+) -> Result<usize> {
+    let map = candle_core::safetensors::load(path, device).map_err(|e| DiffusionError::Resume {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let get = |k: &str| -> Result<&Tensor> {
+        map.get(k).ok_or_else(|| DiffusionError::BadInput {
+            path: path.to_path_buf(),
+            member: k.to_string(),
+            msg: "missing".into(),
+        })
+    };
+    let key = String::from_utf8_lossy(&get("meta.resume_key")?.to_vec1::<u8>()?).to_string();
+    if key != resume_key(p) {
+        return Err(DiffusionError::Resume {
+            path: path.to_path_buf(),
+            msg: "the checkpoint was made with a different model/schedule/train config \
+                  (other than steps); delete it or pass --fresh"
+                .into(),
+        });
+    }
+    let step = get("meta.step")?.to_vec1::<i64>()?[0] as usize;
+    opt.t = get("meta.adam_t")?.to_vec1::<i64>()?[0] as u64;
+    for (i, (n, v)) in vars.iter().enumerate() {
+        let check = |k: String| -> Result<Tensor> {
+            let t = get(&k)?;
+            if t.dims() != v.dims() || t.dtype() != DType::F32 {
+                return Err(DiffusionError::BadInput {
+                    path: path.to_path_buf(),
+                    member: k,
+                    msg: format!(
+                        "shape {:?} {:?}, expected {:?} F32",
+                        t.dims(),
+                        t.dtype(),
+                        v.dims()
+                    ),
+                });
+            }
+            Ok(t.clone())
+        };
+        v.set(&check(format!("model.{n}"))?)?;
+        ema.shadow[i] = check(format!("ema.{n}"))?;
+        opt.m[i] = check(format!("adam_m.{n}"))?;
+        opt.v[i] = check(format!("adam_v.{n}"))?;
+    }
+    let l = get("meta.loss")?.to_vec2::<f32>()?;
+    *losses = l.into_iter().map(|r| (r[0], r[1], r[2])).collect();
+    if losses.len() != step {
+        return Err(DiffusionError::BadInput {
+            path: path.to_path_buf(),
+            member: "meta.loss".into(),
+            msg: format!("{} rows for step {step}", losses.len()),
+        });
+    }
+    Ok(step)
+}
+
+/// What the `sample` stage writes in `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SampleRecord {
+    params: BenchmarkParams,
+    model_dir: PathBuf,
+    seeds: Vec<u64>,
+    seconds: f64,
+}
+
+/// The `sample` stage: `num_images` images from seeds `seed..seed+num_images` with the EMA
+/// weights in `model_dir/model.safetensors`, written to `out_dir/samples.safetensors`
+/// (`images` U8 `[N, H, W, 3]`, `labels`, `seeds`) and `out_dir/grid.png`.
+pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Result<()> {
+    p.validate()?;
+    if p.model.context_dim.is_some() {
+        return Err(DiffusionError::config(
+            "model.context_dim",
+            "the sample stage draws unconditional base models; conditional sampling needs prompts",
+        ));
+    }
+    let device = Device::Cpu;
+    let model = UNet::load(&p.model, &model_dir.join("model.safetensors"), &device)?;
+    let schedule = NoiseSchedule::from_config(&p.schedule)?;
+    let sc = &p.sample;
+    let opts = SamplerOpts {
+        kind: sc.sampler,
+        steps: sc.steps,
+        eta: sc.eta,
+        guidance: sc.guidance,
+    };
+    let per_batch = match sc.sampler {
+        SamplerKind::Ddpm => schedule.timesteps(),
+        SamplerKind::Ddim => crate::sampler::ddim_timesteps(schedule.timesteps(), sc.steps).len(),
+    };
+    let seeds: Vec<u64> = (0..sc.num_images as u64).map(|i| sc.seed + i).collect();
+    let nb = seeds.len().div_ceil(sc.batch_size);
+    let pb = progress_bar(
+        (nb * per_batch) as u64,
+        "sample {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+    );
+    let t0 = Instant::now();
+    let mut pixels = Vec::new();
+    for chunk in seeds.chunks(sc.batch_size) {
+        let x = sample(&model, &schedule, chunk, None, &opts, &device, || pb.inc(1))?;
+        pixels.extend(to_u8_hwc(&x)?);
+    }
+    pb.finish_and_clear();
+    std::fs::create_dir_all(out_dir).map_err(|e| DiffusionError::io(out_dir, e))?;
+    let s = p.model.image_size;
+    crate::grid::write_images(
+        pixels.clone(),
+        seeds.len(),
+        s,
+        s,
+        &seeds,
+        &out_dir.join("samples.safetensors"),
+    )?;
+    crate::grid::write_grid(
+        &pixels,
+        seeds.len(),
+        s,
+        s,
+        sc.grid_cols,
+        &out_dir.join("grid.png"),
+    )?;
+    write_json(
+        &out_dir.join("config.json"),
+        &SampleRecord {
+            params: p.clone(),
+            model_dir: model_dir.to_path_buf(),
+            seeds,
+            seconds: t0.elapsed().as_secs_f64(),
+        },
+    )?;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! Finite-difference gradient checks (in f64) of every building block used in training, and
+//! regression tests for the two candle 0.11 gradient traps listed in `STACK.md`.
+
+use acpo_diffusion::nn::{
+    attention, softmax_last, timestep_embedding, upsample_nearest2x, Conv2d, GroupNorm, Linear,
+};
+use acpo_diffusion::rng::SeededRng;
+use acpo_diffusion::{UNet, UNetConfig};
+use candle_core::{DType, Device, Module, Tensor, Var};
+
+type F = dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>;
+
+fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
+    (SeededRng::new(seed, &[])
+        .normal(shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        * scale)
+        .unwrap()
+}
+
+/// Largest relative error between autodiff and central differences over `k` sampled coordinates
+/// of every input. `f` maps the inputs to a tensor; the checked scalar is `sum(f * r)` for a fixed
+/// random `r`, so every output element contributes. A missing gradient counts as zero.
+fn max_rel_err(inputs: &[Tensor], f: &F, k: usize) -> f64 {
+    let out0 = f(inputs).unwrap();
+    let r = randn(999, out0.dims(), 1.0);
+    let scalar = |xs: &[Tensor]| -> f64 {
+        f(xs)
+            .unwrap()
+            .mul(&r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let loss = f(&vt).unwrap().mul(&r).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let h = 1e-5;
+    let mut worst = 0f64;
+    let mut sel = SeededRng::new(5, &[]);
+    for (i, v) in vars.iter().enumerate() {
+        let g = match grads.get(v.as_tensor()) {
+            Some(g) => g.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            None => vec![0.0; v.elem_count()],
+        };
+        let base = inputs[i].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let mut scale = 0f64;
+        let mut errs = Vec::new();
+        for _ in 0..k {
+            let j = sel.below(base.len());
+            let eval = |d: f64| {
+                let mut b = base.clone();
+                b[j] += d;
+                let mut xs = inputs.to_vec();
+                xs[i] = Tensor::from_vec(b, inputs[i].dims(), &Device::Cpu).unwrap();
+                scalar(&xs)
+            };
+            let num = (eval(h) - eval(-h)) / (2.0 * h);
+            scale = scale.max(num.abs()).max(g[j].abs());
+            errs.push((num - g[j]).abs());
+        }
+        let e = errs.into_iter().fold(0.0, f64::max) / scale.max(1e-8);
+        worst = worst.max(e);
+    }
+    worst
+}
+
+const TOL: f64 = 1e-5;
+
+#[test]
+fn conv2d_gradients() {
+    for (stride, pad) in [(1, 1), (2, 1), (1, 0)] {
+        let f = move |xs: &[Tensor]| {
+            let c = Conv2d {
+                weight: xs[1].clone(),
+                bias: xs[2].clone(),
+                stride,
+                padding: pad,
+            };
+            c.forward(&xs[0])
+        };
+        let e = max_rel_err(
+            &[
+                randn(1, &[2, 3, 6, 6], 1.0),
+                randn(2, &[4, 3, 3, 3], 0.3),
+                randn(3, &[4], 0.1),
+            ],
+            &f,
+            12,
+        );
+        assert!(e < TOL, "conv2d stride {stride} pad {pad}: rel err {e}");
+    }
+}
+
+#[test]
+fn conv_transpose2d_gradients() {
+    let f = |xs: &[Tensor]| xs[0].conv_transpose2d(&xs[1], 1, 1, 2, 1);
+    let e = max_rel_err(
+        &[randn(4, &[2, 3, 4, 4], 1.0), randn(5, &[3, 2, 3, 3], 0.3)],
+        &f,
+        12,
+    );
+    assert!(e < TOL, "conv_transpose2d: rel err {e}");
+}
+
+#[test]
+fn group_norm_gradients() {
+    let f = |xs: &[Tensor]| {
+        GroupNorm {
+            weight: xs[1].clone(),
+            bias: xs[2].clone(),
+            groups: 2,
+            eps: 1e-5,
+        }
+        .forward(&xs[0])
+    };
+    let e = max_rel_err(
+        &[
+            randn(6, &[2, 4, 3, 3], 2.0),
+            randn(7, &[4], 1.0),
+            randn(8, &[4], 1.0),
+        ],
+        &f,
+        16,
+    );
+    assert!(e < TOL, "group norm: rel err {e}");
+}
+
+#[test]
+fn silu_and_linear_gradients() {
+    let f = |xs: &[Tensor]| {
+        Linear {
+            weight: xs[1].clone(),
+            bias: xs[2].clone(),
+        }
+        .forward(&xs[0].silu()?)
+    };
+    let e = max_rel_err(
+        &[
+            randn(9, &[3, 2, 5], 1.0),
+            randn(10, &[4, 5], 0.5),
+            randn(11, &[4], 0.1),
+        ],
+        &f,
+        12,
+    );
+    assert!(e < TOL, "silu+linear: rel err {e}");
+}
+
+#[test]
+fn attention_gradients_self_and_cross() {
+    // Self-attention (same length), two heads.
+    let f = |xs: &[Tensor]| attention(&xs[0], &xs[1], &xs[2], 2);
+    let e = max_rel_err(
+        &[
+            randn(12, &[2, 5, 4], 1.0),
+            randn(13, &[2, 5, 4], 1.0),
+            randn(14, &[2, 5, 4], 1.0),
+        ],
+        &f,
+        12,
+    );
+    assert!(e < TOL, "self-attention: rel err {e}");
+    // Cross-attention: keys/values from a context of another length.
+    let e = max_rel_err(
+        &[
+            randn(15, &[2, 6, 4], 1.0),
+            randn(16, &[2, 3, 4], 1.0),
+            randn(17, &[2, 3, 4], 1.0),
+        ],
+        &f,
+        12,
+    );
+    assert!(e < TOL, "cross-attention: rel err {e}");
+    let e = max_rel_err(
+        &[randn(18, &[3, 7], 2.0)],
+        &|xs: &[Tensor]| softmax_last(&xs[0]),
+        12,
+    );
+    assert!(e < TOL, "generic softmax: rel err {e}");
+}
+
+/// `STACK.md`: the fused softmax kernel returns no gradient in candle 0.11. If this test starts
+/// failing, candle fixed it and `softmax_last` could use the fused kernel again.
+#[test]
+fn fused_softmax_has_no_gradient_regression() {
+    let f = |xs: &[Tensor]| candle_nn::ops::softmax_last_dim(&xs[0]);
+    let x = randn(19, &[3, 7], 2.0)
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let e = max_rel_err(&[x], &f, 8);
+    assert!(
+        e > 0.5,
+        "fused softmax gradient now looks right (rel err {e}): candle fixed it"
+    );
+}
+
+fn reuse_graph(
+    up: fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> impl Fn(&[Tensor]) -> candle_core::Result<Tensor> {
+    // The upsample's input also feeds another op (as in the UNet, where a tensor is both
+    // upsampled and kept as a skip connection).
+    move |xs: &[Tensor]| {
+        let h = (&xs[0] * 1.5)?;
+        let u = up(&h)?;
+        let other = h.sqr()?.sum_all()?;
+        u.broadcast_add(&other)
+    }
+}
+
+/// `STACK.md`: candle 0.11's `upsample_nearest2d` gradient is wrong when its input is reused.
+#[test]
+fn candle_upsample_nearest2d_gradient_is_wrong_when_input_reused_regression() {
+    fn candle_up(x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        x.upsample_nearest2d(2 * h, 2 * w)
+    }
+    let f = reuse_graph(candle_up);
+    let e = max_rel_err(&[randn(20, &[2, 2, 3, 3], 1.0)], &f, 12);
+    assert!(
+        e > 0.1,
+        "candle's upsample_nearest2d gradient now passes (rel err {e}): candle fixed it"
+    );
+}
+
+#[test]
+fn replacement_upsample_gradient_is_right_when_input_reused() {
+    let f = reuse_graph(upsample_nearest2x);
+    let e = max_rel_err(&[randn(20, &[2, 2, 3, 3], 1.0)], &f, 12);
+    assert!(e < TOL, "upsample_nearest2x: rel err {e}");
+    let e = max_rel_err(
+        &[randn(21, &[1, 3, 2, 4], 1.0)],
+        &|xs: &[Tensor]| upsample_nearest2x(&xs[0]),
+        12,
+    );
+    assert!(e < TOL, "upsample_nearest2x alone: rel err {e}");
+}
+
+#[test]
+fn time_embedding_mlp_gradients() {
+    let t = Tensor::new(&[3f32, 250., 999.], &Device::Cpu).unwrap();
+    let emb = timestep_embedding(&t, 8)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let f = move |xs: &[Tensor]| {
+        let l1 = Linear {
+            weight: xs[0].clone(),
+            bias: xs[1].clone(),
+        };
+        let l2 = Linear {
+            weight: xs[2].clone(),
+            bias: xs[3].clone(),
+        };
+        l2.forward(&l1.forward(&emb)?.silu()?)
+    };
+    let e = max_rel_err(
+        &[
+            randn(22, &[16, 8], 0.4),
+            randn(23, &[16], 0.1),
+            randn(24, &[16, 16], 0.3),
+            randn(25, &[16], 0.1),
+        ],
+        &f,
+        12,
+    );
+    assert!(e < TOL, "time embedding MLP: rel err {e}");
+}
+
+fn tiny_cfg(context: Option<usize>) -> UNetConfig {
+    UNetConfig {
+        image_size: 8,
+        in_channels: 3,
+        channels: 8,
+        channel_mult: vec![1, 2],
+        num_res_blocks: 1,
+        attention_resolutions: vec![4],
+        num_heads: 2,
+        dropout: 0.0,
+        norm_groups: 4,
+        context_dim: context,
+    }
+}
+
+/// The whole tiny UNet (self- and cross-attention, down- and upsampling, skips) in f64: every
+/// parameter gets random non-zero values (so zero-initialised layers are exercised too).
+#[test]
+fn whole_tiny_unet_gradients() {
+    let cfg = tiny_cfg(Some(6));
+    let vm = candle_nn::VarMap::new();
+    let proto = UNet::new_trainable(&cfg, &vm, 0, &Device::Cpu).unwrap();
+    let names: Vec<(String, Vec<usize>)> = proto
+        .params()
+        .iter()
+        .map(|(n, t)| (n.clone(), t.dims().to_vec()))
+        .collect();
+    let mut inputs = vec![randn(30, &[2, 3, 8, 8], 1.0), randn(31, &[2, 3, 6], 1.0)];
+    for (i, (_, shape)) in names.iter().enumerate() {
+        inputs.push(randn(100 + i as u64, shape, 0.3));
+    }
+    let t = Tensor::new(&[10f32, 700.], &Device::Cpu).unwrap();
+    let cfg2 = cfg.clone();
+    let f = move |xs: &[Tensor]| {
+        let map = names
+            .iter()
+            .zip(&xs[2..])
+            .map(|((n, _), t)| (n.clone(), t.clone()))
+            .collect();
+        let m = UNet::from_tensors(&cfg2, map).map_err(candle_core::Error::wrap)?;
+        m.forward(&xs[0], &t, Some(&xs[1]))
+    };
+    let e = max_rel_err(&inputs, &f, 3);
+    assert!(e < 1e-4, "whole UNet: rel err {e}");
+}
