@@ -16,6 +16,7 @@
 //! candle's global RNG, so results are reproducible and training resumes bit-exactly.
 
 pub mod config;
+pub mod conv;
 pub mod data;
 pub mod error;
 pub mod grid;

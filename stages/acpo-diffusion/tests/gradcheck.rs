@@ -322,3 +322,33 @@ fn whole_tiny_unet_gradients() {
     let e = max_rel_err(&inputs, &f, 3);
     assert!(e < 1e-4, "whole UNet: rel err {e}");
 }
+
+#[test]
+fn gemm_conv_matches_candle_conv_and_has_right_gradients() {
+    use acpo_diffusion::conv::conv2d as conv2d_unfold;
+    for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (1, 1, 0), (3, 1, 0)] {
+        let x = randn(40, &[2, 3, 6, 6], 1.0);
+        let w = randn(41, &[4, 3, k, k], 0.3);
+        let a = conv2d_unfold(&x, &w, pad, stride).unwrap();
+        let b = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            d < 1e-10,
+            "k {k} stride {stride} pad {pad}: forward differs by {d}"
+        );
+        let f = move |xs: &[Tensor]| conv2d_unfold(&xs[0], &xs[1], pad, stride);
+        let e = max_rel_err(&[x, w], &f, 12);
+        assert!(
+            e < TOL,
+            "gemm conv k {k} stride {stride} pad {pad}: rel err {e}"
+        );
+    }
+}
