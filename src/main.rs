@@ -5,7 +5,11 @@
 
 mod stages;
 
-use clap::{Parser, Subcommand};
+use acpo_pipeline::commands;
+use acpo_pipeline::{ErrorKind, ReproSettings, Workspace};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -15,19 +19,188 @@ struct Cli {
     command: Command,
 }
 
+/// Options shared by the engine commands: where the pipeline is and which params.
+#[derive(Debug, Clone, Args)]
+struct PipelineArgs {
+    /// Params profile: `params.yaml` plus the overlay `profiles/<PROFILE>.yaml`.
+    #[arg(long, short = 'P', default_value = "cpu", env = "ACPO_PROFILE")]
+    profile: String,
+    /// Override one param: `-S train.lr=1e-4` (the value is parsed as YAML).
+    #[arg(long = "set-param", short = 'S', value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Directory of `pipeline.yaml` (default: the current directory).
+    #[arg(long, short = 'C', value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the stages that are not up to date (and what they need).
+    Repro {
+        /// Stages to bring up to date: full names (`train@cifar10`) or base names (`train`).
+        stages: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Run the selected stages even when they are up to date.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Also run every stage downstream of the named ones.
+        #[arg(long)]
+        downstream: bool,
+        /// Only the named stages, not what they depend on.
+        #[arg(long, short = 's')]
+        single: bool,
+        /// Say what would run, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run up to N independent stages at once (within their declared resources).
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// After a failure, go on with stages that do not depend on the failed one.
+        #[arg(long, short = 'k')]
+        keep_going: bool,
+    },
+    /// Which stages are up to date, and for the others why not (old -> new).
+    Status {
+        stages: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// The stage graph, as text or Mermaid.
+    Dag {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Print a Mermaid flowchart.
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Every input of a stage's key, and its lock and run-cache state.
+    Explain {
+        stage: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Show metrics files, or compare them with each stage's previous run.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
+    /// Remove run-cache entries not used by pipeline.lock, and unused objects.
+    Gc {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the work of one stage directly (this is what `pipeline.yaml` commands call).
     #[command(subcommand)]
     Stage(stages::StageCommand),
 }
 
+#[derive(Debug, Subcommand)]
+enum MetricsCommand {
+    /// Every declared metrics file, flattened to `key: value`.
+    Show {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+    /// Workspace metrics against the previous run of the same stage (from the run cache).
+    Diff {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+fn open(p: &PipelineArgs) -> anyhow::Result<Workspace> {
+    Ok(Workspace::open(&p.dir, &p.profile, &p.set)?)
+}
+
+/// The command line, shell-quoted, that repeats this run (and so resumes it).
+fn resume_command() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=@:,+%".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Repro {
+            stages,
+            pipeline,
+            force,
+            downstream,
+            single,
+            dry_run,
+            jobs,
+            keep_going,
+        } => {
+            let settings = ReproSettings {
+                root: pipeline.dir,
+                profile: pipeline.profile,
+                overrides: pipeline.set,
+                targets: stages,
+                force,
+                downstream,
+                single,
+                dry_run,
+                jobs: jobs.max(1),
+                keep_going,
+                resume_command: resume_command(),
+                progress: true,
+            };
+            let s = acpo_pipeline::repro(&settings)?;
+            if dry_run {
+                eprintln!(
+                    "dry run: {} stage(s) would run or be restored, {} up to date",
+                    s.would_run.len(),
+                    s.up_to_date.len()
+                );
+            } else {
+                eprintln!(
+                    "{} ran, {} restored from the run cache, {} up to date",
+                    s.ran.len(),
+                    s.restored.len(),
+                    s.up_to_date.len()
+                );
+            }
+        }
+        Command::Status { stages, pipeline } => {
+            let mut ws = open(&pipeline)?;
+            let st = commands::status(&mut ws, &stages)?;
+            print!("{}", commands::format_status(&st));
+        }
+        Command::Dag { pipeline, mermaid } => {
+            print!("{}", commands::dag(&open(&pipeline)?, mermaid));
+        }
+        Command::Explain { stage, pipeline } => {
+            print!("{}", commands::explain(&mut open(&pipeline)?, &stage)?);
+        }
+        Command::Metrics(MetricsCommand::Show { pipeline }) => {
+            print!("{}", commands::metrics_show(&open(&pipeline)?)?);
+        }
+        Command::Metrics(MetricsCommand::Diff { pipeline }) => {
+            print!("{}", commands::metrics_diff(&open(&pipeline)?)?);
+        }
+        Command::Gc { pipeline, dry_run } => {
+            print!("{}", commands::gc(&mut open(&pipeline)?, dry_run)?);
+        }
+        Command::Stage(cmd) => stages::run(cmd).context("stage failed")?,
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Stage(cmd) => stages::run(cmd),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -36,8 +209,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// One place that maps error types to exit codes.
-/// 1: failure in the work itself; 2: bad input (config, data, usage).
-fn exit_code(_err: &anyhow::Error) -> u8 {
-    1
+/// The one place that maps errors to exit codes: 2 bad input (pipeline, params, command
+/// line), 1 a stage or the work itself failed, 130 interrupted (SIGINT/SIGTERM).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<acpo_pipeline::Error>().map(|e| e.kind()) {
+        Some(ErrorKind::BadInput) => 2,
+        Some(ErrorKind::Interrupted) => 130,
+        Some(ErrorKind::StageFailed) | Some(ErrorKind::Io) | None => 1,
+    }
 }

@@ -1,1 +1,31 @@
 //! Generic content-hashed pipeline engine (DVC-style YAML stages); knows nothing about diffusion.
+//!
+//! - [`params`]: `params.yaml`, profiles (`profiles/<name>.yaml` overlays), `-S` overrides.
+//! - [`pipeline`]: `pipeline.yaml` stages, `foreach`/`matrix` expansion, the stage graph.
+//! - [`hash`], [`key`]: content hashes (with a stat cache) and the stage key.
+//! - [`lock`], [`runcache`]: `pipeline.lock` and the content-addressed run cache.
+//! - [`workspace`]: what is up to date and why; [`repro`]: the executor;
+//!   [`commands`]: `status`, `dag`, `explain`, `metrics`, `gc`.
+
+pub mod commands;
+pub mod error;
+pub mod fsutil;
+pub mod hash;
+pub mod key;
+pub mod lock;
+pub mod params;
+pub mod pipeline;
+pub mod progress;
+pub mod repro;
+pub mod runcache;
+pub mod workspace;
+pub mod yaml;
+
+pub use error::{Error, ErrorKind, Result};
+pub use params::Params;
+pub use pipeline::{Pipeline, Stage};
+pub use repro::{repro, ReproSettings, ReproSummary};
+pub use workspace::Workspace;
+
+/// The version of the engine, part of every stage key.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,76 @@
+//! Typed errors of the engine. The binary maps [`Error::kind`] to exit codes.
+
+use std::path::PathBuf;
+
+/// What class of failure an [`Error`] is; the CLI turns this into an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The pipeline, params or command line are wrong (exit 2).
+    BadInput,
+    /// A stage command failed or misbehaved (exit 1).
+    StageFailed,
+    /// The run was interrupted by SIGINT/SIGTERM (exit 130).
+    Interrupted,
+    /// Reading or writing the workspace failed (exit 1).
+    Io,
+}
+
+/// Every error the engine returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}:{line}:{column}: {message}")]
+    Yaml {
+        file: PathBuf,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    Params { file: PathBuf, message: String },
+    #[error("{file}: {message}")]
+    Pipeline { file: PathBuf, message: String },
+    #[error("dependency cycle in {file}: {cycle}")]
+    Cycle { file: PathBuf, cycle: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("stage `{stage}` failed: {message}")]
+    StageFailed { stage: String, message: String },
+    #[error("{failed} stage(s) failed: {stages}")]
+    StagesFailed { failed: usize, stages: String },
+    #[error("interrupted while running: {stages}")]
+    Interrupted { stages: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+impl Error {
+    /// The class of this error (for exit codes).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Yaml { .. }
+            | Error::Params { .. }
+            | Error::Pipeline { .. }
+            | Error::Cycle { .. }
+            | Error::Usage(_) => ErrorKind::BadInput,
+            Error::StageFailed { .. } | Error::StagesFailed { .. } => ErrorKind::StageFailed,
+            Error::Interrupted { .. } => ErrorKind::Interrupted,
+            Error::Io { .. } | Error::Corrupt { .. } => ErrorKind::Io,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

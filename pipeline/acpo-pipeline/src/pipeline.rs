@@ -1,0 +1,955 @@
+//! `pipeline.yaml`: DVC-style stages, `foreach`/`do` and `matrix` expansion, `${...}`
+//! interpolation, and the stage graph (cycles, overlapping outputs, selection).
+
+use crate::error::{Error, Result};
+use crate::params::{Params, PARAMS_FILE};
+use crate::yaml;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// The pipeline file next to `params.yaml`.
+pub const PIPELINE_FILE: &str = "pipeline.yaml";
+
+/// Scheduling resources a stage declares (`resources: {cpus, gpus, mem_gb}`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores the stage keeps busy (default 0: only `-j` limits it).
+    pub cpus: f64,
+    /// GPUs the stage needs (default 0).
+    pub gpus: f64,
+    /// Peak memory in GiB (default 0: unknown, not limited).
+    pub mem_gb: f64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 0.0,
+            gpus: 0.0,
+            mem_gb: 0.0,
+        }
+    }
+}
+
+/// The fields of one stage as written (also the body of `foreach`/`do`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawBody {
+    desc: Option<String>,
+    cmd: Option<Value>,
+    deps: Vec<String>,
+    params: Vec<String>,
+    outs: Vec<String>,
+    metrics: Vec<String>,
+    plots: Vec<String>,
+    env: Vec<String>,
+    resources: Option<Resources>,
+}
+
+/// A stage entry: plain, `foreach`/`do`, or `matrix`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawStage {
+    desc: Option<String>,
+    cmd: Option<Value>,
+    deps: Vec<String>,
+    params: Vec<String>,
+    outs: Vec<String>,
+    metrics: Vec<String>,
+    plots: Vec<String>,
+    env: Vec<String>,
+    resources: Option<Resources>,
+    foreach: Option<Value>,
+    #[serde(rename = "do")]
+    do_: Option<RawBody>,
+    matrix: Option<Ordered<Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawFile {
+    stages: Option<Ordered<Spanned<RawStage>>>,
+}
+
+/// A mapping that keeps the order of the file (stage order, matrix axes).
+#[derive(Debug, Clone)]
+struct Ordered<T>(Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Ordered<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, T>()? {
+                    out.push((k, v));
+                }
+                Ok(Ordered(out))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Ordered<T>, E> {
+                Ok(Ordered(Vec::new()))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// One expanded stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// Full name (`train`, `train@cifar10`, `finetune@cifar10-acpo`).
+    pub name: String,
+    /// Name before `@` (what `foreach`/`matrix` expanded).
+    pub base: String,
+    /// Line of the stage's entry in `pipeline.yaml`.
+    pub line: u64,
+    pub desc: Option<String>,
+    /// The shell command (after interpolation).
+    pub cmd: String,
+    /// Dependencies, relative to the pipeline directory.
+    pub deps: Vec<String>,
+    /// Declared param keys plus params used through `${...}`, sorted.
+    pub params: Vec<String>,
+    /// Outputs (including metrics/plots files not inside an out), relative paths.
+    pub outs: Vec<String>,
+    pub metrics: Vec<String>,
+    pub plots: Vec<String>,
+    /// Environment variables whose values are part of the stage key.
+    pub env: Vec<String>,
+    pub resources: Resources,
+}
+
+/// A loaded, expanded and checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Directory of `pipeline.yaml`; commands run here.
+    pub root: PathBuf,
+    /// Path of `pipeline.yaml`.
+    pub file: PathBuf,
+    /// Stages in file order (expansions in item order).
+    pub stages: Vec<Stage>,
+    /// For each stage, the stages whose outputs it depends on.
+    pub upstream: Vec<Vec<usize>>,
+    /// For each stage, the stages that depend on it.
+    pub downstream: Vec<Vec<usize>>,
+    index: HashMap<String, usize>,
+}
+
+impl Pipeline {
+    /// Loads `root/pipeline.yaml` with the resolved `params`.
+    pub fn load(root: &Path, params: &Params) -> Result<Pipeline> {
+        let file = root.join(PIPELINE_FILE);
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        Self::from_str(root, &file, &text, params)
+    }
+
+    /// Parses pipeline text (the contents of `file`).
+    pub fn from_str(root: &Path, file: &Path, text: &str, params: &Params) -> Result<Pipeline> {
+        let raw: RawFile = if yaml::is_blank(text) {
+            RawFile::default()
+        } else {
+            yaml::from_str(Path::new(PIPELINE_FILE), text)?
+        };
+        let mut stages = Vec::new();
+        let mut display = file.strip_prefix(root).unwrap_or(file).to_path_buf();
+        if display.as_os_str().is_empty() {
+            display = PathBuf::from(PIPELINE_FILE);
+        }
+        let ctx = Ctx {
+            file: display,
+            params,
+        };
+        for (name, spanned) in raw.stages.unwrap_or_default().0 {
+            let line = spanned.referenced.line();
+            ctx.expand(&name, line, spanned.value, &mut stages)?;
+        }
+        let mut p = Pipeline {
+            root: root.to_path_buf(),
+            file: file.to_path_buf(),
+            stages,
+            upstream: Vec::new(),
+            downstream: Vec::new(),
+            index: HashMap::new(),
+        };
+        p.link(&ctx)?;
+        Ok(p)
+    }
+
+    /// Index of a full stage name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// `file:line` of a stage, for messages.
+    pub fn location(&self, i: usize) -> String {
+        format!("{}:{}", self.display_file(), self.stages[i].line)
+    }
+
+    fn display_file(&self) -> String {
+        self.file
+            .strip_prefix(&self.root)
+            .unwrap_or(&self.file)
+            .display()
+            .to_string()
+    }
+
+    fn link(&mut self, ctx: &Ctx) -> Result<()> {
+        let n = self.stages.len();
+        for (i, s) in self.stages.iter().enumerate() {
+            if let Some(j) = self.index.insert(s.name.clone(), i) {
+                return Err(ctx.err(
+                    s.line,
+                    format!(
+                        "stage `{}` is defined twice (also at line {})",
+                        s.name, self.stages[j].line
+                    ),
+                ));
+            }
+        }
+        // Outputs: no two stages may write the same path or paths inside each other.
+        let mut outs: Vec<(&str, usize)> = Vec::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            for o in &s.outs {
+                outs.push((o.as_str(), i));
+            }
+        }
+        outs.sort();
+        for w in outs.windows(2) {
+            let ((a, i), (b, j)) = (w[0], w[1]);
+            if a == b || is_within(b, a) {
+                let (si, sj) = (&self.stages[i], &self.stages[j]);
+                let what = if a == b {
+                    format!("output `{a}`")
+                } else {
+                    format!("overlapping outputs `{a}` and `{b}`")
+                };
+                let msg = if i == j {
+                    format!("stage `{}` declares {what} twice", si.name)
+                } else {
+                    format!(
+                        "stages `{}` (line {}) and `{}` (line {}) both declare {what}",
+                        si.name, si.line, sj.name, sj.line
+                    )
+                };
+                return Err(ctx.err(si.line.min(sj.line), msg));
+            }
+        }
+        let mut upstream = vec![Vec::new(); n];
+        for (i, s) in self.stages.iter().enumerate() {
+            let mut ups = BTreeSet::new();
+            for d in &s.deps {
+                for (o, j) in &outs {
+                    if *j != i && (d == o || is_within(d, o) || is_within(o, d)) {
+                        ups.insert(*j);
+                    }
+                }
+            }
+            upstream[i] = ups.into_iter().collect();
+        }
+        let mut downstream = vec![Vec::new(); n];
+        for (i, ups) in upstream.iter().enumerate() {
+            for &u in ups {
+                downstream[u].push(i);
+            }
+        }
+        self.upstream = upstream;
+        self.downstream = downstream;
+        if let Some(cycle) = self.find_cycle() {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| self.stages[i].name.as_str())
+                .collect();
+            return Err(Error::Cycle {
+                file: ctx.file.clone(),
+                cycle: names.join(" -> "),
+            });
+        }
+        Ok(())
+    }
+
+    /// A cycle as a list of stages `a, b, ..., a`, if there is one.
+    fn find_cycle(&self) -> Option<Vec<usize>> {
+        // Iterative DFS with colours: 0 new, 1 on stack, 2 done.
+        let n = self.stages.len();
+        let mut colour = vec![0u8; n];
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for start in 0..n {
+            if colour[start] != 0 {
+                continue;
+            }
+            stack.push((start, 0));
+            colour[start] = 1;
+            while let Some(&mut (v, ref mut k)) = stack.last_mut() {
+                if *k < self.upstream[v].len() {
+                    let u = self.upstream[v][*k];
+                    *k += 1;
+                    match colour[u] {
+                        0 => {
+                            colour[u] = 1;
+                            stack.push((u, 0));
+                        }
+                        1 => {
+                            let pos = stack.iter().position(|&(x, _)| x == u).unwrap_or(0);
+                            // The stack runs from a stage to what it depends on; print
+                            // the cycle in execution order (producer first).
+                            let mut cyc: Vec<usize> =
+                                stack[pos..].iter().map(|&(x, _)| x).collect();
+                            cyc.reverse();
+                            cyc.push(cyc[0]);
+                            return Some(cyc);
+                        }
+                        _ => {}
+                    }
+                } else {
+                    colour[v] = 2;
+                    stack.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// All stages in a topological order (producers first; file order breaks ties).
+    pub fn topo_order(&self) -> Vec<usize> {
+        let n = self.stages.len();
+        let mut indeg: Vec<usize> = self.upstream.iter().map(Vec::len).collect();
+        let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &d in &self.downstream[i] {
+                indeg[d] -= 1;
+                if indeg[d] == 0 {
+                    ready.insert(d);
+                }
+            }
+        }
+        order
+    }
+
+    /// Resolves command-line stage names (full names or base names) to indices.
+    pub fn resolve_names(&self, names: &[String]) -> Result<Vec<usize>> {
+        let mut out = BTreeSet::new();
+        for name in names {
+            if let Some(i) = self.index_of(name) {
+                out.insert(i);
+                continue;
+            }
+            let matches: Vec<usize> = (0..self.stages.len())
+                .filter(|&i| self.stages[i].base == *name)
+                .collect();
+            if matches.is_empty() {
+                let mut bases: Vec<&str> = self.stages.iter().map(|s| s.base.as_str()).collect();
+                bases.dedup();
+                return Err(Error::Usage(format!(
+                    "unknown stage `{name}` in {} (stages: {})",
+                    self.display_file(),
+                    if bases.is_empty() {
+                        "none".to_string()
+                    } else {
+                        bases.join(", ")
+                    }
+                )));
+            }
+            out.extend(matches);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The stages a command works on, in topological order: the targets (all when empty)
+    /// plus everything upstream (unless `single`) and downstream (if `downstream`).
+    pub fn select(&self, targets: &[String], downstream: bool, single: bool) -> Result<Vec<usize>> {
+        let n = self.stages.len();
+        let roots = if targets.is_empty() {
+            (0..n).collect()
+        } else {
+            self.resolve_names(targets)?
+        };
+        let mut keep = vec![false; n];
+        for &r in &roots {
+            keep[r] = true;
+        }
+        if downstream {
+            self.close(&mut keep, &roots, &self.downstream);
+        }
+        if !single {
+            let cur: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+            self.close(&mut keep, &cur, &self.upstream);
+        }
+        Ok(self.topo_order().into_iter().filter(|&i| keep[i]).collect())
+    }
+
+    fn close(&self, keep: &mut [bool], from: &[usize], edges: &[Vec<usize>]) {
+        let mut stack: Vec<usize> = from.to_vec();
+        while let Some(v) = stack.pop() {
+            for &u in &edges[v] {
+                if !keep[u] {
+                    keep[u] = true;
+                    stack.push(u);
+                }
+            }
+        }
+    }
+
+    /// Whether `dep` of stage `i` is produced by one of its upstream stages.
+    pub fn produced_by_upstream(&self, i: usize, dep: &str) -> bool {
+        self.upstream[i].iter().any(|&u| {
+            self.stages[u]
+                .outs
+                .iter()
+                .any(|o| dep == o || is_within(dep, o) || is_within(o, dep))
+        })
+    }
+
+    /// An error about stage `i` that names the file and line.
+    pub fn stage_error(&self, i: usize, message: String) -> Error {
+        Error::Pipeline {
+            file: PathBuf::from(self.location(i)),
+            message,
+        }
+    }
+}
+
+/// True when `path` lies strictly inside the directory `dir` (both normalised).
+pub fn is_within(path: &str, dir: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+struct Ctx<'a> {
+    file: PathBuf,
+    params: &'a Params,
+}
+
+/// The values `${...}` can refer to besides params.
+#[derive(Default)]
+struct Scope {
+    item: Option<Value>,
+    key: Option<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, line: u64, message: String) -> Error {
+        Error::Pipeline {
+            file: PathBuf::from(format!("{}:{line}", self.file.display())),
+            message,
+        }
+    }
+
+    fn expand(&self, name: &str, line: u64, raw: RawStage, out: &mut Vec<Stage>) -> Result<()> {
+        if !valid_name(name) {
+            return Err(self.err(
+                line,
+                format!("stage name `{name}` may only use letters, digits, `_`, `-` and `.`"),
+            ));
+        }
+        let body = RawBody {
+            desc: raw.desc,
+            cmd: raw.cmd,
+            deps: raw.deps,
+            params: raw.params,
+            outs: raw.outs,
+            metrics: raw.metrics,
+            plots: raw.plots,
+            env: raw.env,
+            resources: raw.resources,
+        };
+        match (raw.foreach, raw.do_, raw.matrix) {
+            (None, None, None) => {
+                out.push(self.build(name, name, line, &body, &Scope::default())?);
+            }
+            (Some(fe), Some(do_), None) => {
+                if body.cmd.is_some() || !body.deps.is_empty() || !body.outs.is_empty() {
+                    return Err(self.err(
+                        line,
+                        format!("stage `{name}`: with `foreach`, put the stage fields under `do`"),
+                    ));
+                }
+                let items = self.collection(name, line, "foreach", fe)?;
+                for (suffix, key, item) in items {
+                    let scope = Scope {
+                        item: Some(item),
+                        key,
+                    };
+                    out.push(self.build(&format!("{name}@{suffix}"), name, line, &do_, &scope)?);
+                }
+            }
+            (Some(_), None, _) => {
+                return Err(self.err(line, format!("stage `{name}`: `foreach` needs a `do`")))
+            }
+            (None, Some(_), _) => {
+                return Err(self.err(line, format!("stage `{name}`: `do` needs a `foreach`")))
+            }
+            (None, None, Some(matrix)) => {
+                let mut axes = Vec::new();
+                for (axis, v) in matrix.0 {
+                    let items = self.collection(name, line, &format!("matrix.{axis}"), v)?;
+                    if items.is_empty() {
+                        return Err(self.err(
+                            line,
+                            format!("stage `{name}`: matrix axis `{axis}` is empty"),
+                        ));
+                    }
+                    axes.push((axis, items));
+                }
+                let mut combos: Vec<(Vec<String>, serde_json::Map<String, Value>)> =
+                    vec![(Vec::new(), serde_json::Map::new())];
+                for (axis, items) in &axes {
+                    let mut next = Vec::new();
+                    for (names, obj) in &combos {
+                        for (idx, (suffix, _, item)) in items.iter().enumerate() {
+                            let mut names = names.clone();
+                            names.push(if is_scalar(item) {
+                                suffix.clone()
+                            } else {
+                                format!("{axis}{idx}")
+                            });
+                            let mut obj = obj.clone();
+                            obj.insert(axis.clone(), item.clone());
+                            next.push((names, obj));
+                        }
+                    }
+                    combos = next;
+                }
+                for (names, obj) in combos {
+                    let scope = Scope {
+                        item: Some(Value::Object(obj)),
+                        key: None,
+                    };
+                    let full = format!("{name}@{}", names.join("-"));
+                    out.push(self.build(&full, name, line, &body, &scope)?);
+                }
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(self.err(
+                    line,
+                    format!("stage `{name}`: use either `foreach`/`do` or `matrix`, not both"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The items of a `foreach` or matrix axis: (name suffix, dict key, item).
+    fn collection(
+        &self,
+        stage: &str,
+        line: u64,
+        what: &str,
+        v: Value,
+    ) -> Result<Vec<(String, Option<String>, Value)>> {
+        let v = match v {
+            Value::String(s) => match whole_reference(&s) {
+                Some(key) => self.params.get(key).cloned().ok_or_else(|| {
+                    self.err(
+                        line,
+                        format!(
+                            "stage `{stage}`: {what} refers to `${{{key}}}`, which is not \
+                             defined in {PARAMS_FILE} (profile `{}`)",
+                            self.params.profile()
+                        ),
+                    )
+                })?,
+                None => {
+                    return Err(self.err(
+                        line,
+                        format!(
+                            "stage `{stage}`: {what} must be a list, a mapping or `${{param}}`"
+                        ),
+                    ))
+                }
+            },
+            other => other,
+        };
+        match v {
+            Value::Array(items) => Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let suffix = scalar_text(&item).unwrap_or_else(|| i.to_string());
+                    (suffix, None, item)
+                })
+                .collect()),
+            Value::Object(m) => Ok(m
+                .into_iter()
+                .map(|(k, item)| (k.clone(), Some(k), item))
+                .collect()),
+            _ => Err(self.err(
+                line,
+                format!("stage `{stage}`: {what} must be a list or a mapping"),
+            )),
+        }
+    }
+
+    fn build(
+        &self,
+        name: &str,
+        base: &str,
+        line: u64,
+        b: &RawBody,
+        scope: &Scope,
+    ) -> Result<Stage> {
+        let mut used = BTreeSet::new();
+        let mut interp = |s: &str| self.interpolate(name, line, s, scope, &mut used);
+        let cmd = match &b.cmd {
+            Some(Value::String(s)) => interp(s)?,
+            Some(Value::Array(parts)) if !parts.is_empty() => {
+                let mut cmds = Vec::new();
+                for p in parts {
+                    match p {
+                        Value::String(s) => cmds.push(interp(s)?),
+                        _ => {
+                            return Err(self.err(
+                                line,
+                                format!("stage `{name}`: `cmd` list entries must be strings"),
+                            ))
+                        }
+                    }
+                }
+                cmds.join(" && ")
+            }
+            Some(_) => {
+                return Err(self.err(
+                    line,
+                    format!("stage `{name}`: `cmd` must be a string or a list of strings"),
+                ))
+            }
+            None => return Err(self.err(line, format!("stage `{name}` has no `cmd`"))),
+        };
+        if cmd.trim().is_empty() {
+            return Err(self.err(line, format!("stage `{name}` has an empty `cmd`")));
+        }
+        let mut paths = |list: &[String], what: &str, is_out: bool| -> Result<Vec<String>> {
+            let mut v = Vec::new();
+            for p in list {
+                let s = interp(p)?;
+                let n = normalize(&s).ok_or_else(|| {
+                    self.err(line, format!("stage `{name}`: {what} path `{s}` is empty"))
+                })?;
+                if is_out && (n.starts_with("../") || n == ".." || Path::new(&n).is_absolute()) {
+                    return Err(self.err(
+                        line,
+                        format!(
+                            "stage `{name}`: output `{s}` must be inside the pipeline directory"
+                        ),
+                    ));
+                }
+                if is_out && (n == "." || reserved(&n)) {
+                    return Err(self.err(
+                        line,
+                        format!(
+                            "stage `{name}`: output `{s}` would contain the engine's own state"
+                        ),
+                    ));
+                }
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+            }
+            Ok(v)
+        };
+        let deps = paths(&b.deps, "dependency", false)?;
+        let mut outs = paths(&b.outs, "output", true)?;
+        let metrics = paths(&b.metrics, "metrics", true)?;
+        let plots = paths(&b.plots, "plots", true)?;
+        // Metrics and plots outside every declared out are outputs too (as in DVC).
+        for m in metrics.iter().chain(&plots) {
+            if !outs.iter().any(|o| o == m || is_within(m, o)) {
+                outs.push(m.clone());
+            }
+        }
+        let mut params = BTreeSet::new();
+        for p in &b.params {
+            let key = interp(p)?;
+            params.insert(key);
+        }
+        let desc = b.desc.as_ref().map(|d| interp(d)).transpose()?;
+        params.extend(used);
+        for key in &params {
+            if self.params.get(key).is_none() {
+                return Err(self.err(
+                    line,
+                    format!(
+                        "stage `{name}` declares param `{key}`, which is not defined in \
+                         {PARAMS_FILE} (profile `{}`)",
+                        self.params.profile()
+                    ),
+                ));
+            }
+        }
+        let mut env: Vec<String> = b.env.clone();
+        env.sort();
+        env.dedup();
+        let resources = b.resources.unwrap_or_default();
+        if resources.cpus < 0.0 || resources.gpus < 0.0 || resources.mem_gb < 0.0 {
+            return Err(self.err(line, format!("stage `{name}`: resources must be >= 0")));
+        }
+        Ok(Stage {
+            name: name.to_string(),
+            base: base.to_string(),
+            line,
+            desc,
+            cmd,
+            deps,
+            params: params.into_iter().collect(),
+            outs,
+            metrics,
+            plots,
+            env,
+            resources,
+        })
+    }
+
+    /// Replaces `${item}`, `${item.a.b}`, `${key}` and `${param.key}`; `\${` stays literal.
+    fn interpolate(
+        &self,
+        stage: &str,
+        line: u64,
+        s: &str,
+        scope: &Scope,
+        used: &mut BTreeSet<String>,
+    ) -> Result<String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes()[pos - 1] == b'\\' {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            let end = after.find('}').ok_or_else(|| {
+                self.err(line, format!("stage `{stage}`: unclosed `${{` in `{s}`"))
+            })?;
+            let expr = after[..end].trim();
+            let value = self.resolve(stage, line, expr, scope, used)?;
+            out.push_str(&render(&value));
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn resolve(
+        &self,
+        stage: &str,
+        line: u64,
+        expr: &str,
+        scope: &Scope,
+        used: &mut BTreeSet<String>,
+    ) -> Result<Value> {
+        let (head, tail) = match expr.split_once('.') {
+            Some((h, t)) => (h, Some(t)),
+            None => (expr, None),
+        };
+        if head == "item" {
+            let item = scope.item.as_ref().ok_or_else(|| {
+                self.err(
+                    line,
+                    format!("stage `{stage}`: `${{{expr}}}` outside `foreach`/`matrix`"),
+                )
+            })?;
+            return match tail {
+                None => Ok(item.clone()),
+                Some(t) => crate::params::lookup(item, t).cloned().ok_or_else(|| {
+                    self.err(
+                        line,
+                        format!("stage `{stage}`: item has no `{t}` (in `${{{expr}}}`)"),
+                    )
+                }),
+            };
+        }
+        if expr == "key" {
+            if let Some(k) = &scope.key {
+                return Ok(Value::String(k.clone()));
+            }
+        }
+        match self.params.get(expr) {
+            Some(v) => {
+                used.insert(expr.to_string());
+                Ok(v.clone())
+            }
+            None => Err(self.err(
+                line,
+                format!(
+                    "stage `{stage}`: `${{{expr}}}` is not defined in {PARAMS_FILE} (profile `{}`)",
+                    self.params.profile()
+                ),
+            )),
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+fn whole_reference(s: &str) -> Option<&str> {
+    let t = s.trim();
+    let inner = t.strip_prefix("${")?.strip_suffix('}')?;
+    (!inner.contains("${")).then_some(inner.trim())
+}
+
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Array(_) | Value::Object(_))
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn render(v: &Value) -> String {
+    scalar_text(v).unwrap_or_else(|| match v {
+        Value::Null => "null".into(),
+        other => crate::params::canonical_json(other),
+    })
+}
+
+/// Paths the engine keeps for itself; no stage may write them.
+fn reserved(p: &str) -> bool {
+    p == ".acpo"
+        || p.starts_with(".acpo/")
+        || p == "results"
+        || p == crate::runcache::RUNCACHE_DIR
+        || p.starts_with(&format!("{}/", crate::runcache::RUNCACHE_DIR))
+        || p == crate::lock::LOCK_FILE
+        || p == PIPELINE_FILE
+        || p == PARAMS_FILE
+}
+
+/// Normalises a relative path: `./a//b/` -> `a/b`; `None` when empty.
+pub fn normalize(p: &str) -> Option<String> {
+    let path = Path::new(p.trim());
+    let mut parts: Vec<String> = Vec::new();
+    let mut absolute = false;
+    for c in path.components() {
+        match c {
+            Component::RootDir => absolute = true,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.last().is_some_and(|l| l != "..") {
+                    parts.pop();
+                } else {
+                    parts.push("..".into());
+                }
+            }
+            Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
+            Component::Prefix(_) => {}
+        }
+    }
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => Some(format!("/{joined}")),
+        (false, true) => {
+            if p.trim().is_empty() {
+                None
+            } else {
+                Some(".".into())
+            }
+        }
+        (false, false) => Some(joined),
+    }
+}
+
+/// Param values of a stage, `{ dotted key: value }`.
+pub fn stage_params(stage: &Stage, params: &Params) -> BTreeMap<String, Value> {
+    stage
+        .params
+        .iter()
+        .map(|k| (k.clone(), params.get(k).cloned().unwrap_or(Value::Null)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(text: &str, params: Value) -> Result<Pipeline> {
+        let p = Params::from_value(params, "cpu");
+        Pipeline::from_str(Path::new("/r"), Path::new("/r/pipeline.yaml"), text, &p)
+    }
+
+    #[test]
+    fn foreach_and_matrix_expand_like_dvc() {
+        let text = r#"
+stages:
+  prep:
+    foreach: ${data.sets}
+    do:
+      cmd: echo ${item} ${train.lr} > out/${item}.txt
+      outs:
+        - out/${item}.txt
+  ft:
+    matrix:
+      ds: [a, b]
+      m: [acpo, base]
+    cmd: cat out/${item.ds}.txt > ft/${item.ds}-${item.m}
+    deps:
+      - out/${item.ds}.txt
+    outs:
+      - ft/${item.ds}-${item.m}
+"#;
+        let p = load(
+            text,
+            json!({"data": {"sets": ["a", "b"]}, "train": {"lr": 0.1}}),
+        )
+        .unwrap();
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "prep@a",
+                "prep@b",
+                "ft@a-acpo",
+                "ft@a-base",
+                "ft@b-acpo",
+                "ft@b-base"
+            ]
+        );
+        assert_eq!(p.stages[0].cmd, "echo a 0.1 > out/a.txt");
+        assert_eq!(p.stages[0].params, ["train.lr"]);
+        let ft = p.index_of("ft@b-base").unwrap();
+        assert_eq!(p.upstream[ft], [p.index_of("prep@b").unwrap()]);
+        assert_eq!(p.select(&["ft".into()], false, true).unwrap().len(), 4);
+        assert_eq!(
+            p.select(&["ft@a-acpo".into()], false, false).unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn normalize_paths() {
+        assert_eq!(normalize("./a//b/").unwrap(), "a/b");
+        assert_eq!(normalize("../x").unwrap(), "../x");
+        assert_eq!(normalize("a/../b").unwrap(), "b");
+        assert!(normalize(" ").is_none());
+    }
+}

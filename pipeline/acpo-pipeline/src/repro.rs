@@ -1,0 +1,852 @@
+//! `repro`: run the stages that are not up to date, in topological order, in parallel up
+//! to `-j` and the declared resources; restore from the run cache when a key was seen
+//! before; keep earlier outputs and the lock intact when a stage fails or is interrupted.
+
+use crate::error::{Error, Result};
+use crate::fsutil::{ensure_parent, remove_path, write_atomic};
+use crate::hash::PathHash;
+use crate::key::KeyInputs;
+use crate::lock::LockEntry;
+use crate::pipeline::{Resources, Stage};
+use crate::progress::Progress;
+use crate::runcache::{CachedOut, RunEntry};
+use crate::workspace::{Reason, Workspace};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything `acpo repro` needs, resolved from the command line before any work.
+#[derive(Debug, Clone)]
+pub struct ReproSettings {
+    /// Directory of `pipeline.yaml`.
+    pub root: PathBuf,
+    pub profile: String,
+    /// `-S key=value` overrides.
+    pub overrides: Vec<String>,
+    /// Stage names (full or base); empty = all.
+    pub targets: Vec<String>,
+    pub force: bool,
+    pub downstream: bool,
+    pub single: bool,
+    pub dry_run: bool,
+    /// Most stages running at once (>= 1).
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// The command line that resumes this run (printed after a failure or interruption).
+    pub resume_command: String,
+    /// Draw a progress bar (when stderr is a terminal); plain lines otherwise.
+    pub progress: bool,
+}
+
+impl ReproSettings {
+    /// Defaults for running every stage of `root`.
+    pub fn new(root: impl Into<PathBuf>) -> ReproSettings {
+        ReproSettings {
+            root: root.into(),
+            profile: crate::params::DEFAULT_PROFILE.into(),
+            overrides: Vec::new(),
+            targets: Vec::new(),
+            force: false,
+            downstream: false,
+            single: false,
+            dry_run: false,
+            jobs: 1,
+            keep_going: false,
+            resume_command: "acpo repro".into(),
+            progress: false,
+        }
+    }
+}
+
+/// What a `repro` did, stage names per outcome.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReproSummary {
+    pub ran: Vec<String>,
+    pub restored: Vec<String>,
+    pub up_to_date: Vec<String>,
+    pub skipped: Vec<String>,
+    /// Stages a dry run would run or restore.
+    pub would_run: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum St {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+struct ExitInfo {
+    code: Option<i32>,
+    signal: Option<i32>,
+    maxrss_kib: i64,
+}
+
+enum Event {
+    Line(usize, String),
+    Exit(usize, ExitInfo),
+}
+
+struct Running {
+    pid: i32,
+    started: Instant,
+    inputs: KeyInputs,
+    key: String,
+}
+
+/// Available capacity for scheduling.
+#[derive(Debug, Clone, Copy)]
+struct Capacity {
+    cpus: f64,
+    gpus: f64,
+    mem_gb: f64,
+}
+
+impl Capacity {
+    fn detect() -> Capacity {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        let gpus = std::env::var("ACPO_GPUS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                (0..16)
+                    .filter(|i| Path::new(&format!("/dev/nvidia{i}")).exists())
+                    .count() as f64
+            });
+        let mem_gb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1024.0 / 1024.0)
+            .unwrap_or(f64::INFINITY);
+        Capacity { cpus, gpus, mem_gb }
+    }
+}
+
+/// Runs `repro`. Errors: bad input (before anything runs), stage failure, interruption.
+pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
+    let mut ws = Workspace::open(&settings.root, &settings.profile, &settings.overrides)?;
+    let sel = ws
+        .pipeline
+        .select(&settings.targets, settings.downstream, settings.single)?;
+    for &i in &sel {
+        ws.check_deps(i)?;
+    }
+    let state_dir = ws.state_dir();
+    std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+    let _guard = WorkspaceLock::acquire(&state_dir)?;
+    let progress = Progress::new(settings.progress, sel.len() as u64);
+    recover_backups(&ws, &progress)?;
+    if settings.dry_run {
+        return dry_run(&mut ws, settings, &sel, &progress);
+    }
+    let mut ex = Executor {
+        ws,
+        settings,
+        progress,
+        status: BTreeMap::new(),
+        prepared: BTreeMap::new(),
+        running: BTreeMap::new(),
+        summary: ReproSummary::default(),
+        failures: Vec::new(),
+        capacity: Capacity::detect(),
+        interrupted: Arc::new(AtomicBool::new(false)),
+    };
+    let result = ex.run(&sel);
+    let _ = ex.ws.hashes.save();
+    ex.progress.finish();
+    result
+}
+
+fn dry_run(
+    ws: &mut Workspace,
+    settings: &ReproSettings,
+    sel: &[usize],
+    progress: &Progress,
+) -> Result<ReproSummary> {
+    let mut summary = ReproSummary::default();
+    let mut will = vec![false; ws.pipeline.stages.len()];
+    for &i in sel {
+        let name = ws.pipeline.stages[i].name.clone();
+        let ups: Vec<String> = ws.pipeline.upstream[i]
+            .iter()
+            .filter(|&&u| will[u])
+            .map(|&u| ws.pipeline.stages[u].name.clone())
+            .collect();
+        let msg = if !ups.is_empty() {
+            format!("would run (after upstream {})", ups.join(", "))
+        } else {
+            let st = ws.state(i)?;
+            if settings.force {
+                "would run (forced)".to_string()
+            } else if st.reasons.is_empty() {
+                "up to date".to_string()
+            } else if ws.runcache.get(&st.key).is_some() {
+                "would restore from the run cache".to_string()
+            } else {
+                format!("would run: {}", reasons_text(&st.reasons))
+            }
+        };
+        if msg != "up to date" {
+            will[i] = true;
+            summary.would_run.push(name.clone());
+        } else {
+            summary.up_to_date.push(name.clone());
+        }
+        progress.line(&format!("{name}: {msg}"));
+    }
+    Ok(summary)
+}
+
+fn reasons_text(r: &[Reason]) -> String {
+    r.iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct Executor<'a> {
+    ws: Workspace,
+    settings: &'a ReproSettings,
+    progress: Progress,
+    status: BTreeMap<usize, St>,
+    prepared: BTreeMap<usize, (KeyInputs, String, Vec<Reason>)>,
+    running: BTreeMap<usize, Running>,
+    summary: ReproSummary,
+    failures: Vec<(String, String)>,
+    capacity: Capacity,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Executor<'_> {
+    fn run(&mut self, sel: &[usize]) -> Result<ReproSummary> {
+        for &i in sel {
+            self.status.insert(i, St::Pending);
+        }
+        let ids: Vec<signal_hook::SigId> =
+            [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+                .iter()
+                .filter_map(|&s| signal_hook::flag::register(s, self.interrupted.clone()).ok())
+                .collect();
+        let (tx, rx) = channel::<Event>();
+        let result = self.main_loop(sel, &tx, &rx);
+        for id in ids {
+            signal_hook::low_level::unregister(id);
+        }
+        result
+    }
+
+    fn main_loop(
+        &mut self,
+        sel: &[usize],
+        tx: &Sender<Event>,
+        rx: &Receiver<Event>,
+    ) -> Result<ReproSummary> {
+        let mut stop = false;
+        let mut fatal: Option<Error> = None;
+        loop {
+            if self.interrupted.load(Ordering::SeqCst) {
+                return Err(self.interrupt(rx));
+            }
+            if !stop {
+                if let Err(e) = self.schedule(sel, tx) {
+                    // A stage could not even be prepared (I/O): stop starting new work.
+                    stop = true;
+                    fatal = Some(e);
+                }
+            }
+            if self.running.is_empty() {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Event::Line(i, text)) => {
+                    let name = &self.ws.pipeline.stages[i].name;
+                    self.progress.stage_output(name, &text);
+                }
+                Ok(Event::Exit(i, info)) => {
+                    if let Err(msg) = self.finish(i, info) {
+                        let name = self.ws.pipeline.stages[i].name.clone();
+                        self.progress.line(&format!("{name}: FAILED: {msg}"));
+                        self.failures.push((name, msg));
+                        self.status.insert(i, St::Failed);
+                        if !self.settings.keep_going {
+                            stop = true;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for (&i, &st) in &self.status {
+            if st == St::Pending || st == St::Skipped {
+                self.summary
+                    .skipped
+                    .push(self.ws.pipeline.stages[i].name.clone());
+            }
+        }
+        if let Some(e) = fatal {
+            self.print_resume();
+            return Err(e);
+        }
+        if !self.failures.is_empty() {
+            self.print_resume();
+            let names: Vec<String> = self.failures.iter().map(|f| f.0.clone()).collect();
+            if self.failures.len() == 1 {
+                let (stage, message) = self.failures.remove(0);
+                return Err(Error::StageFailed { stage, message });
+            }
+            return Err(Error::StagesFailed {
+                failed: names.len(),
+                stages: names.join(", "),
+            });
+        }
+        Ok(self.summary.clone())
+    }
+
+    fn print_resume(&self) {
+        self.progress.line(&format!(
+            "nothing finished was lost; to resume, run: {}",
+            self.settings.resume_command
+        ));
+    }
+
+    /// Starts every stage that is ready and fits; settles up-to-date and cached ones.
+    fn schedule(&mut self, sel: &[usize], tx: &Sender<Event>) -> Result<()> {
+        for &i in sel {
+            if self.status[&i] != St::Pending {
+                continue;
+            }
+            let ups = &self.ws.pipeline.upstream[i];
+            let mut ready = true;
+            let mut blocked = false;
+            for u in ups {
+                match self.status.get(u) {
+                    None | Some(St::Done) => {}
+                    Some(St::Failed) | Some(St::Skipped) => blocked = true,
+                    Some(_) => ready = false,
+                }
+            }
+            if blocked {
+                self.status.insert(i, St::Skipped);
+                let name = &self.ws.pipeline.stages[i].name;
+                self.progress
+                    .line(&format!("{name}: skipped (an upstream stage failed)"));
+                self.progress.inc();
+                continue;
+            }
+            if !ready {
+                continue;
+            }
+            if !self.prepared.contains_key(&i) {
+                let st = self.ws.state(i)?;
+                let name = self.ws.pipeline.stages[i].name.clone();
+                if !self.settings.force && st.reasons.is_empty() {
+                    self.status.insert(i, St::Done);
+                    self.summary.up_to_date.push(name.clone());
+                    self.progress.line(&format!("{name}: up to date"));
+                    self.progress.inc();
+                    continue;
+                }
+                if !self.settings.force {
+                    if let Some(entry) = self.ws.runcache.get(&st.key) {
+                        self.restore(i, &entry)?;
+                        self.status.insert(i, St::Done);
+                        self.summary.restored.push(name.clone());
+                        self.progress.line(&format!(
+                            "{name}: restored from the run cache ({})",
+                            reasons_text(&st.reasons)
+                        ));
+                        self.progress.inc();
+                        continue;
+                    }
+                }
+                let reasons = if self.settings.force {
+                    vec![Reason::Forced]
+                } else {
+                    st.reasons
+                };
+                self.prepared.insert(i, (st.inputs, st.key, reasons));
+            }
+            if self.fits(&self.ws.pipeline.stages[i].resources) {
+                self.start(i, tx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fits(&self, r: &Resources) -> bool {
+        if self.running.is_empty() {
+            return true;
+        }
+        if self.running.len() >= self.settings.jobs.max(1) {
+            return false;
+        }
+        let mut used = Resources {
+            cpus: 0.0,
+            gpus: 0.0,
+            mem_gb: 0.0,
+        };
+        for &i in self.running.keys() {
+            let s = &self.ws.pipeline.stages[i].resources;
+            used.cpus += s.cpus;
+            used.gpus += s.gpus;
+            used.mem_gb += s.mem_gb;
+        }
+        used.cpus + r.cpus <= self.capacity.cpus + 1e-9
+            && used.gpus + r.gpus <= self.capacity.gpus + 1e-9
+            && used.mem_gb + r.mem_gb <= self.capacity.mem_gb + 1e-9
+    }
+
+    fn restore(&mut self, i: usize, entry: &RunEntry) -> Result<()> {
+        let stage = self.ws.pipeline.stages[i].clone();
+        self.ws
+            .runcache
+            .restore(&self.ws.root, entry, &mut self.ws.hashes)?;
+        let outs = entry
+            .outs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.hash.clone()))
+            .collect();
+        self.record(
+            &stage,
+            &entry.key,
+            entry.inputs.clone(),
+            outs,
+            entry.wall_s,
+            entry.peak_rss_mib,
+            true,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        stage: &Stage,
+        key: &str,
+        inputs: KeyInputs,
+        outs: BTreeMap<String, PathHash>,
+        wall_s: f64,
+        peak_rss_mib: f64,
+        restored: bool,
+    ) -> Result<()> {
+        self.ws.lock.stages.insert(
+            stage.name.clone(),
+            LockEntry {
+                key: key.to_string(),
+                profile: self.settings.profile.clone(),
+                inputs,
+                outs,
+                wall_s,
+                peak_rss_mib,
+                finished_unix: unix_now(),
+                restored,
+            },
+        );
+        self.ws.lock.save(&self.ws.root)
+    }
+
+    fn start(&mut self, i: usize, tx: &Sender<Event>) -> Result<()> {
+        let (inputs, key, reasons) = self.prepared.remove(&i).expect("prepared before start");
+        let stage = self.ws.pipeline.stages[i].clone();
+        let root = self.ws.root.clone();
+        let state = self.ws.state_dir();
+        move_outs_aside(&root, &state, &stage)?;
+        let params_file = state.join("params").join(format!("{}.json", stage.name));
+        let bytes = serde_json::to_vec_pretty(&inputs.params).map_err(|e| Error::Corrupt {
+            path: params_file.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&params_file, &bytes)?;
+        let log_path = state.join("logs").join(format!("{}.log", stage.name));
+        ensure_parent(&log_path)?;
+        let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
+        let log = Arc::new(Mutex::new(log));
+        self.progress.line(&format!(
+            "{}: running ({}): {}",
+            stage.name,
+            reasons_text(&reasons),
+            stage.cmd
+        ));
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&stage.cmd)
+            .current_dir(&root)
+            .env("ACPO_PARAMS", &params_file)
+            .env("ACPO_STAGE", &stage.name)
+            .env("ACPO_PROFILE", &self.settings.profile)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Own process group: Ctrl-C reaches acpo only, which then stops the whole
+            // stage (sh and everything it started) and restores the outputs.
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                restore_backup(&root, &state, &stage)?;
+                return Err(Error::io(PathBuf::from("sh"), e));
+            }
+        };
+        let pid = child.id() as i32;
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(spawn_reader(i, out, tx.clone(), log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(spawn_reader(i, err, tx.clone(), log));
+        }
+        drop(child); // not waited through std: the waiter thread reaps it with wait4
+        let txw = tx.clone();
+        std::thread::spawn(move || {
+            let info = wait_pid(pid);
+            // Let the readers drain the pipes (bounded: a daemonised grandchild may keep
+            // them open).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            for r in readers {
+                while !r.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let _ = txw.send(Event::Exit(i, info));
+        });
+        self.status.insert(i, St::Running);
+        self.running.insert(
+            i,
+            Running {
+                pid,
+                started: Instant::now(),
+                inputs,
+                key,
+            },
+        );
+        Ok(())
+    }
+
+    /// Settles a stage whose command exited. `Err` is the failure message.
+    fn finish(&mut self, i: usize, info: ExitInfo) -> std::result::Result<(), String> {
+        let run = self.running.remove(&i).expect("running stage");
+        let stage = self.ws.pipeline.stages[i].clone();
+        let wall_s = run.started.elapsed().as_secs_f64();
+        let root = self.ws.root.clone();
+        let state = self.ws.state_dir();
+        let fail = |msg: String| -> std::result::Result<(), String> {
+            for o in &stage.outs {
+                let _ = remove_path(&root.join(o));
+            }
+            match restore_backup(&root, &state, &stage) {
+                Ok(()) => Err(msg),
+                Err(e) => Err(format!("{msg}; restoring the earlier outputs failed: {e}")),
+            }
+        };
+        if info.code != Some(0) {
+            let how = match (info.code, info.signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}"),
+                (Some(c), None) => format!("exit status {c}"),
+                (None, None) => "unknown exit".into(),
+            };
+            return fail(format!(
+                "command failed ({how}); log: {}",
+                state
+                    .join("logs")
+                    .join(format!("{}.log", stage.name))
+                    .display()
+            ));
+        }
+        for o in &stage.outs {
+            if std::fs::symlink_metadata(root.join(o)).is_err() {
+                return fail(format!(
+                    "{}: command exited 0 but did not produce its declared output `{o}`",
+                    self.ws.pipeline.location(i)
+                ));
+            }
+        }
+        let done = (|| -> Result<()> {
+            let mut outs = BTreeMap::new();
+            let mut cached = BTreeMap::new();
+            for o in &stage.outs {
+                let (h, entries) =
+                    self.ws.hashes.tree(&root.join(o))?.ok_or_else(|| {
+                        Error::io(root.join(o), std::io::ErrorKind::NotFound.into())
+                    })?;
+                outs.insert(o.clone(), h.clone());
+                cached.insert(o.clone(), CachedOut { hash: h, entries });
+            }
+            let peak = info.maxrss_kib as f64 / 1024.0;
+            self.ws.runcache.put(
+                &root,
+                &RunEntry {
+                    stage: stage.name.clone(),
+                    key: run.key.clone(),
+                    profile: self.settings.profile.clone(),
+                    inputs: run.inputs.clone(),
+                    outs: cached,
+                    wall_s,
+                    peak_rss_mib: peak,
+                    created_unix: unix_now(),
+                },
+            )?;
+            self.record(
+                &stage,
+                &run.key,
+                run.inputs.clone(),
+                outs,
+                wall_s,
+                peak,
+                false,
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = done {
+            return fail(format!("recording its outputs failed: {e}"));
+        }
+        discard_backup(&state, &stage);
+        self.status.insert(i, St::Done);
+        self.summary.ran.push(stage.name.clone());
+        self.progress.line(&format!(
+            "{}: done in {wall_s:.2} s, peak memory {:.1} MiB",
+            stage.name,
+            info.maxrss_kib as f64 / 1024.0
+        ));
+        self.progress.inc();
+        Ok(())
+    }
+
+    /// Stops every running stage, restores its earlier outputs, and returns the error.
+    fn interrupt(&mut self, rx: &Receiver<Event>) -> Error {
+        self.progress.line("interrupted: stopping running stages");
+        for r in self.running.values() {
+            // SAFETY: kill(2) on the stage's own process group; no memory is involved.
+            unsafe {
+                libc::kill(-r.pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut killed = false;
+        let mut stopped = Vec::new();
+        while !self.running.is_empty() {
+            if Instant::now() > deadline && !killed {
+                for r in self.running.values() {
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(-r.pid, libc::SIGKILL);
+                    }
+                }
+                killed = true;
+            }
+            if let Ok(Event::Exit(i, _)) = rx.recv_timeout(Duration::from_millis(100)) {
+                self.running.remove(&i);
+                let stage = self.ws.pipeline.stages[i].clone();
+                let state = self.ws.state_dir();
+                for o in &stage.outs {
+                    let _ = remove_path(&self.ws.root.join(o));
+                }
+                if let Err(e) = restore_backup(&self.ws.root, &state, &stage) {
+                    self.progress.line(&format!(
+                        "{}: restoring earlier outputs failed: {e}",
+                        stage.name
+                    ));
+                }
+                stopped.push(stage.name);
+            }
+        }
+        let _ = self.ws.hashes.save();
+        self.print_resume();
+        Error::Interrupted {
+            stages: if stopped.is_empty() {
+                "(between stages)".into()
+            } else {
+                stopped.join(", ")
+            },
+        }
+    }
+}
+
+fn spawn_reader(
+    i: usize,
+    pipe: impl std::io::Read + Send + 'static,
+    tx: Sender<Event>,
+    log: Arc<Mutex<std::fs::File>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Ok(mut f) = log.lock() {
+                        let _ = f.write_all(&buf);
+                    }
+                    let text = String::from_utf8_lossy(&buf);
+                    // A progress bar redraws with '\r': show only its latest state.
+                    let last = text
+                        .trim_end()
+                        .rsplit('\r')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(Event::Line(i, last));
+                }
+            }
+        }
+    })
+}
+
+fn wait_pid(pid: i32) -> ExitInfo {
+    let mut status: libc::c_int = 0;
+    // SAFETY: a zeroed rusage is a valid value; wait4 writes both out-parameters.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our child; the pointers are to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return ExitInfo {
+            code: None,
+            signal: None,
+            maxrss_kib: 0,
+        };
+    }
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    ExitInfo {
+        code,
+        signal,
+        maxrss_kib: ru.ru_maxrss,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn backup_dir(state: &Path, stage: &Stage) -> PathBuf {
+    state.join("backup").join(&stage.name)
+}
+
+/// Moves a stage's existing outputs into `.acpo/backup/<stage>/` (a manifest first, so a
+/// killed engine can put them back on its next start) and creates the outs' parents.
+fn move_outs_aside(root: &Path, state: &Path, stage: &Stage) -> Result<()> {
+    let dir = backup_dir(state, stage);
+    remove_path(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let moved: Vec<(String, String)> = stage
+        .outs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
+        .map(|(n, o)| (o.clone(), n.to_string()))
+        .collect();
+    let manifest = serde_json::to_vec(&moved).unwrap_or_default();
+    write_atomic(&dir.join("manifest.json"), &manifest)?;
+    for (o, n) in &moved {
+        let src = root.join(o);
+        std::fs::rename(&src, dir.join(n)).map_err(|e| Error::io(&src, e))?;
+    }
+    for o in &stage.outs {
+        ensure_parent(&root.join(o))?;
+    }
+    Ok(())
+}
+
+/// Puts the outputs moved aside back in place (removing whatever partial outputs exist).
+fn restore_backup(root: &Path, state: &Path, stage: &Stage) -> Result<()> {
+    restore_backup_dir(root, &backup_dir(state, stage))
+}
+
+fn restore_backup_dir(root: &Path, dir: &Path) -> Result<()> {
+    let manifest = dir.join("manifest.json");
+    let Ok(bytes) = std::fs::read(&manifest) else {
+        return remove_path(dir);
+    };
+    let moved: Vec<(String, String)> = serde_json::from_slice(&bytes).unwrap_or_default();
+    for (o, n) in &moved {
+        let src = dir.join(n);
+        if src.exists() || std::fs::symlink_metadata(&src).is_ok() {
+            let dst = root.join(o);
+            remove_path(&dst)?;
+            ensure_parent(&dst)?;
+            std::fs::rename(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    remove_path(dir)
+}
+
+fn discard_backup(state: &Path, stage: &Stage) {
+    let _ = remove_path(&backup_dir(state, stage));
+}
+
+/// After an engine that was killed outright: put back every output left moved aside.
+fn recover_backups(ws: &Workspace, progress: &Progress) -> Result<()> {
+    let dir = ws.state_dir().join("backup");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = ws.pipeline.index_of(&name) {
+            for o in &ws.pipeline.stages[i].outs {
+                remove_path(&ws.root.join(o))?;
+            }
+        }
+        progress.line(&format!(
+            "{name}: restoring the outputs of an interrupted run"
+        ));
+        restore_backup_dir(&ws.root, &e.path())?;
+    }
+    Ok(())
+}
+
+/// Holds `.acpo/repro.lock` (flock) so two `acpo repro` never run in one directory.
+struct WorkspaceLock {
+    _file: std::fs::File,
+}
+
+impl WorkspaceLock {
+    fn acquire(state: &Path) -> Result<WorkspaceLock> {
+        use std::os::unix::io::AsRawFd;
+        let path = state.join("repro.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // SAFETY: flock on a file descriptor we own.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            return Err(Error::Usage(format!(
+                "another `acpo repro` is running in this directory ({} is locked)",
+                path.display()
+            )));
+        }
+        Ok(WorkspaceLock { _file: file })
+    }
+}

@@ -1,0 +1,291 @@
+//! A pipeline directory opened for work: params, pipeline, lock, hash cache, run cache,
+//! and what makes each stage up to date or not.
+
+use crate::error::{Error, Result};
+use crate::hash::{HashCache, PathHash};
+use crate::key::KeyInputs;
+use crate::lock::{Lock, LockEntry};
+use crate::params::Params;
+use crate::pipeline::{stage_params, Pipeline};
+use crate::runcache::RunCache;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The engine's private state directory (gitignored).
+pub const STATE_DIR: &str = ".acpo";
+
+/// An opened pipeline directory.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub params: Params,
+    pub pipeline: Pipeline,
+    pub lock: Lock,
+    pub hashes: HashCache,
+    pub runcache: RunCache,
+}
+
+/// Why a stage is not up to date.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    NeverRun,
+    Forced,
+    Version {
+        old: String,
+        new: String,
+    },
+    Cmd {
+        old: String,
+        new: String,
+    },
+    Param {
+        key: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    Dep {
+        path: String,
+        old: Option<PathHash>,
+        new: Option<PathHash>,
+    },
+    Env {
+        name: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Outs {
+        old: Vec<String>,
+        new: Vec<String>,
+    },
+    OutMissing {
+        path: String,
+    },
+    OutModified {
+        path: String,
+    },
+    Upstream {
+        stage: String,
+    },
+}
+
+fn short(h: &Option<PathHash>) -> String {
+    match h {
+        Some(h) => format!("{} {}", h.kind, &h.hash[..h.hash.len().min(12)]),
+        None => "missing".into(),
+    }
+}
+
+fn val(v: &Option<Value>) -> String {
+    v.as_ref()
+        .map(crate::params::canonical_json)
+        .unwrap_or_else(|| "(not declared)".into())
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NeverRun => write!(f, "never run (not in pipeline.lock)"),
+            Reason::Forced => write!(f, "forced"),
+            Reason::Version { old, new } => write!(f, "acpo version: {old} -> {new}"),
+            Reason::Cmd { old, new } => write!(f, "cmd: `{old}` -> `{new}`"),
+            Reason::Param { key, old, new } => {
+                write!(f, "param {key}: {} -> {}", val(old), val(new))
+            }
+            Reason::Dep { path, old, new } => {
+                write!(f, "dep {path}: {} -> {}", short(old), short(new))
+            }
+            Reason::Env { name, old, new } => write!(
+                f,
+                "env {name}: {} -> {}",
+                old.as_deref().unwrap_or("(unset)"),
+                new.as_deref().unwrap_or("(unset)")
+            ),
+            Reason::Outs { old, new } => write!(f, "outs: {old:?} -> {new:?}"),
+            Reason::OutMissing { path } => write!(f, "out {path}: missing"),
+            Reason::OutModified { path } => write!(f, "out {path}: modified since it was produced"),
+            Reason::Upstream { stage } => write!(f, "upstream stage `{stage}` is not up to date"),
+        }
+    }
+}
+
+/// A stage's current inputs and how they compare with the lock.
+#[derive(Debug, Clone)]
+pub struct StageState {
+    pub inputs: KeyInputs,
+    pub key: String,
+    /// Empty when up to date.
+    pub reasons: Vec<Reason>,
+}
+
+impl Workspace {
+    /// Opens `root` (the directory of `pipeline.yaml`) for `profile` with `-S` overrides.
+    pub fn open(root: &Path, profile: &str, overrides: &[String]) -> Result<Workspace> {
+        let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+        let params = Params::load(&root, profile, overrides)?;
+        let pipeline = Pipeline::load(&root, &params)?;
+        let lock = Lock::load(&root)?;
+        let hashes = HashCache::load(&root.join(STATE_DIR));
+        let runcache = RunCache::new(&root);
+        Ok(Workspace {
+            root,
+            params,
+            pipeline,
+            lock,
+            hashes,
+            runcache,
+        })
+    }
+
+    /// The engine's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(STATE_DIR)
+    }
+
+    /// Fails when a dependency of stage `i` neither exists nor is produced by a stage.
+    pub fn check_deps(&self, i: usize) -> Result<()> {
+        let s = &self.pipeline.stages[i];
+        for d in &s.deps {
+            if !self.root.join(d).exists() && !self.pipeline.produced_by_upstream(i, d) {
+                return Err(self.pipeline.stage_error(
+                    i,
+                    format!(
+                        "stage `{}`: dependency `{d}` does not exist and no stage produces it",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes the current inputs of stage `i`.
+    pub fn inputs(&mut self, i: usize) -> Result<KeyInputs> {
+        let s = &self.pipeline.stages[i];
+        let mut deps = BTreeMap::new();
+        for d in &s.deps {
+            deps.insert(d.clone(), self.hashes.hash_path(&self.root.join(d))?);
+        }
+        let env = s
+            .env
+            .iter()
+            .map(|n| (n.clone(), std::env::var(n).ok()))
+            .collect();
+        Ok(KeyInputs {
+            acpo_version: crate::VERSION.to_string(),
+            cmd: s.cmd.clone(),
+            params: stage_params(s, &self.params),
+            deps,
+            env,
+            outs: s.outs.clone(),
+        })
+    }
+
+    /// Compares stage `i`'s current inputs and outputs with its lock entry.
+    pub fn state(&mut self, i: usize) -> Result<StageState> {
+        let inputs = self.inputs(i)?;
+        let key = inputs.key();
+        let name = self.pipeline.stages[i].name.clone();
+        let reasons = match self.lock.stages.get(&name).cloned() {
+            None => vec![Reason::NeverRun],
+            Some(entry) => {
+                let mut r = if entry.key == key {
+                    Vec::new()
+                } else {
+                    diff_inputs(&entry.inputs, &inputs)
+                };
+                r.extend(self.out_reasons(&entry)?);
+                r
+            }
+        };
+        Ok(StageState {
+            inputs,
+            key,
+            reasons,
+        })
+    }
+
+    fn out_reasons(&mut self, entry: &LockEntry) -> Result<Vec<Reason>> {
+        let mut r = Vec::new();
+        for (path, old) in &entry.outs {
+            match self.hashes.hash_path(&self.root.join(path))? {
+                None => r.push(Reason::OutMissing { path: path.clone() }),
+                Some(h) if h.hash != old.hash || h.kind != old.kind => {
+                    r.push(Reason::OutModified { path: path.clone() })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The differences between the inputs recorded in the lock and the current ones.
+pub fn diff_inputs(old: &KeyInputs, new: &KeyInputs) -> Vec<Reason> {
+    let mut r = Vec::new();
+    if old.acpo_version != new.acpo_version {
+        r.push(Reason::Version {
+            old: old.acpo_version.clone(),
+            new: new.acpo_version.clone(),
+        });
+    }
+    if old.cmd != new.cmd {
+        r.push(Reason::Cmd {
+            old: old.cmd.clone(),
+            new: new.cmd.clone(),
+        });
+    }
+    for key in union(old.params.keys(), new.params.keys()) {
+        let (a, b) = (old.params.get(&key), new.params.get(&key));
+        if a != b {
+            r.push(Reason::Param {
+                key,
+                old: a.cloned(),
+                new: b.cloned(),
+            });
+        }
+    }
+    for path in union(old.deps.keys(), new.deps.keys()) {
+        let (a, b) = (
+            old.deps.get(&path).cloned().flatten(),
+            new.deps.get(&path).cloned().flatten(),
+        );
+        if a != b || old.deps.contains_key(&path) != new.deps.contains_key(&path) {
+            r.push(Reason::Dep {
+                path,
+                old: a,
+                new: b,
+            });
+        }
+    }
+    for name in union(old.env.keys(), new.env.keys()) {
+        let (a, b) = (
+            old.env.get(&name).cloned().flatten(),
+            new.env.get(&name).cloned().flatten(),
+        );
+        if a != b || old.env.contains_key(&name) != new.env.contains_key(&name) {
+            r.push(Reason::Env {
+                name,
+                old: a,
+                new: b,
+            });
+        }
+    }
+    let (mut a, mut b) = (old.outs.clone(), new.outs.clone());
+    a.sort();
+    b.sort();
+    if a != b {
+        r.push(Reason::Outs { old: a, new: b });
+    }
+    r
+}
+
+fn union<'a>(
+    a: impl Iterator<Item = &'a String>,
+    b: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut v: Vec<String> = a.chain(b).cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}
