@@ -1,0 +1,95 @@
+//! CIFAR-10 test images for the judge sanity check: the prepared split
+//! (`data/prepared/cifar10/test.safetensors`, `images` U8 `[N, 32, 32, 3]`), or, before the data
+//! stage has run, the mirror's JPEG tar (`cifar10/cifar10-jpeg-test.tar`).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{IqaError, Result};
+use crate::imageio::RgbImage;
+
+/// `count` evenly spaced indices of `0..n` (all of them when `count >= n`).
+pub fn spaced_indices(n: usize, count: usize) -> Vec<usize> {
+    if count >= n {
+        return (0..n).collect();
+    }
+    (0..count).map(|i| i * n / count).collect()
+}
+
+/// Reads `count` evenly spaced images of a prepared split (`images`: U8 `[N, H, W, 3]`).
+pub fn load_prepared(path: &Path, count: usize) -> Result<Vec<RgbImage>> {
+    let bytes = std::fs::read(path).map_err(|e| IqaError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| IqaError::BadImage {
+        path: path.to_path_buf(),
+        reason: format!("not a safetensors file: {e}"),
+    })?;
+    let view = st.tensor("images").map_err(|_| IqaError::BadImage {
+        path: path.to_path_buf(),
+        reason: "no `images` tensor".into(),
+    })?;
+    let shape = view.shape();
+    if view.dtype() != safetensors::Dtype::U8 || shape.len() != 4 || shape[3] != 3 {
+        return Err(IqaError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!(
+                "`images` is {:?} {:?}, expected U8 [N, H, W, 3]",
+                view.dtype(),
+                shape
+            ),
+        });
+    }
+    let (n, h, w) = (shape[0], shape[1], shape[2]);
+    let data = view.data();
+    spaced_indices(n, count)
+        .into_iter()
+        .map(|i| RgbImage::new(w, h, data[i * h * w * 3..(i + 1) * h * w * 3].to_vec()))
+        .collect()
+}
+
+/// Reads `count` evenly spaced JPEGs (by sorted member name) from a CIFAR-10 mirror tar.
+pub fn load_tar(path: &Path, count: usize) -> Result<Vec<RgbImage>> {
+    let open = || -> Result<tar::Archive<std::fs::File>> {
+        let f = std::fs::File::open(path).map_err(|e| IqaError::io(path, e))?;
+        Ok(tar::Archive::new(f))
+    };
+    let bad = |reason: String| IqaError::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // first pass: member names
+    let mut names = Vec::new();
+    for entry in open()?.entries().map_err(|e| bad(e.to_string()))? {
+        let entry = entry.map_err(|e| bad(e.to_string()))?;
+        if entry.header().entry_type().is_file() {
+            let p = entry.path().map_err(|e| bad(e.to_string()))?;
+            if p.extension().is_some_and(|e| e == "jpg") {
+                names.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    names.sort();
+    let wanted: std::collections::HashMap<String, usize> = spaced_indices(names.len(), count)
+        .into_iter()
+        .enumerate()
+        .map(|(k, i)| (names[i].clone(), k))
+        .collect();
+    let mut out: Vec<Option<RgbImage>> = vec![None; wanted.len()];
+    for entry in open()?.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| bad(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if let Some(&k) = wanted.get(&name) {
+            let mut buf = Vec::new();
+            entry
+                .read_to_end(&mut buf)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            let img =
+                image::load_from_memory(&buf).map_err(|e| bad(format!("member {name}: {e}")))?;
+            out[k] = Some(RgbImage::from_image(img.to_rgb8()));
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
