@@ -74,12 +74,13 @@ struct RawStage {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
-    stages: Option<Ordered<Spanned<RawStage>>>,
+    stages: Option<Ordered<RawStage>>,
 }
 
-/// A mapping that keeps the order of the file (stage order, matrix axes).
+/// A mapping that keeps the order of the file (stage order, matrix axes) and the line
+/// of each key.
 #[derive(Debug, Clone)]
-struct Ordered<T>(Vec<(String, T)>);
+struct Ordered<T>(Vec<(String, u64, T)>);
 
 impl<T> Default for Ordered<T> {
     fn default() -> Self {
@@ -100,8 +101,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
                 mut m: A,
             ) -> std::result::Result<Ordered<T>, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, T>()? {
-                    out.push((k, v));
+                while let Some((k, v)) = m.next_entry::<Spanned<String>, T>()? {
+                    out.push((k.value, k.referenced.line(), v));
                 }
                 Ok(Ordered(out))
             }
@@ -178,9 +179,8 @@ impl Pipeline {
             file: display,
             params,
         };
-        for (name, spanned) in raw.stages.unwrap_or_default().0 {
-            let line = spanned.referenced.line();
-            ctx.expand(&name, line, spanned.value, &mut stages)?;
+        for (name, line, stage) in raw.stages.unwrap_or_default().0 {
+            ctx.expand(&name, line, stage, &mut stages)?;
         }
         let mut p = Pipeline {
             root: root.to_path_buf(),
@@ -500,7 +500,7 @@ impl Ctx<'_> {
             }
             (None, None, Some(matrix)) => {
                 let mut axes = Vec::new();
-                for (axis, v) in matrix.0 {
+                for (axis, _, v) in matrix.0 {
                     let items = self.collection(name, line, &format!("matrix.{axis}"), v)?;
                     if items.is_empty() {
                         return Err(self.err(

@@ -839,8 +839,17 @@ impl WorkspaceLock {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // A process forked by another thread of this program (between fork and exec)
+        // may briefly hold a copy of a released lock's descriptor: retry for a moment.
+        let mut r = -1;
+        for _ in 0..100 {
+            // SAFETY: flock on a file descriptor we own.
+            r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if r != 0 {
             return Err(Error::Usage(format!(
                 "another `acpo repro` is running in this directory ({} is locked)",
