@@ -1,0 +1,48 @@
+//! Typed errors of the FID crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate. Errors that concern a file name it.
+#[derive(Debug, thiserror::Error)]
+pub enum FidError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TorchScript archive could not be read or is not the expected network.
+    #[error("{path}: TorchScript archive: {msg}")]
+    TorchScript { path: PathBuf, msg: String },
+    /// The converted weights file is missing a tensor, has a wrong shape, etc.
+    #[error("{path}: Inception weights: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    /// A dataset or statistics file has the wrong content.
+    #[error("{path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+    /// A caller passed an unusable argument (shape, dtype, sample count ...).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A numerical step failed (e.g. a non-finite covariance).
+    #[error("numerical error: {0}")]
+    Numerical(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, FidError>;
+
+impl FidError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FidError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        FidError::Data {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
