@@ -250,13 +250,19 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Hashes files on all cores. Hand-written (a scoped-thread work queue) rather than
+/// Hashes files on all cores (or `ACPO_HASH_THREADS`). Hand-written (a scoped-thread work queue) rather than
 /// pulling in rayon for this one loop.
 pub fn hash_files_parallel(paths: &[&Path]) -> Vec<Result<String>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    let threads = std::env::var("ACPO_HASH_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .min(paths.len().max(1));
     if threads <= 1 {
         return paths.iter().map(|p| sha256_file(p)).collect();

@@ -5,8 +5,10 @@ use serde::de::DeserializeOwned;
 use std::path::Path;
 
 /// Parses `text` (the contents of `file`) into `T`, mapping errors to `file:line:column`.
+/// YAML 1.2 booleans only (`yes`/`no`/`on`/`off` stay strings: no "Norway problem").
 pub fn from_str<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T> {
-    serde_saphyr::from_str::<T>(text).map_err(|e| yaml_error(file, &e))
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| yaml_error(file, &e))
 }
 
 /// Reads and parses a YAML file.
@@ -75,6 +77,12 @@ mod tests {
         assert!(s.contains('b'), "{s}");
         let e = from_str::<BTreeMap<String, u32>>(Path::new("y.yaml"), "a: [1,\n").unwrap_err();
         assert!(e.to_string().starts_with("y.yaml:"), "{e}");
+    }
+
+    #[test]
+    fn yes_and_no_are_strings() {
+        let v = value_from_str(Path::new("p.yaml"), "a: no\nb: true\nc: on\n").unwrap();
+        assert_eq!(v, serde_json::json!({"a": "no", "b": true, "c": "on"}));
     }
 
     #[test]

@@ -1,0 +1,175 @@
+//! End-to-end tests of the `acpo` binary's engine commands on toy shell pipelines:
+//! exit codes (0 ok, 1 stage failed, 2 bad input, 130 interrupted), messages, resume hints.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ACPO: &str = env!("CARGO_BIN_EXE_acpo");
+
+fn toy(pipeline: &str, params: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("pipeline.yaml"), pipeline).unwrap();
+    std::fs::write(d.path().join("params.yaml"), params).unwrap();
+    d
+}
+
+fn acpo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(ACPO)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const TWO: &str = r#"
+stages:
+  a:
+    cmd: echo "${p.a}" > a.txt
+    outs: [a.txt]
+  b:
+    cmd: cat a.txt > b.txt && test "${p.fail}" = no
+    deps: [a.txt]
+    outs: [b.txt]
+"#;
+
+#[test]
+fn repro_status_and_exit_codes() {
+    let d = toy(TWO, "p:\n  a: 1\n  fail: no\n");
+    let o = acpo(d.path(), &["repro"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 ran, 0 restored"), "{}", text(&o));
+    let o = acpo(d.path(), &["status", "-S", "p.a=2"]);
+    assert!(o.status.success());
+    let s = text(&o);
+    assert!(
+        s.contains("a: changed") && s.contains("param p.a: 1 -> 2"),
+        "{s}"
+    );
+    assert!(s.contains("upstream stage `a` is not up to date"), "{s}");
+
+    // Stage failure: exit 1, earlier outputs kept, the resume command printed.
+    let o = acpo(d.path(), &["repro", "-S", "p.fail=yes", "b"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let s = text(&o);
+    assert!(s.contains("stage `b` failed"), "{s}");
+    assert!(
+        s.contains("to resume, run: ") && s.contains("repro -S p.fail=yes b"),
+        "{s}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("b.txt")).unwrap(),
+        "1\n"
+    );
+
+    // Bad input: exit 2 with file and line.
+    let o = acpo(d.path(), &["repro", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("unknown stage `nosuch` in pipeline.yaml"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        "stages:\n  a:\n    cmd: x\n    oops: 1\n",
+    )
+    .unwrap();
+    let o = acpo(d.path(), &["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("pipeline.yaml:4:5: unknown field `oops`"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn dag_explain_metrics_gc() {
+    let p = r#"
+stages:
+  a:
+    cmd: >-
+      echo "{\"score\": ${p.a}}" > m.json
+    metrics: [m.json]
+  b:
+    cmd: cat m.json > b.txt
+    deps: [m.json]
+    outs: [b.txt]
+"#;
+    let d = toy(p, "p:\n  a: 1\n");
+    assert!(acpo(d.path(), &["repro"]).status.success());
+    let o = acpo(d.path(), &["dag"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "a\nb <- a\n");
+    let o = acpo(d.path(), &["dag", "--mermaid"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("s0 --> s1"));
+    let o = acpo(d.path(), &["explain", "a"]);
+    let s = text(&o);
+    assert!(
+        s.contains("p.a = 1") && s.contains("status: up to date"),
+        "{s}"
+    );
+    assert!(acpo(d.path(), &["repro", "-S", "p.a=3"]).status.success());
+    let s = text(&acpo(d.path(), &["metrics", "diff", "-S", "p.a=3"]));
+    assert!(s.contains("score: 1 -> 3  (+2.000000)"), "{s}");
+    let s = text(&acpo(d.path(), &["metrics", "show", "-S", "p.a=3"]));
+    assert!(s.contains("score: 3"), "{s}");
+    let s = text(&acpo(d.path(), &["gc", "-S", "p.a=3"]));
+    assert!(s.contains("2 cached run(s)"), "{s}");
+    // After gc the old params are no longer in the run cache: they run again.
+    let s = text(&acpo(d.path(), &["repro"]));
+    assert!(s.contains("2 ran, 0 restored"), "{s}");
+}
+
+#[test]
+fn sigterm_exits_130_and_keeps_outputs_and_lock() {
+    let p = r#"
+stages:
+  slow:
+    cmd: >-
+      echo "${p.v}" > out.txt &&
+      if [ "${p.v}" = 2 ]; then echo started > started.txt; sleep 30; fi
+    outs: [out.txt]
+"#;
+    let d = toy(p, "p:\n  v: 1\n");
+    assert!(acpo(d.path(), &["repro"]).status.success());
+    let lock = std::fs::read_to_string(d.path().join("pipeline.lock")).unwrap();
+    let child = Command::new(ACPO)
+        .args(["repro", "-S", "p.v=2"])
+        .current_dir(d.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !d.path().join("started.txt").exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(text(&o).contains("to resume, run: "), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out.txt")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("pipeline.lock")).unwrap(),
+        lock
+    );
+}
