@@ -15,6 +15,8 @@
 //!   draws exactly what an uninterrupted one would;
 //! - [`refl`]: DDIM sampling and the ReFL-style partial sampling path for text-to-image
 //!   (no-gradient sampling down to a late step, then one differentiable step);
+//! - [`stage`]: the `finetune` stage on acpo-diffusion's UNet with CNNIQA guidance (probe set,
+//!   judges, drift stop, checkpoints, exact resume);
 //! - [`train`]: one optimisation step, the data batch of the unconditional path, and the
 //!   held-out probe metrics (anchor distance, held-out MSE, guidance on `x0_hat`).
 
@@ -22,6 +24,7 @@ pub mod draws;
 pub mod objective;
 pub mod optim;
 pub mod refl;
+pub mod stage;
 pub mod train;
 
 pub use objective::{
@@ -29,7 +32,9 @@ pub use objective::{
     Schedule, Weighting,
 };
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
-pub use train::{data_batch, probe_metrics, train_step, ProbeMetrics, ProbeSet, StepStats};
+pub use train::{
+    data_batch, data_batch_from, probe_metrics, train_step, ProbeMetrics, ProbeSet, Stat, StepStats,
+};
 
 use std::path::PathBuf;
 

@@ -68,22 +68,44 @@ pub fn data_batch(
     seed: u64,
     step: u64,
 ) -> Result<ObjectiveBatch> {
-    let n = images.dim(0)?;
-    if n == 0 {
+    let fetch = |idx: &[usize]| -> candle_core::Result<Tensor> {
+        let idx_t = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            images.device(),
+        )?;
+        images.index_select(&idx_t, 0)
+    };
+    data_batch_from(
+        images.dim(0)?,
+        &fetch,
+        schedule,
+        cfg,
+        batch_size,
+        seed,
+        step,
+    )
+}
+
+/// As [`data_batch`], with the images fetched by index from any store (`fetch` returns
+/// `[len, C, H, W]` in `[-1, 1]`), so a large training set can stay in 8-bit host memory.
+pub fn data_batch_from(
+    n_images: usize,
+    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch_size: usize,
+    seed: u64,
+    step: u64,
+) -> Result<ObjectiveBatch> {
+    if n_images == 0 {
         return Err(FinetuneError::config("images", "no training images"));
     }
     let mut rng = draws::rng(seed, Stream::Train, step);
-    let idx = draws::indices(&mut rng, batch_size, n);
+    let idx = draws::indices(&mut rng, batch_size, n_images);
     let t = draws::timesteps(&mut rng, batch_size, cfg.t_min, cfg.t_max);
-    let idx_t = Tensor::from_vec(
-        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-        batch_size,
-        images.device(),
-    )?;
-    let x0 = images.index_select(&idx_t, 0)?;
-    let mut dims = x0.dims().to_vec();
-    dims[0] = batch_size;
-    let eps = draws::normal(&mut rng, &dims, images.device())?.to_dtype(images.dtype())?;
+    let x0 = fetch(&idx)?;
+    let eps = draws::normal(&mut rng, x0.dims(), x0.device())?.to_dtype(x0.dtype())?;
     let x_t = schedule.add_noise(&x0, &eps, &t)?;
     Ok(ObjectiveBatch {
         x_t,
@@ -138,18 +160,47 @@ impl ProbeSet {
     }
 }
 
+/// A mean with its 95% normal-approximation interval and sample count.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    /// Half-width `1.96 sd / sqrt(n)` (0 when `n < 2`).
+    pub ci95: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    /// Mean and interval of per-sample values.
+    pub fn of(v: &[f64]) -> Stat {
+        let n = v.len();
+        if n == 0 {
+            return Stat {
+                mean: f64::NAN,
+                ci95: f64::NAN,
+                n,
+            };
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let ci95 = if n < 2 {
+            0.0
+        } else {
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            1.96 * (var / n as f64).sqrt()
+        };
+        Stat { mean, ci95, n }
+    }
+}
+
 /// Metrics on the probe set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ProbeMetrics {
-    /// `E (eps_theta - eps_ref)^2` (per element).
-    pub anchor_distance: f64,
-    /// `E (eps - eps_theta)^2` (per element).
-    pub heldout_mse: f64,
-    /// Mean guidance `Q` of `x0_hat` over the probe draws whose `t` lies in the training window
-    /// (`None` when none does).
-    pub guidance_x0hat: Option<f64>,
-    /// Number of probe draws used for `guidance_x0hat`.
-    pub guidance_x0hat_n: usize,
+    /// Anchor distance `E (eps_theta - eps_ref)^2` (per element; one value per draw).
+    pub anchor_distance: Stat,
+    /// Held-out MSE `E (eps - eps_theta)^2` (per element; one value per draw).
+    pub heldout_mse: Stat,
+    /// Guidance `Q` of `x0_hat` over the probe draws whose `t` lies in the training window
+    /// (`n = 0` when none does).
+    pub guidance_x0hat: Stat,
 }
 
 /// Evaluate the probe metrics without gradient, `batch` draws at a time.
@@ -163,8 +214,7 @@ pub fn probe_metrics(
     batch: usize,
 ) -> Result<ProbeMetrics> {
     let n = probe.len();
-    let per_item = probe.x_t.elem_count() / n;
-    let (mut anchor, mut mse, mut q_sum, mut q_n) = (0.0, 0.0, 0.0, 0usize);
+    let (mut anchor, mut mse, mut qs) = (vec![], vec![], vec![]);
     let dev = probe.x_t.device();
     let mut start = 0;
     while start < n {
@@ -175,8 +225,8 @@ pub fn probe_metrics(
         let t_tensor = Schedule::t_tensor(t, dev)?;
         let e_theta = model.eps(&x_t, &t_tensor, None)?.detach();
         let e_ref = reference.eps(&x_t, &t_tensor, None)?.detach();
-        anchor += sum_f64(&(&e_theta - e_ref)?.sqr()?)?;
-        mse += sum_f64(&(&eps - &e_theta)?.sqr()?)?;
+        anchor.extend(per_item_mean(&(&e_theta - e_ref)?.sqr()?)?);
+        mse.extend(per_item_mean(&(&eps - &e_theta)?.sqr()?)?);
         let win: Vec<usize> = (0..len)
             .filter(|&i| t[i] >= cfg.t_min && t[i] <= cfg.t_max)
             .collect();
@@ -194,20 +244,22 @@ pub fn probe_metrics(
                 true,
             )?;
             let q = guidance.quality(&((x0 + 1.0)? * 0.5)?)?.detach();
-            q_sum += sum_f64(&q)?;
-            q_n += win.len();
+            qs.extend(q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
         }
         start += len;
     }
-    let denom = (n * per_item) as f64;
     Ok(ProbeMetrics {
-        anchor_distance: anchor / denom,
-        heldout_mse: mse / denom,
-        guidance_x0hat: (q_n > 0).then(|| q_sum / q_n as f64),
-        guidance_x0hat_n: q_n,
+        anchor_distance: Stat::of(&anchor),
+        heldout_mse: Stat::of(&mse),
+        guidance_x0hat: Stat::of(&qs),
     })
 }
 
-fn sum_f64(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+/// Mean over all but the first dimension, as `f64` values.
+pub fn per_item_mean(t: &Tensor) -> Result<Vec<f64>> {
+    let n = t.dim(0)?;
+    Ok(t.to_dtype(DType::F64)?
+        .reshape((n, ()))?
+        .mean(1)?
+        .to_vec1::<f64>()?)
 }

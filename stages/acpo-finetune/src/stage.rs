@@ -1,0 +1,850 @@
+//! The `finetune` stage: ACPO (or a baseline) from a `train-base` checkpoint, with CNNIQA as
+//! the guidance, a fixed held-out probe set, judges, drift stop, checkpoints and exact resume.
+//!
+//! Inputs: `base_dir` = `results/base/<benchmark>/` (`model.safetensors`, `config.json` =
+//! acpo-diffusion's `BenchmarkParams`), `data_dir` = `data/prepared/<benchmark>/`
+//! (`train.safetensors` for `x_t`, `val.safetensors` for the probe set), the CNNIQA weights and
+//! the judge registry (`judges.yaml`).
+//!
+//! Outputs in `out_dir` (`results/finetune/<benchmark>/<run>/`), each written to a temporary
+//! name and renamed: `model.safetensors` (tuned weights, the base's parameter names),
+//! `checkpoint.safetensors` (`model.*`, `adam.m.*`, `adam.v.*`, `meta.step`, `meta.config`),
+//! `config.json` (the resolved [`FinetuneConfig`] plus the base's model/schedule), `loss.csv`
+//! (every step), `curve.csv` (every `probe.every` steps and step 0) and `metrics.json`
+//! ([`FinetuneOutcome`]).
+//!
+//! Resume: a checkpoint is used only when its `meta.config` equals the current resolved config;
+//! every draw of step `s` comes from `(seed, s)`, so a resumed run is bit-identical on the CPU.
+
+use crate::draws::{self, Stream};
+use crate::objective::{EpsModel, Guidance, Method, ObjectiveConfig, Schedule};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::refl;
+use crate::train::{data_batch_from, per_item_mean, probe_metrics, train_step, ProbeSet, Stat};
+use crate::{FinetuneError, Result};
+use acpo_diffusion::data::{to_u8_hwc, ImageSet};
+use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
+use acpo_iqa::{Cnniqa, Judge, PatchMode, Registry, RgbImage};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+impl EpsModel for UNet {
+    fn eps(&self, x_t: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.forward(x_t, t, cond)
+    }
+}
+
+/// CNNIQA as the guidance `Q = -score` (its raw score is DMOS-like, higher = worse).
+pub struct CnniqaGuidance {
+    pub model: Cnniqa,
+    pub mode: PatchMode,
+}
+
+impl CnniqaGuidance {
+    /// Load `CNNIQA-LIVE.safetensors`.
+    pub fn load(path: &Path, mode: PatchMode, device: &Device) -> Result<Self> {
+        let model = Cnniqa::load(path, device).map_err(|e| FinetuneError::BadFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Ok(Self { model, mode })
+    }
+}
+
+impl Guidance for CnniqaGuidance {
+    fn quality(&self, images01: &Tensor) -> candle_core::Result<Tensor> {
+        self.model
+            .score(images01, self.mode)
+            .map_err(candle_core::Error::wrap)?
+            .neg()
+    }
+}
+
+/// The held-out probe (SPEC section 5 drift and MSE, plus sample quality).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Probe every this many steps (and at step 0 and at the end); default 25.
+    pub every: usize,
+    /// `(image, t, noise)` draws from the validation split (default 256).
+    pub draws: usize,
+    /// Seed of the probe draws and of the probe samples' noise (default 0).
+    pub seed: u64,
+    /// Draws per forward pass (default 64).
+    pub batch_size: usize,
+    /// Images generated from fixed noise at every probe, for the guidance and judge scores
+    /// and the pixel drift against the base's samples (default 32; 0 = none).
+    pub samples: usize,
+    /// DDIM steps of those samples (default 20).
+    pub sample_steps: usize,
+    /// Judge names from `judges.yaml` scored on the samples (default brisque, niqe).
+    pub judges: Vec<String>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            every: 25,
+            draws: 256,
+            seed: 0,
+            batch_size: 64,
+            samples: 32,
+            sample_steps: 20,
+            judges: vec!["brisque".into(), "niqe".into()],
+        }
+    }
+}
+
+/// Everything one `finetune` run reads (params `finetune.defaults` deep-merged with
+/// `finetune.<benchmark>`, then the command line's `--method`/`--lambda-a`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The objective: method, lambdas, timestep window, `w(t)`, `Q` normalisation.
+    pub objective: ObjectiveConfig,
+    /// AdamW (lr default 1e-5, no weight decay).
+    pub optim: AdamWConfig,
+    /// Optimiser steps (default 200).
+    pub steps: usize,
+    /// Images per step (default 16).
+    pub batch_size: usize,
+    /// Seed of the training draws (default 0).
+    pub seed: u64,
+    /// Global gradient-norm clip (default 1.0; 0 = off).
+    pub grad_clip: f64,
+    /// Use only the first this many training images (default 0 = all).
+    pub train_subset: usize,
+    /// Write a checkpoint every this many steps (default 50; the end always writes one).
+    pub checkpoint_every: usize,
+    /// CNNIQA patch grid for the guidance (default inclusive: every full 32x32 patch).
+    pub guidance_patch_mode: PatchMode,
+    /// Stop when the probe's anchor distance exceeds this value (default none).
+    pub drift_stop: Option<f64>,
+    /// The held-out probe.
+    pub probe: ProbeConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            objective: ObjectiveConfig::default(),
+            optim: AdamWConfig::default(),
+            steps: 200,
+            batch_size: 16,
+            seed: 0,
+            grad_clip: 1.0,
+            train_subset: 0,
+            checkpoint_every: 50,
+            guidance_patch_mode: PatchMode::Inclusive,
+            drift_stop: None,
+            probe: ProbeConfig::default(),
+        }
+    }
+}
+
+/// Deep-merge `overlay` onto `base` (objects merge key by key, anything else replaces).
+pub fn merge_json(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+impl FinetuneConfig {
+    /// Parse the deep merge of `layers` (first is lowest); `what` names them in errors.
+    pub fn from_layers(layers: &[Value], what: &str) -> Result<Self> {
+        let mut v = Value::Object(Default::default());
+        for l in layers {
+            if !l.is_null() {
+                merge_json(&mut v, l);
+            }
+        }
+        serde_json::from_value(v).map_err(|e| FinetuneError::config(what, e.to_string()))
+    }
+
+    /// Check ranges (the objective against a schedule of `num_steps` timesteps).
+    pub fn validate(&self, num_steps: usize) -> Result<()> {
+        self.objective.validate(num_steps)?;
+        let pos = |name: &str, v: usize| {
+            if v == 0 {
+                Err(FinetuneError::config(name, "must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("steps", self.steps)?;
+        pos("batch_size", self.batch_size)?;
+        pos("checkpoint_every", self.checkpoint_every)?;
+        pos("probe.every", self.probe.every)?;
+        pos("probe.draws", self.probe.draws)?;
+        pos("probe.batch_size", self.probe.batch_size)?;
+        if self.probe.samples > 0 {
+            pos("probe.sample_steps", self.probe.sample_steps)?;
+        }
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
+            return Err(FinetuneError::config("optim.lr", "must be > 0"));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return Err(FinetuneError::config("grad_clip", "must be >= 0"));
+        }
+        if let Some(d) = self.drift_stop {
+            if !(d.is_finite() && d > 0.0) {
+                return Err(FinetuneError::config("drift_stop", "must be > 0 (or null)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a run reads and writes.
+#[derive(Clone, Debug)]
+pub struct FinetunePaths {
+    /// `results/base/<benchmark>/`.
+    pub base_dir: PathBuf,
+    /// `data/prepared/<benchmark>/`.
+    pub data_dir: PathBuf,
+    /// `results/finetune/<benchmark>/<run>/`.
+    pub out_dir: PathBuf,
+    /// `CNNIQA-LIVE.safetensors`.
+    pub guidance: PathBuf,
+    /// `judges.yaml` (needed when `probe.samples > 0` and `probe.judges` is not empty).
+    pub judges: PathBuf,
+}
+
+/// Run controls that are not part of the result.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Ignore an existing checkpoint.
+    pub fresh: bool,
+    /// Stop (with a checkpoint, without final outputs) once this many steps are done: for
+    /// time-sliced runs and the resume test.
+    pub stop_after: Option<usize>,
+}
+
+/// One row of `curve.csv`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CurveRow {
+    pub step: usize,
+    pub anchor_distance: Stat,
+    pub heldout_mse: Stat,
+    /// Guidance `Q` (= -CNNIQA score) of `x0_hat` on probe draws in the training window.
+    pub guidance_x0hat: Stat,
+    /// Guidance `Q` of the probe samples (`n = 0` without samples).
+    pub guidance_samples: Stat,
+    /// Pixel MSE (in [-1, 1] units) between the tuned and the base model's samples from the same
+    /// noise.
+    pub sample_pixel_drift: Stat,
+    /// Raw judge scores of the probe samples (each in its own direction; see `judges.yaml`).
+    pub judges: Vec<(String, Stat)>,
+}
+
+/// The drift stop rule, when it fired.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DriftStop {
+    pub step: usize,
+    pub anchor_distance: f64,
+    pub threshold: f64,
+}
+
+/// `metrics.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FinetuneOutcome {
+    pub method: Method,
+    /// Effective `(lambda_p, lambda_a, lambda_d)` after the method's mask.
+    pub lambda_p: f64,
+    pub lambda_a: f64,
+    pub lambda_d: f64,
+    /// Steps done (fewer than configured when the drift stop fired).
+    pub steps: usize,
+    /// Step the run resumed from (0 = fresh).
+    pub resumed_from: usize,
+    pub drift_stop: Option<DriftStop>,
+    /// The probe at step 0 (the base model).
+    pub base: CurveRow,
+    /// The probe at the last step.
+    #[serde(rename = "final")]
+    pub last: CurveRow,
+    /// Mean training loss over the last 10% of steps.
+    pub final_train_loss: f64,
+    /// Wall-clock seconds of the steps done in this invocation, and their rate.
+    pub train_seconds: f64,
+    pub steps_per_s: f64,
+    pub device: String,
+    pub num_params: usize,
+    pub train_images: usize,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> FinetuneError {
+    FinetuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = tmp_path(path);
+    candle_core::safetensors::save(map, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+fn json_string<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("config types serialise")
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("finetune {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb
+}
+
+const LOSS_HEADER: &str = "step,loss,l_perc,q_batch,l_anchor,l_simple,grad_norm";
+
+fn opt_num(v: Option<f64>) -> String {
+    v.map(|x| format!("{x}")).unwrap_or_default()
+}
+
+fn curve_header(judges: &[String]) -> String {
+    let mut h = String::from(
+        "step,anchor_distance,anchor_distance_ci95,heldout_mse,heldout_mse_ci95,probe_draws,\
+         guidance_x0hat,guidance_x0hat_ci95,guidance_x0hat_n,guidance_samples,guidance_samples_ci95,\
+         sample_pixel_drift,sample_pixel_drift_ci95,samples",
+    );
+    for j in judges {
+        h.push_str(&format!(",judge_{j},judge_{j}_ci95"));
+    }
+    h
+}
+
+fn curve_line(r: &CurveRow) -> String {
+    let mut s = format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        r.step,
+        r.anchor_distance.mean,
+        r.anchor_distance.ci95,
+        r.heldout_mse.mean,
+        r.heldout_mse.ci95,
+        r.heldout_mse.n,
+        r.guidance_x0hat.mean,
+        r.guidance_x0hat.ci95,
+        r.guidance_x0hat.n,
+        r.guidance_samples.mean,
+        r.guidance_samples.ci95,
+        r.sample_pixel_drift.mean,
+        r.sample_pixel_drift.ci95,
+        r.guidance_samples.n
+    );
+    for (_, st) in &r.judges {
+        s.push_str(&format!(",{},{}", st.mean, st.ci95));
+    }
+    s
+}
+
+/// Lines of a CSV written by an earlier invocation whose step (first field) is `<= step`.
+fn csv_rows_upto(path: &Path, header: &str, step: usize) -> Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(header) {
+        return Err(FinetuneError::BadFile {
+            path: path.to_path_buf(),
+            msg: format!("header is not `{header}`"),
+        });
+    }
+    let mut out = vec![];
+    for (i, l) in lines.enumerate() {
+        let s: usize = l
+            .split(',')
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| FinetuneError::BadFile {
+                path: path.to_path_buf(),
+                msg: format!("line {}: no step number", i + 2),
+            })?;
+        if s <= step {
+            out.push(l.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<()> {
+    let mut s = String::from(header);
+    s.push('\n');
+    for r in rows {
+        s.push_str(r);
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// The fixed probe: draws from the validation split, sample noise, base samples, judges.
+struct Probe {
+    set: ProbeSet,
+    noise: Option<Tensor>,
+    base_samples: Option<Tensor>,
+    judges: Vec<Judge>,
+}
+
+impl Probe {
+    #[allow(clippy::too_many_arguments)] // the probe's inputs, each needed
+    fn row(
+        &self,
+        step: usize,
+        model: &UNet,
+        reference: &UNet,
+        guidance: &CnniqaGuidance,
+        schedule: &Schedule,
+        cfg: &FinetuneConfig,
+    ) -> Result<CurveRow> {
+        let pm = probe_metrics(
+            model,
+            reference,
+            guidance,
+            schedule,
+            &cfg.objective,
+            &self.set,
+            cfg.probe.batch_size,
+        )?;
+        let empty = Stat::of(&[]);
+        let (mut gs, mut drift, mut judges) = (empty, empty, vec![]);
+        if let (Some(noise), Some(base)) = (&self.noise, &self.base_samples) {
+            let x = sample_from(
+                model,
+                schedule,
+                noise,
+                cfg.probe.sample_steps,
+                cfg.probe.batch_size,
+            )?;
+            let q = guidance.quality(&((&x + 1.0)? * 0.5)?)?;
+            gs = Stat::of(&q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+            drift = Stat::of(&per_item_mean(&(&x - base)?.sqr()?)?);
+            let imgs = to_rgb_images(&x)?;
+            for j in &self.judges {
+                let s = j.score(&imgs).map_err(|e| {
+                    FinetuneError::config(format!("probe.judges ({})", j.name()), e.to_string())
+                })?;
+                judges.push((j.name().to_string(), Stat::of(&s)));
+            }
+        }
+        Ok(CurveRow {
+            step,
+            anchor_distance: pm.anchor_distance,
+            heldout_mse: pm.heldout_mse,
+            guidance_x0hat: pm.guidance_x0hat,
+            guidance_samples: gs,
+            sample_pixel_drift: drift,
+            judges,
+        })
+    }
+}
+
+/// DDIM samples (eta 0) from fixed initial noise, in batches.
+fn sample_from(
+    model: &dyn EpsModel,
+    schedule: &Schedule,
+    noise: &Tensor,
+    steps: usize,
+    batch: usize,
+) -> Result<Tensor> {
+    let ts = refl::ddim_timesteps(schedule.num_steps(), steps)?;
+    let n = noise.dim(0)?;
+    let mut parts = vec![];
+    let mut start = 0;
+    // eta = 0 draws nothing from the generator
+    let mut rng = draws::rng(0, Stream::ProbeSamples, 0);
+    while start < n {
+        let len = batch.min(n - start);
+        let x0 = refl::ddim_sample(
+            model,
+            schedule,
+            &noise.narrow(0, start, len)?,
+            None,
+            &ts,
+            ts.len(),
+            0.0,
+            &mut rng,
+        )?;
+        parts.push(x0);
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+fn to_rgb_images(x: &Tensor) -> Result<Vec<RgbImage>> {
+    let (n, _c, h, w) = x.dims4()?;
+    let bytes = to_u8_hwc(x)?;
+    let per = h * w * 3;
+    (0..n)
+        .map(|i| {
+            RgbImage::new(w, h, bytes[i * per..(i + 1) * per].to_vec())
+                .map_err(|e| FinetuneError::config("samples", e.to_string()))
+        })
+        .collect()
+}
+
+fn diffusion_err(e: acpo_diffusion::DiffusionError) -> FinetuneError {
+    FinetuneError::config("base model / data", e.to_string())
+}
+
+/// Read `base_dir/config.json` (acpo-diffusion's `BenchmarkParams`).
+pub fn load_base_params(base_dir: &Path) -> Result<BenchmarkParams> {
+    let path = base_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| FinetuneError::BadFile {
+        path: path.clone(),
+        msg: format!("not a train-base config.json: {e}"),
+    })
+}
+
+/// The resolved config saved as `config.json` (and compared on resume).
+#[derive(Serialize)]
+struct Resolved<'a> {
+    finetune: &'a FinetuneConfig,
+    base_model: &'a acpo_diffusion::UNetConfig,
+    base_schedule: &'a acpo_diffusion::config::ScheduleConfig,
+    base_dir: String,
+    data_dir: String,
+}
+
+/// Run (or resume) one fine-tuning run. See the module docs for inputs and outputs.
+pub fn run_finetune(
+    cfg: &FinetuneConfig,
+    paths: &FinetunePaths,
+    opts: &RunOptions,
+) -> Result<Option<FinetuneOutcome>> {
+    let bp = load_base_params(&paths.base_dir)?;
+    let ns = NoiseSchedule::from_config(&bp.schedule).map_err(diffusion_err)?;
+    let schedule = Schedule::from_alpha_bar(ns.alphas_cumprod.clone())?;
+    cfg.validate(schedule.num_steps())?;
+    let resolved = json_string(&Resolved {
+        finetune: cfg,
+        base_model: &bp.model,
+        base_schedule: &bp.schedule,
+        base_dir: paths.base_dir.display().to_string(),
+        data_dir: paths.data_dir.display().to_string(),
+    });
+    let device = Device::cuda_if_available(0)?;
+    let out = &paths.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+
+    // models: the tuned copy (vars) and the frozen anchor, both from the base weights
+    let base_path = paths.base_dir.join("model.safetensors");
+    let varmap = VarMap::new();
+    let model =
+        UNet::load_trainable(&bp.model, &base_path, &varmap, &device).map_err(diffusion_err)?;
+    let reference = UNet::load(&bp.model, &base_path, &device).map_err(diffusion_err)?;
+    let vars = model.vars().map_err(diffusion_err)?;
+    let mut opt = AdamW::new(vars.clone(), cfg.optim.clone())?;
+    let guidance = CnniqaGuidance::load(&paths.guidance, cfg.guidance_patch_mode, &device)?;
+
+    // data
+    let mut train =
+        ImageSet::load(&paths.data_dir.join("train.safetensors")).map_err(diffusion_err)?;
+    train.truncate(cfg.train_subset);
+    let m = &bp.model;
+    if train.h != m.image_size || train.w != m.image_size || train.c != m.in_channels {
+        return Err(FinetuneError::BadFile {
+            path: paths.data_dir.join("train.safetensors"),
+            msg: format!(
+                "images are {}x{}x{}, the base model takes {}x{}x{}",
+                train.h, train.w, train.c, m.image_size, m.image_size, m.in_channels
+            ),
+        });
+    }
+    let val = ImageSet::load(&paths.data_dir.join("val.safetensors")).map_err(diffusion_err)?;
+    let set = ProbeSet::new(
+        &val.all(&device)?,
+        &schedule,
+        cfg.probe.draws,
+        cfg.probe.seed,
+    )?;
+    let (noise, base_samples, judges) = if cfg.probe.samples > 0 {
+        let mut rng = draws::rng(cfg.probe.seed, Stream::ProbeSamples, 0);
+        let noise = draws::normal(
+            &mut rng,
+            &[cfg.probe.samples, m.in_channels, m.image_size, m.image_size],
+            &device,
+        )?;
+        let base = sample_from(
+            &reference,
+            &schedule,
+            &noise,
+            cfg.probe.sample_steps,
+            cfg.probe.batch_size,
+        )?;
+        let judges = if cfg.probe.judges.is_empty() {
+            vec![]
+        } else {
+            let reg = Registry::load(&paths.judges)
+                .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))?;
+            cfg.probe
+                .judges
+                .iter()
+                .map(|n| {
+                    reg.load_judge(n)
+                        .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        (Some(noise), Some(base), judges)
+    } else {
+        (None, None, vec![])
+    };
+    let probe = Probe {
+        set,
+        noise,
+        base_samples,
+        judges,
+    };
+    let judge_names: Vec<String> = probe.judges.iter().map(|j| j.name().to_string()).collect();
+    let curve_hdr = curve_header(&judge_names);
+
+    // resume
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let loss_path = out.join("loss.csv");
+    let curve_path = out.join("curve.csv");
+    let mut start = 0usize;
+    let mut drift_stop: Option<DriftStop> = None;
+    let mut loss_rows: Vec<String> = vec![];
+    let mut curve_rows: Vec<String> = vec![];
+    if !opts.fresh && ckpt_path.exists() {
+        let t = candle_core::safetensors::load(&ckpt_path, &device).map_err(|e| {
+            FinetuneError::BadFile {
+                path: ckpt_path.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+        let same_config = t
+            .get("meta.config")
+            .and_then(|c| c.to_vec1::<u8>().ok())
+            .map(|b| b == resolved.as_bytes())
+            .unwrap_or(false);
+        if same_config {
+            let step = t
+                .get("meta.step")
+                .and_then(|s| s.to_vec1::<u32>().ok())
+                .and_then(|v| v.first().copied())
+                .ok_or_else(|| FinetuneError::BadFile {
+                    path: ckpt_path.clone(),
+                    msg: "missing `meta.step`".into(),
+                })? as usize;
+            let model_t: HashMap<String, Tensor> = t
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix("model.").map(|n| (n.to_string(), v.clone())))
+                .collect();
+            model
+                .set_params(&model_t, &ckpt_path)
+                .map_err(diffusion_err)?;
+            opt.load_state(&t, step)?;
+            loss_rows = csv_rows_upto(&loss_path, LOSS_HEADER, step)?;
+            curve_rows = csv_rows_upto(&curve_path, &curve_hdr, step)?;
+            start = step;
+            if let Some(d) = t.get("meta.drift_stop") {
+                let v = d.to_vec1::<f64>()?;
+                drift_stop = Some(DriftStop {
+                    step: v[0] as usize,
+                    anchor_distance: v[1],
+                    threshold: v[2],
+                });
+            }
+        } else {
+            eprintln!(
+                "finetune: {} was written with another config; starting fresh",
+                ckpt_path.display()
+            );
+        }
+    }
+
+    let save_ckpt = |opt: &AdamW,
+                     step: usize,
+                     loss_rows: &[String],
+                     curve_rows: &[String],
+                     stop: Option<&DriftStop>|
+     -> Result<()> {
+        write_csv(&loss_path, LOSS_HEADER, loss_rows)?;
+        write_csv(&curve_path, &curve_hdr, curve_rows)?;
+        let mut map: HashMap<String, Tensor> = opt.state_tensors();
+        for (n, v) in &vars {
+            map.insert(format!("model.{n}"), v.as_tensor().clone());
+        }
+        map.insert(
+            "meta.step".into(),
+            Tensor::new(&[step as u32], &Device::Cpu)?,
+        );
+        map.insert(
+            "meta.config".into(),
+            Tensor::new(resolved.as_bytes(), &Device::Cpu)?,
+        );
+        if let Some(d) = stop {
+            map.insert(
+                "meta.drift_stop".into(),
+                Tensor::new(
+                    &[d.step as f64, d.anchor_distance, d.threshold],
+                    &Device::Cpu,
+                )?,
+            );
+        }
+        save_tensors_atomic(&map, &ckpt_path)
+    };
+
+    let mut base_row = None;
+    if start == 0 {
+        let row = probe.row(0, &model, &reference, &guidance, &schedule, cfg)?;
+        curve_rows.push(curve_line(&row));
+        base_row = Some(row);
+    }
+    let n_train = train.n;
+    let fetch = |idx: &[usize]| train.batch(idx, &[], &device);
+    let pb = progress_bar(cfg.steps as u64);
+    pb.set_position(start as u64);
+    let t0 = Instant::now();
+    let mut last_row: Option<CurveRow> = None;
+    let mut step = start;
+    // a run that stopped on drift stays stopped
+    while step < cfg.steps && drift_stop.is_none() {
+        let batch = data_batch_from(
+            n_train,
+            &fetch,
+            &schedule,
+            &cfg.objective,
+            cfg.batch_size,
+            cfg.seed,
+            step as u64,
+        )?;
+        let st = train_step(
+            &model,
+            &reference,
+            &guidance,
+            &schedule,
+            &cfg.objective,
+            &batch,
+            &mut opt,
+            cfg.grad_clip,
+        )?;
+        step += 1;
+        loss_rows.push(format!(
+            "{},{},{},{},{},{},{}",
+            step,
+            st.loss,
+            opt_num(st.perceptual),
+            opt_num(st.quality),
+            opt_num(st.anchor),
+            opt_num(st.simple),
+            st.grad_norm
+        ));
+        pb.inc(1);
+        pb.set_message(format!("loss {:.4}", st.loss));
+        if step.is_multiple_of(cfg.probe.every) || step == cfg.steps {
+            let row = probe.row(step, &model, &reference, &guidance, &schedule, cfg)?;
+            curve_rows.push(curve_line(&row));
+            if let Some(th) = cfg.drift_stop {
+                if row.anchor_distance.mean > th {
+                    drift_stop = Some(DriftStop {
+                        step,
+                        anchor_distance: row.anchor_distance.mean,
+                        threshold: th,
+                    });
+                }
+            }
+            last_row = Some(row);
+            if drift_stop.is_some() {
+                break;
+            }
+        }
+        if step.is_multiple_of(cfg.checkpoint_every) && step < cfg.steps {
+            save_ckpt(&opt, step, &loss_rows, &curve_rows, drift_stop.as_ref())?;
+        }
+        if opts.stop_after == Some(step) && step < cfg.steps {
+            save_ckpt(&opt, step, &loss_rows, &curve_rows, drift_stop.as_ref())?;
+            pb.finish_and_clear();
+            return Ok(None);
+        }
+    }
+    pb.finish_and_clear();
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let done = step - start;
+
+    // final outputs
+    let last = match last_row {
+        Some(r) => r,
+        None => probe.row(step, &model, &reference, &guidance, &schedule, cfg)?,
+    };
+    let base = match base_row {
+        Some(r) => r,
+        None => probe.row(0, &reference, &reference, &guidance, &schedule, cfg)?,
+    };
+    save_ckpt(&opt, step, &loss_rows, &curve_rows, drift_stop.as_ref())?;
+    model
+        .save(&out.join("model.safetensors"))
+        .map_err(diffusion_err)?;
+    write_atomic(&out.join("config.json"), resolved.as_bytes())?;
+    let tail = (loss_rows.len() / 10).max(1);
+    let final_train_loss = loss_rows[loss_rows.len().saturating_sub(tail)..]
+        .iter()
+        .filter_map(|l| l.split(',').nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .sum::<f64>()
+        / tail as f64;
+    let lambdas = cfg.objective.lambdas();
+    let outcome = FinetuneOutcome {
+        method: cfg.objective.method,
+        lambda_p: lambdas.p,
+        lambda_a: lambdas.a,
+        lambda_d: lambdas.d,
+        steps: step,
+        resumed_from: start,
+        drift_stop,
+        base,
+        last,
+        final_train_loss,
+        train_seconds,
+        steps_per_s: if train_seconds > 0.0 {
+            done as f64 / train_seconds
+        } else {
+            0.0
+        },
+        device: format!("{device:?}"),
+        num_params: model.num_params(),
+        train_images: n_train,
+    };
+    write_atomic(&out.join("metrics.json"), json_string(&outcome).as_bytes())?;
+    Ok(Some(outcome))
+}
