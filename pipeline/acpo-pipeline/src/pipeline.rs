@@ -168,7 +168,7 @@ impl Pipeline {
         let raw: RawFile = if yaml::is_blank(text) {
             RawFile::default()
         } else {
-            yaml::from_str(Path::new(PIPELINE_FILE), text)?
+            yaml::from_str(Path::new(PIPELINE_FILE), &mask_braces(text))?
         };
         let mut stages = Vec::new();
         let mut display = file.strip_prefix(root).unwrap_or(file).to_path_buf();
@@ -557,7 +557,7 @@ impl Ctx<'_> {
         v: Value,
     ) -> Result<Vec<(String, Option<String>, Value)>> {
         let v = match v {
-            Value::String(s) => match whole_reference(&s) {
+            Value::String(s) => match whole_reference(&unmask_braces(&s)) {
                 Some(key) => self.params.get(key).cloned().ok_or_else(|| {
                     self.err(
                         line,
@@ -727,8 +727,9 @@ impl Ctx<'_> {
         scope: &Scope,
         used: &mut BTreeSet<String>,
     ) -> Result<String> {
+        let s = &unmask_braces(s);
         let mut out = String::with_capacity(s.len());
-        let mut rest = s;
+        let mut rest = s.as_str();
         while let Some(pos) = rest.find("${") {
             if pos > 0 && rest.as_bytes()[pos - 1] == b'\\' {
                 out.push_str(&rest[..pos - 1]);
@@ -797,6 +798,45 @@ impl Ctx<'_> {
                 ),
             )),
         }
+    }
+}
+
+const OPEN: char = '\u{E000}';
+const CLOSE: char = '\u{E001}';
+
+/// Hides the braces of `${...}` (same line) from the YAML parser, so `outs: [a/${item}]`
+/// parses as in a block list: in a flow sequence `{` and `}` are indicators. Each brace is
+/// replaced by one private-use character, so lines and columns stay the same.
+fn mask_braces(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("${") {
+        out.push_str(&rest[..pos + 1]);
+        let after = &rest[pos + 2..];
+        let end = after.find(['}', '\n', '{']);
+        match end {
+            Some(e) if after.as_bytes()[e] == b'}' => {
+                out.push(OPEN);
+                out.push_str(&after[..e]);
+                out.push(CLOSE);
+                rest = &after[e + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Undoes [`mask_braces`] in one parsed string.
+fn unmask_braces(s: &str) -> String {
+    if s.contains(OPEN) || s.contains(CLOSE) {
+        s.replace(OPEN, "{").replace(CLOSE, "}")
+    } else {
+        s.to_string()
     }
 }
 
@@ -942,6 +982,17 @@ stages:
         assert_eq!(
             p.select(&["ft@a-acpo".into()], false, false).unwrap().len(),
             2
+        );
+    }
+
+    #[test]
+    fn interpolation_inside_flow_lists() {
+        let text = "stages:\n  g:\n    foreach: [a, b]\n    do:\n      cmd: touch o/${item}\n      outs: [o/${item}, \"q/${item}\"]\n";
+        let p = load(text, json!({})).unwrap();
+        assert_eq!(p.stages[1].outs, ["o/b", "q/b"]);
+        assert_eq!(
+            mask_braces("a ${x} ${y\n}"),
+            format!("a ${OPEN}x{CLOSE} ${{y\n}}")
         );
     }
 
