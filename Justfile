@@ -7,7 +7,7 @@ root := justfile_directory()
 export ACPO_ASSETS := env("ACPO_ASSETS", root / ".cache/assets")
 export ACPO_MIRROR := env("ACPO_MIRROR", root / "../shared/data")
 export ORT_DYLIB_PATH := env("ORT_DYLIB_PATH", ACPO_ASSETS / "onnxruntime/libonnxruntime.so")
-acpo := root / "target/release/acpo"
+acpo := env("CARGO_TARGET_DIR", root / "target") / "release/acpo"
 
 # The main job: run every stage of pipeline.yaml for a profile (cpu, smoke, paper).
 reproduce profile="cpu" *args="": build
@@ -35,6 +35,14 @@ status profile="cpu": build
 # Rebuild the reports from what has been computed.
 report profile="cpu": build
     {{acpo}} repro --profile {{profile}} --downstream aggregate
+
+# The stage graph (text; `just dag --mermaid` for a Mermaid flowchart).
+dag *args="": build
+    {{acpo}} dag {{args}}
+
+# Every input of one stage's key, and why it would or would not run.
+explain name profile="cpu": build
+    {{acpo}} explain --profile {{profile}} {{name}}
 
 # Benchmarks against peers measured in the same run (see README, "Benchmarks").
 bench: build
