@@ -1,0 +1,365 @@
+//! Image sets in memory, reading image tars, and writing the prepared artifacts
+//! (`<split>.safetensors` with `images` U8 [N,H,W,3] and `labels` I64 [N], `preview.png`).
+
+use crate::error::{DataError, Result};
+use image::{ImageFormat, RgbImage};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+/// `n` RGB images of one size, NHWC, with one label each.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageSet {
+    pub height: u32,
+    pub width: u32,
+    /// `n * height * width * 3` bytes, row-major NHWC, RGB.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<i64>,
+}
+
+impl ImageSet {
+    pub fn new(height: u32, width: u32) -> Self {
+        ImageSet {
+            height,
+            width,
+            ..Default::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes per image.
+    pub fn image_bytes(&self) -> usize {
+        self.height as usize * self.width as usize * 3
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let k = self.image_bytes();
+        &self.pixels[i * k..(i + 1) * k]
+    }
+
+    pub fn push(&mut self, pixels: &[u8], label: i64) {
+        debug_assert_eq!(pixels.len(), self.image_bytes());
+        self.pixels.extend_from_slice(pixels);
+        self.labels.push(label);
+    }
+
+    /// A new set holding the images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> ImageSet {
+        let mut out = ImageSet::new(self.height, self.width);
+        out.pixels.reserve(indices.len() * self.image_bytes());
+        for &i in indices {
+            out.push(self.image(i), self.labels[i]);
+        }
+        out
+    }
+
+    /// Writes `images` and `labels` as safetensors to `path` (to a temporary name first).
+    pub fn write_safetensors(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        let shape = vec![self.len(), self.height as usize, self.width as usize, 3];
+        let label_bytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+        let werr = |m: String| DataError::Write {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let images =
+            TensorView::new(Dtype::U8, shape, &self.pixels).map_err(|e| werr(e.to_string()))?;
+        let labels = TensorView::new(Dtype::I64, vec![self.len()], &label_bytes)
+            .map_err(|e| werr(e.to_string()))?;
+        let tmp = crate::sources::tmp_name(path);
+        let res = safetensors::serialize_to_file(
+            [("images", images), ("labels", labels)],
+            Some(metadata),
+            &tmp,
+        )
+        .map_err(|e| werr(e.to_string()))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Reads a set written by [`ImageSet::write_safetensors`].
+    pub fn read_safetensors(path: &Path) -> Result<ImageSet> {
+        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let ferr = |m: String| DataError::Format {
+            file: path.to_path_buf(),
+            message: m,
+        };
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ferr(e.to_string()))?;
+        let images = st.tensor("images").map_err(|e| ferr(e.to_string()))?;
+        let labels = st.tensor("labels").map_err(|e| ferr(e.to_string()))?;
+        let s = images.shape();
+        if images.dtype() != Dtype::U8 || s.len() != 4 || s[3] != 3 {
+            return Err(ferr(format!(
+                "images must be U8 [N,H,W,3], found {:?} {:?}",
+                images.dtype(),
+                s
+            )));
+        }
+        if labels.dtype() != Dtype::I64 || labels.shape() != [s[0]] {
+            return Err(ferr(format!(
+                "labels must be I64 [{}], found {:?} {:?}",
+                s[0],
+                labels.dtype(),
+                labels.shape()
+            )));
+        }
+        Ok(ImageSet {
+            height: s[1] as u32,
+            width: s[2] as u32,
+            pixels: images.data().to_vec(),
+            labels: labels
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        })
+    }
+
+    /// A preview grid of the first `count` images, `cols` per row, each tile `tile` px.
+    pub fn preview(&self, count: usize, cols: usize, tile: u32) -> RgbImage {
+        let n = count.min(self.len()).max(1);
+        let cols = cols.min(n).max(1);
+        let rows = n.div_ceil(cols);
+        let pad = 2u32;
+        let mut grid = RgbImage::from_pixel(
+            cols as u32 * (tile + pad) + pad,
+            rows as u32 * (tile + pad) + pad,
+            image::Rgb([255, 255, 255]),
+        );
+        for i in 0..count.min(self.len()) {
+            let img = RgbImage::from_raw(self.width, self.height, self.image(i).to_vec())
+                .expect("image size matches");
+            let img = if img.width() == tile && img.height() == tile {
+                img
+            } else {
+                image::imageops::resize(&img, tile, tile, image::imageops::FilterType::Triangle)
+            };
+            let x = pad + (i % cols) as u32 * (tile + pad);
+            let y = pad + (i / cols) as u32 * (tile + pad);
+            image::imageops::replace(&mut grid, &img, x as i64, y as i64);
+        }
+        grid
+    }
+}
+
+/// Writes a PNG atomically.
+pub fn write_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let tmp = crate::sources::tmp_name(path);
+    let res = img
+        .save_with_format(&tmp, ImageFormat::Png)
+        .map_err(|e| DataError::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// One regular-file member of a tar archive.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+/// Reads every regular-file member of an (uncompressed or already decompressed) tar
+/// stream; other entry types (directories, links) are skipped.
+pub fn read_tar_members<R: Read>(reader: R, archive: &Path) -> Result<Vec<Member>> {
+    let terr = |e: std::io::Error| DataError::Tar {
+        archive: archive.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut ar = tar::Archive::new(reader);
+    let mut out = Vec::new();
+    for entry in ar.entries().map_err(terr)? {
+        let mut entry = entry.map_err(terr)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().map_err(terr)?.to_string_lossy().into_owned();
+        let mut data = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| DataError::Member {
+                archive: archive.to_path_buf(),
+                member: name.clone(),
+                message: format!("truncated member: {e}"),
+            })?;
+        out.push(Member { name, data });
+    }
+    Ok(out)
+}
+
+/// Decodes one image member to RGB and checks its size when `expect` is given.
+pub fn decode_member(
+    archive: &Path,
+    member: &Member,
+    expect: Option<(u32, u32)>,
+) -> Result<RgbImage> {
+    let format = ImageFormat::from_path(&member.name).map_err(|_| DataError::Member {
+        archive: archive.to_path_buf(),
+        member: member.name.clone(),
+        message: "not an image file name (expected .jpg, .jpeg, .png or .bmp)".into(),
+    })?;
+    let img = image::load_from_memory_with_format(&member.data, format).map_err(|e| {
+        DataError::Member {
+            archive: archive.to_path_buf(),
+            member: member.name.clone(),
+            message: format!("cannot decode {format:?} image: {e}"),
+        }
+    })?;
+    let img = img.into_rgb8();
+    if let Some((w, h)) = expect {
+        if img.width() != w || img.height() != h {
+            return Err(DataError::WrongSize {
+                archive: archive.to_path_buf(),
+                member: member.name.clone(),
+                width: img.width(),
+                height: img.height(),
+                expected_width: w,
+                expected_height: h,
+            });
+        }
+    }
+    Ok(img)
+}
+
+/// Decodes all members in parallel (rayon, all cores) into one set of `w x h` images,
+/// keeping the members' order. `label_of` gives each member's label. The first error
+/// in member order is returned.
+pub fn decode_members<F>(
+    archive: &Path,
+    members: &[Member],
+    size: (u32, u32),
+    label_of: F,
+) -> Result<ImageSet>
+where
+    F: Fn(&Member) -> Result<i64> + Sync,
+{
+    let (w, h) = size;
+    let mut set = ImageSet::new(h, w);
+    let k = set.image_bytes();
+    set.pixels = vec![0u8; members.len() * k];
+    let bar = crate::progress::bar(members.len() as u64, "decoding");
+    let labels: Vec<Result<i64>> = set
+        .pixels
+        .par_chunks_mut(k)
+        .zip(members.par_iter())
+        .map(|(dst, m)| {
+            let label = label_of(m)?;
+            let img = decode_member(archive, m, Some(size))?;
+            dst.copy_from_slice(img.as_raw());
+            bar.inc(1);
+            Ok(label)
+        })
+        .collect();
+    bar.finish_and_clear();
+    set.labels = labels.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{encode, pattern, tar_of};
+
+    fn members(list: &[(&str, Vec<u8>)]) -> Vec<Member> {
+        let tar = tar_of(
+            &list
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.clone()))
+                .collect::<Vec<_>>(),
+        );
+        read_tar_members(&tar[..], Path::new("t.tar")).unwrap()
+    }
+
+    #[test]
+    fn decodes_members_in_order_and_skips_directories() {
+        let a = pattern(8, 6, 1);
+        let b = pattern(8, 6, 2);
+        let ms = members(&[
+            ("x/a.png", encode(&a, ImageFormat::Png)),
+            ("x/b.png", encode(&b, ImageFormat::Png)),
+        ]);
+        assert_eq!(ms.len(), 2, "the directory entry is skipped");
+        let set = decode_members(Path::new("t.tar"), &ms, (8, 6), |m| {
+            Ok(if m.name.ends_with("a.png") { 3 } else { 4 })
+        })
+        .unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.image(0), a.as_raw().as_slice());
+        assert_eq!(set.image(1), b.as_raw().as_slice());
+        assert_eq!(set.labels, vec![3, 4]);
+    }
+
+    #[test]
+    fn corrupt_member_is_named() {
+        let good = encode(&pattern(8, 8, 1), ImageFormat::Jpeg);
+        let mut bad = good.clone();
+        bad.truncate(20);
+        let ms = members(&[("ok/0.jpg", good), ("bad/1.jpg", bad)]);
+        let e = decode_members(Path::new("t.tar"), &ms, (8, 8), |_| Ok(0)).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, DataError::Member { .. }), "{s}");
+        assert!(
+            s.contains("t.tar") && s.contains("bad/1.jpg") && s.contains("decode"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn wrong_size_member_is_named() {
+        let ms = members(&[("a/0.png", encode(&pattern(9, 8, 1), ImageFormat::Png))]);
+        let e = decode_members(Path::new("t.tar"), &ms, (8, 8), |_| Ok(0)).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, DataError::WrongSize { .. }), "{s}");
+        assert!(
+            s.contains("a/0.png") && s.contains("9x8") && s.contains("8x8"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn truncated_archive_is_an_error() {
+        let tar = tar_of(&[("a.png".into(), encode(&pattern(8, 8, 1), ImageFormat::Png))]);
+        let cut = &tar[..512 + 100];
+        let e = read_tar_members(cut, Path::new("cut.tar"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cut.tar"), "{e}");
+    }
+
+    #[test]
+    fn safetensors_roundtrip_and_preview() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = ImageSet::new(4, 5);
+        set.push(&[7u8; 60], 2);
+        set.push(&[9u8; 60], -1);
+        let p = dir.path().join("s.safetensors");
+        set.write_safetensors(&p, HashMap::new()).unwrap();
+        let back = ImageSet::read_safetensors(&p).unwrap();
+        assert_eq!(back, set);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        let pre = set.preview(64, 8, 16);
+        assert_eq!((pre.width(), pre.height()), (2 + 2 * 18, 2 + 18));
+    }
+}
