@@ -9,8 +9,8 @@
 //! * AGGD fits (right side `x >= 0`, alpha solved continuously) of the MSCN map and of its four
 //!   neighbour products (cropped, not rolled); 18 features per scale;
 //! * second scale: `skimage.transform.rescale(gray, 1/2, order=2, mode='constant',
-//!   anti_aliasing=False)`, i.e. quadratic B-spline interpolation at `2o + 0.5` (mirror boundary,
-//!   output clipped to the input range);
+//!   anti_aliasing=False)`, i.e. quadratic B-spline interpolation at `2o + 0.5` (SciPy's
+//!   `grid-constant` boundary: zeros outside; output clipped to the input range);
 //! * features scaled to [-1, 1] with the pickle's `min_`/`max_`, then the SVR:
 //!   `sum_i coef_i exp(-gamma |x - sv_i|²) - rho`.
 //!
@@ -251,7 +251,14 @@ fn spline2_taps(x: f64, n: usize) -> [(usize, f64); 3] {
     taps
 }
 
-/// `skimage.transform.rescale(img, 0.5, order=2, mode='constant', anti_aliasing=False)`.
+/// Zero padding scipy adds before prefiltering in `grid-constant` mode.
+const NPAD: usize = 12;
+
+/// `skimage.transform.rescale(img, 0.5, order=2, mode='constant', anti_aliasing=False)` as run
+/// by current scikit-image (>= 0.19) and SciPy (>= 1.6): `ndimage.map_coordinates(order=2,
+/// mode='grid-constant')`, i.e. the image is zero-padded by 12 pixels, prefiltered with mirror
+/// boundaries, sampled at `f (o + 0.5) - 0.5`, then clipped to the input range. (Stacks older
+/// than that used mirror boundaries instead; only border pixels differ.)
 fn rescale_half_quadratic(img: &[f64], h: usize, w: usize) -> (Vec<f64>, usize, usize) {
     // output shape: np.round(shape * 0.5) (round half to even), at least 1
     let half = |n: usize| -> usize {
@@ -265,27 +272,33 @@ fn rescale_half_quadratic(img: &[f64], h: usize, w: usize) -> (Vec<f64>, usize, 
         (r as usize).max(1)
     };
     let (h2, w2) = (half(h), half(w));
-    // prefilter along rows then columns
-    let mut coef = img.to_vec();
+    let (ph, pw) = (h + 2 * NPAD, w + 2 * NPAD);
+    let mut coef = vec![0.0; ph * pw];
     for r in 0..h {
-        spline2_filter_line(&mut coef[r * w..(r + 1) * w]);
+        coef[(r + NPAD) * pw + NPAD..(r + NPAD) * pw + NPAD + w]
+            .copy_from_slice(&img[r * w..(r + 1) * w]);
     }
-    let mut col = vec![0.0; h];
-    for c in 0..w {
-        for r in 0..h {
-            col[r] = coef[r * w + c];
+    // prefilter along rows then columns (mirror boundary on the padded array)
+    for r in 0..ph {
+        spline2_filter_line(&mut coef[r * pw..(r + 1) * pw]);
+    }
+    let mut col = vec![0.0; ph];
+    for c in 0..pw {
+        for r in 0..ph {
+            col[r] = coef[r * pw + c];
         }
         spline2_filter_line(&mut col);
-        for r in 0..h {
-            coef[r * w + c] = col[r];
+        for r in 0..ph {
+            coef[r * pw + c] = col[r];
         }
     }
     let (fy, fx) = (h as f64 / h2 as f64, w as f64 / w2 as f64);
+    let p = NPAD as f64;
     let ty: Vec<_> = (0..h2)
-        .map(|o| spline2_taps(fy * (o as f64 + 0.5) - 0.5, h))
+        .map(|o| spline2_taps(fy * (o as f64 + 0.5) - 0.5 + p, ph))
         .collect();
     let tx: Vec<_> = (0..w2)
-        .map(|o| spline2_taps(fx * (o as f64 + 0.5) - 0.5, w))
+        .map(|o| spline2_taps(fx * (o as f64 + 0.5) - 0.5 + p, pw))
         .collect();
     let (lo, hi) = img
         .iter()
@@ -298,7 +311,7 @@ fn rescale_half_quadratic(img: &[f64], h: usize, w: usize) -> (Vec<f64>, usize, 
             let mut s = 0.0;
             for &(iy, wy) in tyy {
                 for &(ix, wx) in txx {
-                    s += wy * wx * coef[iy * w + ix];
+                    s += wy * wx * coef[iy * pw + ix];
                 }
             }
             out[oy * w2 + ox] = s.clamp(lo, hi);

@@ -328,13 +328,11 @@ impl Judge {
                 Model::Onnx(m)
             }
         };
-        if spec.kind != JudgeKind::Onnx {
-            if spec.normalize != Normalize::default() {
-                return Err(err(format!(
-                    "`normalize` applies to onnx judges only; {:?} judges fix their own input",
-                    spec.kind
-                )));
-            }
+        if spec.kind != JudgeKind::Onnx && spec.normalize != Normalize::default() {
+            return Err(err(format!(
+                "`normalize` applies to onnx judges only; {:?} judges fix their own input",
+                spec.kind
+            )));
         }
         Ok(Self {
             spec,
