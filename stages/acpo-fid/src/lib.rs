@@ -18,9 +18,16 @@ pub mod torchscript;
 pub use error::{FidError, Result};
 pub use inception::{InceptionV3, FEATURE_DIM, INPUT_SIZE};
 pub use reference::{
-    compare, compute_reference, fid_kid, CompareConfig, FidKid, RefConfig, RefStats, SampleConfig,
+    compare, compute_reference, fid_kid, CompareConfig, CompareParams, FidKid, RefConfig,
+    RefParams, RefStats, SampleConfig,
 };
 pub use stats::{feature_diversity, pixel_diversity, Diversity, GaussianStats, Kid, KidConfig};
+
+/// The first CUDA GPU when this crate is built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn default_device() -> Result<candle_core::Device> {
+    Ok(candle_core::Device::cuda_if_available(0)?)
+}
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
 pub(crate) fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {

@@ -53,6 +53,93 @@ impl SampleConfig {
     }
 }
 
+/// The params `fid.ref` of `params.yaml` (the reference statistics stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefParams {
+    /// Test images used (seeded random subset); 0 means all. Default 2000.
+    pub samples: usize,
+    /// Seed of the subset (default 0).
+    pub seed: u64,
+    /// Images per Inception forward (default 16).
+    pub batch_size: usize,
+    /// How many of them keep their features for KID; 0 means all. Default 2000.
+    pub kid_features: usize,
+}
+
+impl Default for RefParams {
+    fn default() -> Self {
+        Self {
+            samples: 2000,
+            seed: 0,
+            batch_size: 16,
+            kid_features: 2000,
+        }
+    }
+}
+
+impl RefParams {
+    pub fn into_config(self, dataset: &str, images: PathBuf, weights: PathBuf) -> RefConfig {
+        RefConfig {
+            dataset: dataset.to_string(),
+            images,
+            weights,
+            sample: SampleConfig {
+                samples: self.samples,
+                seed: self.seed,
+                batch_size: self.batch_size,
+            },
+            kid_features: self.kid_features,
+        }
+    }
+}
+
+/// The params `fid.compare` of `params.yaml` (image set against reference statistics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareParams {
+    /// Images used (seeded random subset); 0 means all. Default 2000.
+    pub samples: usize,
+    /// Seed of the subset (default 1, so that a split compared with itself would
+    /// not reuse the reference's draw).
+    pub seed: u64,
+    /// Images per Inception forward (default 16).
+    pub batch_size: usize,
+    pub kid: KidConfig,
+}
+
+impl Default for CompareParams {
+    fn default() -> Self {
+        Self {
+            samples: 2000,
+            seed: 1,
+            batch_size: 16,
+            kid: KidConfig::default(),
+        }
+    }
+}
+
+impl CompareParams {
+    pub fn into_config(
+        self,
+        images: PathBuf,
+        reference: PathBuf,
+        weights: PathBuf,
+    ) -> CompareConfig {
+        CompareConfig {
+            images,
+            reference,
+            weights,
+            sample: SampleConfig {
+                samples: self.samples,
+                seed: self.seed,
+                batch_size: self.batch_size,
+            },
+            kid: self.kid,
+        }
+    }
+}
+
 /// Configuration of the `fid-ref@<dataset>` stage (saved as its config.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -101,24 +188,31 @@ fn to_row_major(m: &DMatrix<f64>) -> Vec<f64> {
 }
 
 impl RefStats {
-    /// Statistics of `features` `[N, 2048]`; the first `kid_features` rows (all if 0)
-    /// are kept for KID.
+    /// Statistics of `features` `[N, 2048]`; `kid_features` rows (all if 0), a
+    /// random subset drawn with `seed`, are kept for KID.
     pub fn from_features(
         features: &Tensor,
         indices: Vec<usize>,
         kid_features: usize,
+        seed: u64,
         meta: HashMap<String, String>,
     ) -> Result<Self> {
         let stats = GaussianStats::from_features(features)?;
-        let sqrt_sigma = stats::sqrt_psd(&stats.sigma)?;
+        let sqrt_sigma = stats.sqrt_sigma()?;
         let n = features.dim(0)?;
-        let k = if kid_features == 0 {
-            n
-        } else {
-            kid_features.min(n)
-        };
+        let kid_rows = SampleConfig {
+            samples: kid_features,
+            seed,
+            batch_size: 1,
+        }
+        .indices(n);
+        let kid_rows = Tensor::from_vec(
+            kid_rows.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            kid_rows.len(),
+            features.device(),
+        )?;
         let kid_features = features
-            .narrow(0, 0, k)?
+            .index_select(&kid_rows, 0)?
             .to_device(&Device::Cpu)?
             .to_dtype(DType::F32)?;
         Ok(Self {
@@ -223,11 +317,7 @@ impl RefStats {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| FidError::data(path, "metadata `n` missing or not an integer"))?;
         Ok(Self {
-            stats: GaussianStats {
-                n,
-                mu: DVector::from_vec(mu.to_vec1::<f64>()?),
-                sigma,
-            },
+            stats: GaussianStats::new(n, DVector::from_vec(mu.to_vec1::<f64>()?), sigma)?,
             sqrt_sigma,
             kid_features,
             indices,
@@ -315,7 +405,9 @@ pub fn compute_reference(cfg: &RefConfig, model: &InceptionV3) -> Result<(RefSta
         "weights_sha256".into(),
         crate::torchscript::file_sha256(&cfg.weights)?,
     );
-    let r = RefStats::from_features(&feats, indices.clone(), cfg.kid_features, meta)?;
+    // A different stream from the image subset's.
+    let kid_seed = cfg.sample.seed ^ 0x6b69_645f_7375_6273;
+    let r = RefStats::from_features(&feats, indices.clone(), cfg.kid_features, kid_seed, meta)?;
     let metrics = RefMetrics {
         dataset: cfg.dataset.clone(),
         images_total: set.n,

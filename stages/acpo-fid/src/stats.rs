@@ -31,50 +31,137 @@ pub struct GaussianStats {
     pub n: usize,
     pub mu: DVector<f64>,
     pub sigma: DMatrix<f64>,
+    /// When `n <= d`: the centred samples divided by `sqrt(n - 1)` (`[n, d]`, so
+    /// `sigma = factor^T factor`). The Fréchet distance then needs the eigenvalues
+    /// of an `n x n` matrix instead of a `d x d` one.
+    factor: Option<DMatrix<f64>>,
 }
 
-/// Rows of a 2-D tensor as f32, with shape checks.
-pub fn rows_f32(features: &Tensor) -> Result<(Vec<f32>, usize, usize)> {
-    let (n, d) = features.dims2().map_err(|_| {
-        FidError::Input(format!(
-            "features must be [N, D], got shape {:?}",
-            features.dims()
-        ))
-    })?;
-    let v = features
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok((v, n, d))
+// The large products below (2048 x 2048 and n x 2048 operands) go through candle's
+// multi-threaded f64 GEMM: nalgebra's own product is single-threaded and was
+// several times slower here. Eigendecompositions stay in nalgebra.
+
+/// A column-major nalgebra matrix as a (strided) candle tensor, without reordering.
+fn to_tensor(m: &DMatrix<f64>) -> Result<Tensor> {
+    let (r, c) = m.shape();
+    Ok(Tensor::from_slice(m.as_slice(), (c, r), &Device::Cpu)?.t()?)
+}
+
+fn from_tensor(t: &Tensor) -> Result<DMatrix<f64>> {
+    let (r, c) = t.dims2()?;
+    Ok(DMatrix::from_row_slice(
+        r,
+        c,
+        &t.contiguous()?.flatten_all()?.to_vec1::<f64>()?,
+    ))
+}
+
+/// `a * b` in f64 with candle's GEMM.
+pub fn matmul(a: &DMatrix<f64>, b: &DMatrix<f64>) -> Result<DMatrix<f64>> {
+    if a.ncols() != b.nrows() {
+        return Err(FidError::Input(format!(
+            "matrix product of {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    from_tensor(&to_tensor(a)?.matmul(&to_tensor(b)?)?)
 }
 
 impl GaussianStats {
-    /// Mean and unbiased covariance (divisor `n - 1`) of `features` `[N, D]`, in f64.
+    /// Mean and unbiased covariance (divisor `n - 1`, as `np.cov(rowvar=False)`) of
+    /// `features` `[N, D]`, in f64.
     pub fn from_features(features: &Tensor) -> Result<Self> {
-        let (v, n, d) = rows_f32(features)?;
+        let (n, d) = features.dims2().map_err(|_| {
+            FidError::Input(format!(
+                "features must be [N, D], got shape {:?}",
+                features.dims()
+            ))
+        })?;
         if n < 2 {
             return Err(FidError::Input(format!(
                 "a covariance needs at least 2 samples, got {n}"
             )));
         }
-        if v.iter().any(|x| !x.is_finite()) {
+        let x = features
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .contiguous()?;
+        let mean = x.mean_keepdim(0)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let sigma_t = (xc.t()?.matmul(&xc)? / (n as f64 - 1.0))?;
+        let sigma = from_tensor(&sigma_t)?;
+        if sigma.iter().any(|v| !v.is_finite()) {
             return Err(FidError::Numerical(
                 "features contain NaN or infinity".into(),
             ));
         }
-        let x = DMatrix::<f64>::from_row_iterator(n, d, v.iter().map(|&x| x as f64));
-        let mu = DVector::from_iterator(d, x.column_iter().map(|c| c.sum() / n as f64));
-        let mut xc = x;
-        for (j, mut col) in xc.column_iter_mut().enumerate() {
-            col.add_scalar_mut(-mu[j]);
+        let mu = DVector::from_vec(mean.flatten_all()?.to_vec1::<f64>()?);
+        let factor = if n <= d {
+            Some(from_tensor(&(xc / (n as f64 - 1.0).sqrt())?)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            n,
+            mu,
+            sigma,
+            factor,
+        })
+    }
+
+    /// Statistics given directly (no sample factor is kept).
+    pub fn new(n: usize, mu: DVector<f64>, sigma: DMatrix<f64>) -> Result<Self> {
+        if sigma.shape() != (mu.len(), mu.len()) {
+            return Err(FidError::Input(format!(
+                "mean of length {} with a covariance of shape {:?}",
+                mu.len(),
+                sigma.shape()
+            )));
         }
-        let sigma = xc.tr_mul(&xc) / (n as f64 - 1.0);
-        Ok(Self { n, mu, sigma })
+        Ok(Self {
+            n,
+            mu,
+            sigma,
+            factor: None,
+        })
     }
 
     pub fn dim(&self) -> usize {
         self.mu.len()
+    }
+
+    /// `sigma^(1/2)`. With the sample factor `F` (`sigma = F^T F`, `n <= d`) this is
+    /// `F^T U diag(lambda^(-1/2)) U^T F` from the eigendecomposition `F F^T = U diag(lambda) U^T`
+    /// of an `n x n` matrix (eigenvalues below `1e-12 lambda_max` are null space);
+    /// otherwise [`sqrt_psd`] of the `d x d` covariance.
+    pub fn sqrt_sigma(&self) -> Result<DMatrix<f64>> {
+        let Some(f) = &self.factor else {
+            return sqrt_psd(&self.sigma);
+        };
+        let g = matmul(f, &f.transpose())?;
+        let g = (&g + g.transpose()) * 0.5;
+        if g.iter().any(|x| !x.is_finite()) {
+            return Err(FidError::Numerical("features are not finite".into()));
+        }
+        let eig = g.symmetric_eigen();
+        let max = eig.eigenvalues.iter().fold(0f64, |a, &l| a.max(l));
+        let mut u = eig.eigenvectors.clone();
+        for (j, mut col) in u.column_iter_mut().enumerate() {
+            let l = eig.eigenvalues[j];
+            col *= if l > 1e-12 * max { l.powf(-0.25) } else { 0.0 };
+        }
+        // W = U diag(lambda^(-1/4)); sqrt = (F^T W)(F^T W)^T.
+        let ftw = matmul(&f.transpose(), &u)?;
+        matmul(&ftw, &ftw.transpose())
+    }
+
+    /// The same statistics without the sample factor (forces the `d x d` path).
+    pub fn without_factor(&self) -> Self {
+        Self {
+            factor: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -95,21 +182,32 @@ pub fn sqrt_psd(m: &DMatrix<f64>) -> Result<DMatrix<f64>> {
     }
     let sym = (m + m.transpose()) * 0.5;
     let eig = sym.symmetric_eigen();
-    let s = eig.eigenvalues.map(|l| l.max(0.0).sqrt());
-    let vs = &eig.eigenvectors * DMatrix::from_diagonal(&s);
-    Ok(&vs * eig.eigenvectors.transpose())
+    let mut vs = eig.eigenvectors.clone();
+    for (j, mut col) in vs.column_iter_mut().enumerate() {
+        col *= eig.eigenvalues[j].max(0.0).sqrt();
+    }
+    matmul(&vs, &eig.eigenvectors.transpose())
 }
 
-/// `tr((S_a S_b)^(1/2))` given `sqrt_b = S_b^(1/2)`.
-pub fn trace_sqrt_product(sigma_a: &DMatrix<f64>, sqrt_b: &DMatrix<f64>) -> Result<f64> {
-    if sigma_a.shape() != sqrt_b.shape() {
+/// `tr((S_a S_b)^(1/2))` given `sqrt_b = S_b^(1/2)`: the sum of the square roots of
+/// the eigenvalues of `sqrt_b S_a sqrt_b`, or, when `a` keeps its sample factor
+/// `F` (`S_a = F^T F`, fewer samples than dimensions), of `(F sqrt_b)(F sqrt_b)^T`,
+/// which has the same non-zero eigenvalues.
+pub fn trace_sqrt_product(a: &GaussianStats, sqrt_b: &DMatrix<f64>) -> Result<f64> {
+    if a.sigma.shape() != sqrt_b.shape() {
         return Err(FidError::Input(format!(
             "covariances of different shapes {:?} and {:?}",
-            sigma_a.shape(),
+            a.sigma.shape(),
             sqrt_b.shape()
         )));
     }
-    let m = sqrt_b * sigma_a * sqrt_b;
+    let m = match &a.factor {
+        Some(f) => {
+            let y = matmul(f, sqrt_b)?;
+            matmul(&y, &y.transpose())?
+        }
+        None => matmul(&matmul(sqrt_b, &a.sigma)?, sqrt_b)?,
+    };
     let m = (&m + m.transpose()) * 0.5;
     if m.iter().any(|x| !x.is_finite()) {
         return Err(FidError::Numerical(
@@ -135,7 +233,7 @@ pub fn frechet_distance(
         )));
     }
     let diff = (&a.mu - &b.mu).norm_squared();
-    let tr = a.sigma.trace() + b.sigma.trace() - 2.0 * trace_sqrt_product(&a.sigma, sqrt_b)?;
+    let tr = a.sigma.trace() + b.sigma.trace() - 2.0 * trace_sqrt_product(a, sqrt_b)?;
     Ok(diff + tr)
 }
 
@@ -384,11 +482,47 @@ mod tests {
 
     fn stats(mu: Vec<f64>, sigma: Vec<f64>) -> GaussianStats {
         let d = mu.len();
-        GaussianStats {
-            n: 100,
-            mu: DVector::from_vec(mu),
-            sigma: DMatrix::from_row_slice(d, d, &sigma),
-        }
+        GaussianStats::new(
+            100,
+            DVector::from_vec(mu),
+            DMatrix::from_row_slice(d, d, &sigma),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn low_rank_path_equals_full_path() {
+        // 20 samples in 50 dimensions: the n x n route must give the d x d route's FID.
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut feats = |shift: f32, n: usize| {
+            let v: Vec<f32> = (0..n * 50)
+                .map(|i| {
+                    rand::Rng::random_range(&mut rng, 0.0f32..1.0) * (1.0 + (i % 50) as f32 / 25.0)
+                        + shift
+                })
+                .collect();
+            Tensor::from_vec(v, (n, 50), &Device::Cpu).unwrap()
+        };
+        let a = GaussianStats::from_features(&feats(0.0, 20)).unwrap();
+        let b = GaussianStats::from_features(&feats(0.2, 80)).unwrap();
+        assert!(a.factor.is_some() && b.factor.is_none());
+        let r = sqrt_psd(&b.sigma).unwrap();
+        // The n x n square root equals the d x d one.
+        let ra = a.sqrt_sigma().unwrap();
+        let ra_full = sqrt_psd(&a.sigma).unwrap();
+        let err = (&ra - &ra_full).abs().max();
+        assert!(err < 1e-6 * ra_full.abs().max(), "sqrt error {err}");
+        let back = matmul(&ra, &ra).unwrap();
+        assert!((&back - &a.sigma).abs().max() < 1e-10 * a.sigma.abs().max().max(1e-300) + 1e-12);
+        let low = frechet_distance(&a, &b, &r).unwrap();
+        let full = frechet_distance(&a.without_factor(), &b, &r).unwrap();
+        // The d x d route clamps rounding-level eigenvalues (~1e-16) of the singular
+        // product and adds their square roots (~1e-8 each): equal to ~1e-7 only.
+        assert!(
+            (low - full).abs() < 1e-6 * full.abs().max(1.0),
+            "{low} vs {full}"
+        );
+        assert!(full > 0.0);
     }
 
     #[test]
