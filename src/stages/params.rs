@@ -52,6 +52,18 @@ fn load_source() -> Result<Source, String> {
     }
 }
 
+/// `key` itself, or a key inside a declared section (`data.cifar10.seed` when the stage
+/// declares `data.cifar10`).
+fn declared_lookup<'a>(values: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if let Some(v) = values.get(key) {
+        return Some(v);
+    }
+    values.iter().find_map(|(declared, v)| {
+        let rest = key.strip_prefix(declared.as_str())?.strip_prefix('.')?;
+        acpo_pipeline::params::lookup(v, rest)
+    })
+}
+
 /// The value of the param `key` (a dotted key of `params.yaml`, e.g. `train.lr`).
 ///
 /// Under `acpo repro` this reads the stage's `ACPO_PARAMS` file and fails when the
@@ -69,7 +81,7 @@ pub fn stage_param<T: DeserializeOwned>(key: &str) -> anyhow::Result<T> {
             stage,
             values,
         } => {
-            let v = values.get(key).ok_or_else(|| {
+            let v = declared_lookup(values, key).ok_or_else(|| {
                 anyhow!(
                     "stage `{stage}` reads param `{key}` but does not declare it \
                      (add `{key}` to the stage's `params:` in pipeline.yaml; ACPO_PARAMS={path})"
@@ -95,13 +107,19 @@ mod tests {
         // One process-wide source: set the env once, before the first read.
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.json");
-        std::fs::write(&f, r#"{"train.lr": 0.5, "data.names": ["a", "b"]}"#).unwrap();
+        std::fs::write(
+            &f,
+            r#"{"train.lr": 0.5, "data.names": ["a", "b"], "model": {"ch": {"base": 64}}}"#,
+        )
+        .unwrap();
         std::env::set_var("ACPO_PARAMS", &f);
         std::env::set_var("ACPO_STAGE", "train@x");
         let lr: f64 = stage_param("train.lr").unwrap();
         assert_eq!(lr, 0.5);
         let names: Vec<String> = stage_param("data.names").unwrap();
         assert_eq!(names, ["a", "b"]);
+        let base: u32 = stage_param("model.ch.base").unwrap();
+        assert_eq!(base, 64);
         let e = stage_param::<u32>("train.steps").unwrap_err().to_string();
         assert!(e.contains("train@x") && e.contains("train.steps"), "{e}");
         let e = stage_param::<u32>("train.lr").unwrap_err().to_string();

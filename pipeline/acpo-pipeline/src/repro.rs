@@ -455,7 +455,9 @@ impl Executor<'_> {
                 restored,
             },
         );
-        self.ws.lock.save(&self.ws.root)
+        self.ws.lock.save(&self.ws.root)?;
+        // Keep the stat cache current too, so a killed engine does not rehash everything.
+        self.ws.hashes.save()
     }
 
     fn start(&mut self, i: usize, tx: &Sender<Event>) -> Result<()> {
