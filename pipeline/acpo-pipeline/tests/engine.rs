@@ -289,7 +289,7 @@ stages:
 
 /// Waits for a file a stage writes, then returns its content.
 fn wait_for(t: &Toy, rel: &str) -> String {
-    for _ in 0..500 {
+    for _ in 0..1500 {
         if let Ok(s) = std::fs::read_to_string(t.path(rel)) {
             if s.ends_with('\n') {
                 return s;

@@ -25,7 +25,7 @@ stages:
         acpo_pipeline::repro(&s)
     });
     let mut pid = None;
-    for _ in 0..500 {
+    for _ in 0..1500 {
         if let Ok(s) = std::fs::read_to_string(t.path("pid.txt")) {
             if let Ok(p) = s.trim().parse::<i32>() {
                 pid = Some(p);
