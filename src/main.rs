@@ -198,7 +198,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the directory of this executable first on PATH, so stage commands that say
+/// `acpo stage ...` run this same binary even when it is not installed.
+fn put_self_on_path() {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    else {
+        return;
+    };
+    let mut paths = vec![dir];
+    if let Some(old) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&old));
+    }
+    if let Ok(joined) = std::env::join_paths(paths) {
+        // Single-threaded here, before any work starts.
+        std::env::set_var("PATH", joined);
+    }
+}
+
 fn main() -> ExitCode {
+    put_self_on_path();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

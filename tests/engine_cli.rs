@@ -94,6 +94,21 @@ fn repro_status_and_exit_codes() {
 }
 
 #[test]
+fn stage_commands_find_this_acpo_on_path() {
+    let p = "stages:\n  v:\n    cmd: acpo --version > v.txt\n    outs: [v.txt]\n";
+    let d = toy(p, "");
+    let o = Command::new(ACPO)
+        .args(["repro"])
+        .current_dir(d.path())
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v = std::fs::read_to_string(d.path().join("v.txt")).unwrap();
+    assert!(v.starts_with("acpo "), "{v}");
+}
+
+#[test]
 fn dag_explain_metrics_gc() {
     let p = r#"
 stages:
