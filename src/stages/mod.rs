@@ -1,13 +1,20 @@
 //! Glue between the CLI and the stage crates: each submodule parses its
 //! subcommand's arguments, reads its declared params and calls the stage library.
 
+pub mod fid;
 pub mod params;
 
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
-pub enum StageCommand {}
+pub enum StageCommand {
+    /// FID: Inception weights conversion, reference statistics, comparisons (acpo-fid).
+    #[command(subcommand)]
+    Fid(fid::FidCommand),
+}
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        StageCommand::Fid(c) => fid::run(c),
+    }
 }
