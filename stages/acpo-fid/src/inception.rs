@@ -532,8 +532,9 @@ impl InceptionV3 {
     /// Pre-process images as the reference does (see the module docs):
     /// `images` is `[N, 3, H, W]`, either U8 (values 0..=255) or F32/F64 with
     /// values in [0, 1] (clamped, then quantised to 1/255 steps like the
-    /// reference's default `quant=True`). Returns F32 `[N, 3, 299, 299]` in
-    /// [-1, 0.9921875].
+    /// reference's default `quant=True`; ties round away from zero here, to even in
+    /// PyTorch, which only matters for inputs exactly halfway between two 8-bit
+    /// levels). Returns F32 `[N, 3, 299, 299]` in [-1, 0.9921875].
     pub fn preprocess(&self, images: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = images.dims4().map_err(|_| {
             FidError::Input(format!(
