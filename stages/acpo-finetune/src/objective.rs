@@ -169,8 +169,8 @@ pub enum Method {
     #[default]
     #[serde(rename = "acpo")]
     Acpo,
-    /// All three terms.
-    #[serde(rename = "acpo+data")]
+    /// All three terms (also spelt `acpo-data`, for stage and folder names).
+    #[serde(rename = "acpo+data", alias = "acpo-data")]
     AcpoData,
 }
 
@@ -213,6 +213,9 @@ impl std::fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = FinetuneError;
     fn from_str(s: &str) -> Result<Self> {
+        if s == "acpo-data" {
+            return Ok(Method::AcpoData);
+        }
         Method::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
@@ -220,7 +223,7 @@ impl std::str::FromStr for Method {
                 FinetuneError::config(
                     "method",
                     format!(
-                        "unknown method `{s}`; expected one of perceptual-only, data-anchor, acpo, acpo+data"
+                        "unknown method `{s}`; expected one of perceptual-only, data-anchor, acpo, acpo+data (or acpo-data)"
                     ),
                 )
             })
@@ -492,6 +495,7 @@ mod tests {
             assert_eq!(m.as_str().parse::<Method>().unwrap(), m);
         }
         assert!("base".parse::<Method>().is_err());
+        assert_eq!("acpo-data".parse::<Method>().unwrap(), Method::AcpoData);
     }
 
     #[test]
