@@ -2,6 +2,7 @@
 //! subcommand's arguments, reads its declared params and calls the stage library.
 
 pub mod fid;
+pub mod finetune;
 pub mod params;
 
 use clap::Subcommand;
@@ -11,10 +12,13 @@ pub enum StageCommand {
     /// FID: Inception weights conversion, reference statistics, comparisons (acpo-fid).
     #[command(subcommand)]
     Fid(fid::FidCommand),
+    /// ACPO fine-tuning and its baselines from a train-base model (acpo-finetune).
+    Finetune(finetune::FinetuneArgs),
 }
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
     match cmd {
         StageCommand::Fid(c) => fid::run(c),
+        StageCommand::Finetune(a) => finetune::run(a),
     }
 }

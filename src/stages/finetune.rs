@@ -1,0 +1,126 @@
+//! `acpo stage finetune`: ACPO fine-tuning and its baselines from a `train-base` model
+//! (crate `acpo-finetune`).
+
+use std::path::PathBuf;
+
+use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::Method;
+use anyhow::Context;
+use clap::Args;
+use serde_json::Value;
+
+use super::params::stage_param;
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Benchmark: params `finetune.defaults` deep-merged with `finetune.<benchmark>`, base model
+    /// in `results/base/<benchmark>/`, data in `data/prepared/<benchmark>/`.
+    #[arg(long)]
+    benchmark: String,
+    /// Override `objective.method` (perceptual-only, data-anchor, acpo, acpo+data).
+    #[arg(long)]
+    method: Option<String>,
+    /// Override `objective.lambda_a` (the anchor-weight sweep).
+    #[arg(long)]
+    lambda_a: Option<f64>,
+    /// Output directory (`results/finetune/<benchmark>/<run>`).
+    #[arg(long)]
+    out: PathBuf,
+    /// Base model directory (default `results/base/<benchmark>`).
+    #[arg(long)]
+    base_dir: Option<PathBuf>,
+    /// Prepared data directory (default `data/prepared/<benchmark>`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Judge registry.
+    #[arg(long, default_value = "judges.yaml")]
+    judges: PathBuf,
+    /// CNNIQA weights (default `$ACPO_MIRROR/iqa/CNNIQA-LIVE.safetensors`).
+    #[arg(long)]
+    guidance: Option<PathBuf>,
+    /// Ignore an existing checkpoint in `--out`.
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn mirror() -> PathBuf {
+    std::env::var_os("ACPO_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"))
+}
+
+pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
+    let defaults: Value = stage_param("finetune.defaults")?;
+    let bench: Value = stage_param(&format!("finetune.{}", a.benchmark))?;
+    let mut cfg = FinetuneConfig::from_layers(
+        &[defaults, bench],
+        &format!("params finetune.defaults + finetune.{}", a.benchmark),
+    )?;
+    if let Some(m) = &a.method {
+        cfg.objective.method = m.parse::<Method>()?;
+    }
+    if let Some(la) = a.lambda_a {
+        cfg.objective.lambda_a = la;
+    }
+    let paths = FinetunePaths {
+        base_dir: a
+            .base_dir
+            .unwrap_or_else(|| PathBuf::from("results/base").join(&a.benchmark)),
+        data_dir: a
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("data/prepared").join(&a.benchmark)),
+        out_dir: a.out.clone(),
+        guidance: a
+            .guidance
+            .unwrap_or_else(|| mirror().join("iqa/CNNIQA-LIVE.safetensors")),
+        judges: a.judges,
+    };
+    let outcome = run_finetune(
+        &cfg,
+        &paths,
+        &RunOptions {
+            fresh: a.fresh,
+            stop_after: None,
+        },
+    )
+    .with_context(|| format!("finetune {} -> {}", a.benchmark, a.out.display()))?
+    .context("the run stopped before its last step")?;
+    let judges: Vec<String> = outcome
+        .last
+        .judges
+        .iter()
+        .map(|(n, s)| {
+            format!(
+                "{n} {:.3}->{:.3}",
+                outcome
+                    .base
+                    .judges
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, b)| b.mean)
+                    .unwrap_or(f64::NAN),
+                s.mean
+            )
+        })
+        .collect();
+    eprintln!(
+        "finetune {} ({}, lambda_a {}): {} steps at {:.2} steps/s; anchor distance {:.3e}, held-out MSE {:.4} -> {:.4}, guidance(samples) {:.3} -> {:.3}; {}{}",
+        a.benchmark,
+        outcome.method,
+        outcome.lambda_a,
+        outcome.steps,
+        outcome.steps_per_s,
+        outcome.last.anchor_distance.mean,
+        outcome.base.heldout_mse.mean,
+        outcome.last.heldout_mse.mean,
+        outcome.base.guidance_samples.mean,
+        outcome.last.guidance_samples.mean,
+        judges.join(", "),
+        outcome
+            .drift_stop
+            .as_ref()
+            .map(|d| format!("; drift stop at step {} ({:.3e} > {:.3e})", d.step, d.anchor_distance, d.threshold))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
