@@ -3,12 +3,16 @@
 
 pub mod fid;
 pub mod finetune;
+pub mod iqa;
 pub mod params;
 
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum StageCommand {
+    /// Image-quality models: CNNIQA ONNX export, judge sanity (acpo-iqa).
+    #[command(subcommand)]
+    Iqa(iqa::IqaCommand),
     /// FID: Inception weights conversion, reference statistics, comparisons (acpo-fid).
     #[command(subcommand)]
     Fid(fid::FidCommand),
@@ -18,6 +22,7 @@ pub enum StageCommand {
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
     match cmd {
+        StageCommand::Iqa(c) => iqa::run(c),
         StageCommand::Fid(c) => fid::run(c),
         StageCommand::Finetune(a) => finetune::run(a),
     }

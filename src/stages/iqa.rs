@@ -1,0 +1,78 @@
+//! `acpo stage iqa ...`: CNNIQA export to ONNX and the judge sanity check (crate `acpo-iqa`).
+
+use std::path::{Path, PathBuf};
+
+use acpo_iqa::sanity::{run_sanity, write_outputs, SanityConfig};
+use acpo_iqa::stages::{cifar_test_images, run_export, ExportConfig};
+use acpo_iqa::{Cnniqa, Registry};
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::params::stage_param;
+
+#[derive(Debug, Subcommand)]
+pub enum IqaCommand {
+    /// Export CNNIQA-LIVE to ONNX (inclusive grid) and check ONNX Runtime against candle
+    /// on real CIFAR-10 test images (params `iqa.export`).
+    ExportCnniqa {
+        /// The main model (input `iqa.export.size`).
+        #[arg(long, default_value = "results/iqa/cnniqa.onnx")]
+        out: PathBuf,
+        /// Extra sizes, metrics.json and config.json go here.
+        #[arg(long, default_value = "results/iqa/export")]
+        out_dir: PathBuf,
+    },
+    /// Spearman correlation of distortion level and score per judge on CIFAR-10 test images
+    /// with blur, noise and JPEG at three levels (params `iqa.sanity`).
+    JudgeSanity {
+        #[arg(long, default_value = "results/iqa/sanity")]
+        out_dir: PathBuf,
+        #[arg(long, default_value = "judges.yaml")]
+        registry: PathBuf,
+    },
+}
+
+fn mirror() -> PathBuf {
+    std::env::var_os("ACPO_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"))
+}
+
+const PREPARED_TEST: &str = "data/prepared/cifar10/test.safetensors";
+
+pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
+    match cmd {
+        IqaCommand::ExportCnniqa { out, out_dir } => {
+            let cfg: ExportConfig = stage_param("iqa.export")?;
+            acpo_iqa::onnx::init_ort(None)?;
+            let weights = mirror().join("iqa/CNNIQA-LIVE.safetensors");
+            let model = Cnniqa::load_cpu(&weights)?;
+            let (images, source) =
+                cifar_test_images(Path::new(PREPARED_TEST), &mirror(), cfg.check_images)?;
+            let checks = run_export(&cfg, &model, &images, &out, &out_dir)
+                .with_context(|| format!("exporting CNNIQA from {}", weights.display()))?;
+            for c in &checks {
+                eprintln!(
+                    "export-cnniqa: {} ({}x{}, {} patches): max |ort - candle| = {:.2e} on {} images from {source}",
+                    c.file, c.size, c.size, c.patches_per_image, c.max_abs_diff, c.images_checked
+                );
+            }
+            Ok(())
+        }
+        IqaCommand::JudgeSanity { out_dir, registry } => {
+            let cfg: SanityConfig = stage_param("iqa.sanity")?;
+            let reg = Registry::load(&registry)?;
+            let (images, source) =
+                cifar_test_images(Path::new(PREPARED_TEST), &mirror(), cfg.samples)?;
+            let rows = run_sanity(&cfg, &reg, &images)?;
+            write_outputs(&rows, &cfg, &source, &out_dir)?;
+            for r in &rows {
+                eprintln!(
+                    "judge-sanity: {:<12} {:<6} spearman {:+.3} (quality-oriented {:+.3})",
+                    r.judge, r.distortion, r.spearman, r.quality_spearman
+                );
+            }
+            Ok(())
+        }
+    }
+}
