@@ -63,8 +63,20 @@ impl UNetConfig {
                 "channels, in_channels and channel_mult must be non-empty/non-zero",
             ));
         }
+        if self.norm_groups == 0 || self.num_heads == 0 {
+            return Err(DiffusionError::config(
+                "model.norm_groups/num_heads",
+                "must be > 0",
+            ));
+        }
+        if !self.channels.is_multiple_of(2) {
+            return Err(DiffusionError::config(
+                "model.channels",
+                "must be even (sinusoidal time embedding)",
+            ));
+        }
         let levels = self.channel_mult.len();
-        if self.image_size % (1 << (levels - 1)) != 0 {
+        if !self.image_size.is_multiple_of(1 << (levels - 1)) {
             return Err(DiffusionError::config(
                 "model.image_size",
                 format!(
@@ -76,20 +88,20 @@ impl UNetConfig {
         }
         for &m in &self.channel_mult {
             let c = self.channels * m;
-            if m == 0 || c % self.norm_groups != 0 {
+            if m == 0 || !c.is_multiple_of(self.norm_groups) {
                 return Err(DiffusionError::config(
                     "model.norm_groups",
                     format!("{} does not divide channel count {c}", self.norm_groups),
                 ));
             }
-            if c % self.num_heads != 0 {
+            if !c.is_multiple_of(self.num_heads) {
                 return Err(DiffusionError::config(
                     "model.num_heads",
                     format!("{} does not divide channel count {c}", self.num_heads),
                 ));
             }
         }
-        if self.channels % self.norm_groups != 0 {
+        if !self.channels.is_multiple_of(self.norm_groups) {
             return Err(DiffusionError::config(
                 "model.norm_groups",
                 format!("{} does not divide {}", self.norm_groups, self.channels),
@@ -214,7 +226,7 @@ impl TrainConfig {
                 "must be > 0",
             ));
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(DiffusionError::config("train.lr", "must be > 0"));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {

@@ -242,18 +242,12 @@ impl CustomOp2 for GemmConv {
             .matmul(&gy3)?;
         let gx = if pointwise {
             gcols.reshape(x.dims())?
+        } else if gcols.dtype() == DType::F32 {
+            let c = col2im(&gcols.flatten_all()?.to_vec1::<f32>()?, &g);
+            Tensor::from_vec(c, x.dims(), x.device())?
         } else {
-            let v = match gcols.dtype() {
-                DType::F32 => {
-                    let c = col2im(&gcols.flatten_all()?.to_vec1::<f32>()?, &g);
-                    Tensor::from_vec(c, x.dims(), x.device())?
-                }
-                _ => {
-                    let c = col2im(&gcols.flatten_all()?.to_vec1::<f64>()?, &g);
-                    Tensor::from_vec(c, x.dims(), x.device())?
-                }
-            };
-            v
+            let c = col2im(&gcols.flatten_all()?.to_vec1::<f64>()?, &g);
+            Tensor::from_vec(c, x.dims(), x.device())?
         };
         Ok((Some(gx), Some(gw)))
     }

@@ -17,7 +17,7 @@ pub fn write_grid(
     cols: usize,
     path: &Path,
 ) -> Result<()> {
-    let cols = cols.min(n).max(1);
+    let cols = if n == 0 { 1 } else { cols.clamp(1, n) };
     let rows = n.div_ceil(cols);
     let gap = 2;
     let (gw, gh) = (cols * (w + gap) + gap, rows * (h + gap) + gap);

@@ -60,6 +60,18 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
+/// The device stages run on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present, else the CPU.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = Device::new_cuda(0) {
+            return d;
+        }
+    }
+    Device::Cpu
+}
+
 /// A progress bar drawn only when stderr is a terminal.
 pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
     let pb = if std::io::stderr().is_terminal() {
@@ -103,6 +115,26 @@ fn resume_key(p: &BenchmarkParams) -> String {
     p.train.heldout_seed = 0;
     p.sample = Default::default();
     serde_json::to_string(&p).expect("params serialise")
+}
+
+/// The resolved config `train-base` writes as `config.json` (the sample section is not part of
+/// a trained model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRecord {
+    pub model: crate::config::UNetConfig,
+    pub schedule: crate::config::ScheduleConfig,
+    pub train: crate::config::TrainConfig,
+}
+
+impl From<&BenchmarkParams> for TrainRecord {
+    fn from(p: &BenchmarkParams) -> Self {
+        Self {
+            model: p.model.clone(),
+            schedule: p.schedule.clone(),
+            train: p.train.clone(),
+        }
+    }
 }
 
 /// One training step's loss on a batch; draws come from `(seed, step)` streams.
@@ -193,12 +225,11 @@ pub fn train_base(
         ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| DiffusionError::io(out_dir, e))?;
-    let device = Device::Cpu;
+    let device = default_device();
     let test_path = data_dir.join("test.safetensors");
     let mut test = ImageSet::load(&test_path)?;
     test.truncate(p.train.heldout_images);
-    let (model, outcome_parts) = train_loop(p, &data, None, out_dir, fresh, &device)?;
-    let _ = model;
+    let (_model, outcome_parts) = train_loop(p, &data, None, out_dir, fresh, &device)?;
     let ema_model = UNet::load(&p.model, &out_dir.join("model.safetensors"), &device)?;
     let schedule = NoiseSchedule::from_config(&p.schedule)?;
     let mse = heldout_mse(
@@ -251,7 +282,7 @@ pub fn train_loop(
             device,
         )?;
     }
-    write_json(&out_dir.join("config.json"), p)?;
+    write_json(&out_dir.join("config.json"), &TrainRecord::from(p))?;
 
     let pb = progress_bar(
         tc.steps as u64,
@@ -282,7 +313,7 @@ pub fn train_loop(
         pb.set_message(format!("loss {lv:.4} {ips:.1} img/s"));
         pb.inc(1);
         let n = step + 1;
-        if n % tc.checkpoint_every == 0 || n == tc.steps {
+        if n.is_multiple_of(tc.checkpoint_every) || n == tc.steps {
             save_checkpoint(&ckpt_path, p, n, &vars, &opt, &ema, &losses)?;
             if !std::io::stderr().is_terminal() {
                 let k = losses.len().min(tc.checkpoint_every);
@@ -324,7 +355,7 @@ pub fn train_loop(
         csv.push_str(&format!("{},{l},{lr},{g}\n", i + 1));
     }
     write_atomic(&out_dir.join("loss.csv"), csv.as_bytes())?;
-    let k = losses.len().min(100).max(1);
+    let k = losses.len().clamp(1, 100);
     let final_loss = losses[losses.len().saturating_sub(k)..]
         .iter()
         .map(|l| l.0 as f64)
@@ -470,7 +501,7 @@ pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Re
             "the sample stage draws unconditional base models; conditional sampling needs prompts",
         ));
     }
-    let device = Device::Cpu;
+    let device = default_device();
     let model = UNet::load(&p.model, &model_dir.join("model.safetensors"), &device)?;
     let schedule = NoiseSchedule::from_config(&p.schedule)?;
     let sc = &p.sample;

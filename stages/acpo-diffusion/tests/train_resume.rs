@@ -33,18 +33,20 @@ fn write_split(path: &Path, n: usize, seed: u64) {
 }
 
 fn tiny_params(steps: usize) -> BenchmarkParams {
-    let mut p = BenchmarkParams::default();
-    p.model = UNetConfig {
-        image_size: 8,
-        in_channels: 3,
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attention_resolutions: vec![4],
-        num_heads: 2,
-        dropout: 0.1,
-        norm_groups: 4,
-        context_dim: None,
+    let mut p = BenchmarkParams {
+        model: UNetConfig {
+            image_size: 8,
+            in_channels: 3,
+            channels: 8,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![4],
+            num_heads: 2,
+            dropout: 0.1,
+            norm_groups: 4,
+            context_dim: None,
+        },
+        ..Default::default()
     };
     p.schedule.timesteps = 50;
     p.train.steps = steps;
@@ -92,8 +94,9 @@ fn resume_is_bit_identical_and_outputs_are_complete() {
     let csv = String::from_utf8(bytes(&full.join("loss.csv"))).unwrap();
     assert_eq!(csv.lines().count(), 9, "{csv}");
     assert!(csv.starts_with("step,loss,lr,grad_norm\n1,"));
-    let cfg: BenchmarkParams = serde_json::from_slice(&bytes(&full.join("config.json"))).unwrap();
-    assert_eq!(cfg, tiny_params(8));
+    let cfg: acpo_diffusion::train::TrainRecord =
+        serde_json::from_slice(&bytes(&full.join("config.json"))).unwrap();
+    assert_eq!(cfg, (&tiny_params(8)).into());
     let metrics: serde_json::Value =
         serde_json::from_slice(&bytes(&full.join("metrics.json"))).unwrap();
     assert_eq!(metrics["steps"], 8);

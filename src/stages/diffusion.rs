@@ -1,0 +1,110 @@
+//! `acpo stage diffusion ...`: base-model training and sampling (crate `acpo-diffusion`).
+
+use std::path::PathBuf;
+
+use acpo_diffusion::{sample_stage, train_base, BenchmarkParams};
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::params::stage_param;
+
+#[derive(Debug, Subcommand)]
+pub enum DiffusionCommand {
+    /// Train a benchmark's base UNet (params `diffusion.<benchmark>`) on
+    /// `data/prepared/<benchmark>`, resuming from its checkpoint when one exists.
+    TrainBase {
+        /// cifar10, anime64 or church256-standin.
+        benchmark: String,
+        /// Prepared dataset folder (default `data/prepared/<benchmark>`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output folder (default `results/base/<benchmark>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Ignore an existing checkpoint and start from step 0.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Draw `sample.num_images` images from fixed seeds with the EMA weights.
+    Sample {
+        /// cifar10, anime64 or church256-standin.
+        benchmark: String,
+        /// Trained model folder (default `results/base/<benchmark>`).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Output folder (default `results/samples/<benchmark>/base`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Params of `benchmark`: the model and schedule, plus the train or the sample section
+/// (each stage declares exactly the keys it reads, so sampling settings do not invalidate a
+/// trained model).
+fn params(benchmark: &str, train: bool) -> anyhow::Result<BenchmarkParams> {
+    let key = |k: &str| format!("diffusion.{benchmark}.{k}");
+    let mut p = BenchmarkParams {
+        model: stage_param(&key("model"))?,
+        schedule: stage_param(&key("schedule"))?,
+        ..Default::default()
+    };
+    if train {
+        p.train = stage_param(&key("train"))?;
+    } else {
+        p.sample = stage_param(&key("sample"))?;
+    }
+    p.validate()
+        .with_context(|| format!("params `diffusion.{benchmark}`"))?;
+    Ok(p)
+}
+
+pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
+    match cmd {
+        DiffusionCommand::TrainBase {
+            benchmark,
+            data,
+            out,
+            fresh,
+        } => {
+            let p = params(&benchmark, true)?;
+            let data = data.unwrap_or_else(|| PathBuf::from("data/prepared").join(&benchmark));
+            let out = out.unwrap_or_else(|| PathBuf::from("results/base").join(&benchmark));
+            let o = train_base(&p, &data, &out, fresh)
+                .with_context(|| format!("train-base {benchmark} into {}", out.display()))?;
+            eprintln!(
+                "train-base {benchmark}: {} steps ({} params, {} images), final train loss {:.4}, held-out MSE {:.4} ± {:.4} (n={}), {:.2} images/s",
+                o.steps,
+                o.num_params,
+                o.train_images,
+                o.final_train_loss,
+                o.heldout_mse.mean,
+                o.heldout_mse.ci95,
+                o.heldout_mse.n,
+                o.images_per_s
+            );
+            Ok(())
+        }
+        DiffusionCommand::Sample {
+            benchmark,
+            model_dir,
+            out,
+        } => {
+            let p = params(&benchmark, false)?;
+            let model_dir =
+                model_dir.unwrap_or_else(|| PathBuf::from("results/base").join(&benchmark));
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("results/samples")
+                    .join(&benchmark)
+                    .join("base")
+            });
+            sample_stage(&p, &model_dir, &out)
+                .with_context(|| format!("sample {benchmark} into {}", out.display()))?;
+            eprintln!(
+                "sample {benchmark}: {} images -> {}",
+                p.sample.num_images,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
