@@ -1,6 +1,7 @@
 //! Glue between the CLI and the stage crates: each submodule parses its
 //! subcommand's arguments, reads its declared params and calls the stage library.
 
+pub mod diffusion;
 pub mod fid;
 pub mod finetune;
 pub mod iqa;
@@ -13,6 +14,9 @@ pub enum StageCommand {
     /// Image-quality models: CNNIQA ONNX export, judge sanity (acpo-iqa).
     #[command(subcommand)]
     Iqa(iqa::IqaCommand),
+    /// Diffusion base models: train-base, sample (acpo-diffusion).
+    #[command(subcommand)]
+    Diffusion(diffusion::DiffusionCommand),
     /// FID: Inception weights conversion, reference statistics, comparisons (acpo-fid).
     #[command(subcommand)]
     Fid(fid::FidCommand),
@@ -23,6 +27,7 @@ pub enum StageCommand {
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
     match cmd {
         StageCommand::Iqa(c) => iqa::run(c),
+        StageCommand::Diffusion(c) => diffusion::run(c),
         StageCommand::Fid(c) => fid::run(c),
         StageCommand::Finetune(a) => finetune::run(a),
     }
