@@ -1,6 +1,7 @@
 //! Glue between the CLI and the stage crates: each submodule parses its
 //! subcommand's arguments, reads its declared params and calls the stage library.
 
+pub mod data;
 pub mod diffusion;
 pub mod fid;
 pub mod finetune;
@@ -11,6 +12,9 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum StageCommand {
+    /// Data sources and preparation: fetch, prepare <dataset> (acpo-data).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Image-quality models: CNNIQA ONNX export, judge sanity (acpo-iqa).
     #[command(subcommand)]
     Iqa(iqa::IqaCommand),
@@ -26,6 +30,7 @@ pub enum StageCommand {
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
     match cmd {
+        StageCommand::Data(c) => data::run(c),
         StageCommand::Iqa(c) => iqa::run(c),
         StageCommand::Diffusion(c) => diffusion::run(c),
         StageCommand::Fid(c) => fid::run(c),
