@@ -1,0 +1,873 @@
+//! The `evaluate` stage: one model of one benchmark (the base or a fine-tuning run) on fixed
+//! seeds and fixed held-out draws, every SPEC section 5 metric with its sample count and 95%
+//! interval.
+//!
+//! Same seeds, same noise: image `i` is sampled from seed `seed + i` (its initial noise and
+//! every later noise come from that seed's own stream, acpo-diffusion's sampler), so the base
+//! and every tuned model of a benchmark start from identical noise, and the tuned model's
+//! image `i` is compared with the base's image `i` (improvement, win rate, pixel drift).
+//! Held-out MSE and anchor distance use the draws `(x0_i, t_ij, eps_ij)` from
+//! `SeededRng::new(heldout_seed, [i, j])`, the same scheme as `acpo_diffusion::heldout_mse`.
+//!
+//! Outputs in `out_dir` (`results/eval/<benchmark>/<run>/`): `metrics.json`
+//! ([`EvalMetrics`]), `scores.csv` (per seed: guidance and judge scores, pixel drift),
+//! `samples.safetensors` (`images` U8 `[N, H, W, 3]`, `x0` F32 `[N, 3, H, W]` in [-1, 1],
+//! `seeds` I64), `grid.png`, `config.json`.
+
+use crate::error::{ReportError, Result};
+use crate::fsio::{write_atomic, write_json};
+use crate::schema::{
+    DiversityMetrics, EvalMetrics, FidKidMetrics, RunInfo, SamplingInfo, Score, SCHEMA,
+};
+use crate::stats::{self, Estimate};
+use acpo_diffusion::config::SamplerKind;
+use acpo_diffusion::rng::SeededRng;
+use acpo_diffusion::sampler::{sample, SamplerOpts};
+use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
+use acpo_iqa::{Registry, RgbImage};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Params of the evaluation (`report.evaluate` in params.yaml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Images sampled per model (default 256).
+    pub samples: usize,
+    /// Image `i` uses seed `seed + i` (default 1000000, away from training seeds).
+    pub seed: u64,
+    /// `ddim` (default) or `ddpm`.
+    pub sampler: SamplerKind,
+    /// DDIM steps (default 50).
+    pub steps: usize,
+    /// DDIM eta (default 0: deterministic given the initial noise).
+    pub eta: f64,
+    /// Images per sampler batch (default 32).
+    pub batch_size: usize,
+    /// Registry name of the guidance model; reported as `guidance` = -score (default `cnniqa`).
+    pub guidance: String,
+    /// Judges from the registry (default brisque, niqe, cnniqa-onnx).
+    pub judges: Vec<String>,
+    /// Test images for held-out MSE and anchor distance (default 1000; 0 = all).
+    pub heldout_images: usize,
+    /// `(t, eps)` draws per test image (default 1).
+    pub heldout_draws: usize,
+    /// Seed of the held-out draws (default 1234, as train-base's held-out MSE).
+    pub heldout_seed: u64,
+    /// Bootstrap resamples of the relative improvement (default 2000).
+    pub bootstrap: usize,
+    /// Seed of the bootstraps (default 0).
+    pub bootstrap_seed: u64,
+    /// Bootstrap resamples of FID (each one a 2048-d matrix square root; default 0 = no FID
+    /// interval; at least 20 gives one).
+    pub fid_bootstrap: usize,
+    /// KID subsets (default 100) and their size (default 1000, capped at the smaller set).
+    pub kid_subsets: usize,
+    pub kid_subset_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            samples: 256,
+            seed: 1_000_000,
+            sampler: SamplerKind::Ddim,
+            steps: 50,
+            eta: 0.0,
+            batch_size: 32,
+            guidance: "cnniqa".into(),
+            judges: vec!["brisque".into(), "niqe".into(), "cnniqa-onnx".into()],
+            heldout_images: 1000,
+            heldout_draws: 1,
+            heldout_seed: 1234,
+            bootstrap: 2000,
+            bootstrap_seed: 0,
+            fid_bootstrap: 0,
+            kid_subsets: 100,
+            kid_subset_size: 1000,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |f: &str, v: usize| {
+            if v == 0 {
+                Err(ReportError::config(
+                    format!("report.evaluate.{f}"),
+                    "must be > 0",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        pos("samples", self.samples)?;
+        pos("batch_size", self.batch_size)?;
+        pos("heldout_draws", self.heldout_draws)?;
+        pos("steps", self.steps)?;
+        if self.samples < 2 {
+            return Err(ReportError::config(
+                "report.evaluate.samples",
+                "must be >= 2 (intervals, diversity)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where one evaluation reads and writes, and the commands that make missing inputs.
+#[derive(Debug, Clone)]
+pub struct EvalPaths {
+    pub benchmark: String,
+    /// `base` or a fine-tuning run name.
+    pub run: String,
+    /// `results/base/<benchmark>/` (`model.safetensors`, `config.json`).
+    pub base_dir: PathBuf,
+    /// `results/finetune/<benchmark>/<run>/` (None for the base).
+    pub run_dir: Option<PathBuf>,
+    /// `results/eval/<benchmark>/base/` (for runs: the base's samples and scores).
+    pub base_eval_dir: Option<PathBuf>,
+    /// `data/prepared/<dataset>/` (its `test.safetensors`).
+    pub data_dir: PathBuf,
+    /// The judge registry.
+    pub judges: PathBuf,
+    /// Converted Inception weights (FID, KID, Inception diversity); None skips them.
+    pub inception: Option<PathBuf>,
+    /// Reference statistics of the test split; None skips FID and KID.
+    pub fid_ref: Option<PathBuf>,
+    /// `results/eval/<benchmark>/<run>/`.
+    pub out_dir: PathBuf,
+    /// Command that trains the base / the run / evaluates the base (named in errors).
+    pub fix_base: String,
+    pub fix_run: String,
+    pub fix_base_eval: String,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| ReportError::io(path, e))?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(if trained {
+        ReportError::NotTrained {
+            what: what.into(),
+            path: path.to_path_buf(),
+            fix: fix.into(),
+        }
+    } else {
+        ReportError::MissingInput {
+            what: what.into(),
+            path: path.to_path_buf(),
+            fix: fix.into(),
+        }
+    })
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ReportError::bad(path, format!("line {}", e.line()), e.to_string()))
+}
+
+/// The run's method and lambdas from the fine-tuning run's `metrics.json` (read loosely, so
+/// that this crate does not depend on the fine-tuning crate's types).
+fn run_info(run_dir: &Path) -> Result<RunInfo> {
+    let p = run_dir.join("metrics.json");
+    let v = read_json(&p)?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+    Ok(RunInfo {
+        method: v
+            .get("method")
+            .and_then(|m| m.as_str())
+            .ok_or_else(|| ReportError::bad(&p, "method", "missing (expected a string)"))?
+            .to_string(),
+        lambda_p: f("lambda_p"),
+        lambda_a: f("lambda_a"),
+        lambda_d: f("lambda_d"),
+        steps: v.get("steps").and_then(|x| x.as_u64()).map(|x| x as usize),
+        model: String::new(),
+        model_sha256: String::new(),
+    })
+}
+
+/// Samples of one model: u8 HWC pixels and the float `x0`.
+struct Samples {
+    n: usize,
+    h: usize,
+    w: usize,
+    pixels: Vec<u8>,
+    x0: Tensor,
+    seeds: Vec<u64>,
+}
+
+impl Samples {
+    fn images(&self) -> Result<Vec<RgbImage>> {
+        let len = self.h * self.w * 3;
+        (0..self.n)
+            .map(|i| {
+                Ok(RgbImage::new(
+                    self.w,
+                    self.h,
+                    self.pixels[i * len..(i + 1) * len].to_vec(),
+                )?)
+            })
+            .collect()
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        let dev = Device::Cpu;
+        let mut map = HashMap::new();
+        map.insert(
+            "images".to_string(),
+            Tensor::from_vec(self.pixels.clone(), (self.n, self.h, self.w, 3), &dev)?,
+        );
+        map.insert("x0".to_string(), self.x0.clone());
+        map.insert(
+            "seeds".to_string(),
+            Tensor::from_vec(
+                self.seeds.iter().map(|&s| s as i64).collect::<Vec<_>>(),
+                self.n,
+                &dev,
+            )?,
+        );
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+    }
+
+    /// Reads samples written by [`Samples::save`].
+    fn load(path: &Path) -> Result<Samples> {
+        let map = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let get = |k: &str| {
+            map.get(k)
+                .cloned()
+                .ok_or_else(|| ReportError::bad(path, k, "tensor missing"))
+        };
+        let images = get("images")?;
+        let (n, h, w, c) = images.dims4()?;
+        if c != 3 || images.dtype() != DType::U8 {
+            return Err(ReportError::bad(path, "images", "expected U8 [N, H, W, 3]"));
+        }
+        let seeds: Vec<u64> = get("seeds")?
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|s| s as u64)
+            .collect();
+        Ok(Samples {
+            n,
+            h,
+            w,
+            pixels: images.flatten_all()?.to_vec1::<u8>()?,
+            x0: get("x0")?,
+            seeds,
+        })
+    }
+}
+
+/// Loads a samples file of an evaluation (for grids in the report).
+pub fn load_sample_pixels(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let s = Samples::load(path)?;
+    Ok((s.n, s.h, s.w, s.pixels))
+}
+
+fn draw_samples(
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    cfg: &EvalConfig,
+    device: &Device,
+) -> Result<Samples> {
+    let seeds: Vec<u64> = (0..cfg.samples as u64).map(|i| cfg.seed + i).collect();
+    let opts = SamplerOpts {
+        kind: cfg.sampler,
+        steps: cfg.steps,
+        eta: cfg.eta,
+        guidance: 1.0,
+    };
+    let per_batch = match cfg.sampler {
+        SamplerKind::Ddpm => schedule.timesteps(),
+        SamplerKind::Ddim => cfg.steps,
+    };
+    let pb = crate::progress::bar(
+        (seeds.len().div_ceil(cfg.batch_size) * per_batch) as u64,
+        "sample",
+    );
+    let mut xs = Vec::new();
+    let mut pixels = Vec::new();
+    for chunk in seeds.chunks(cfg.batch_size) {
+        let x = sample(model, schedule, chunk, None, &opts, device, || pb.inc(1))?;
+        pixels.extend(acpo_diffusion::data::to_u8_hwc(&x)?);
+        xs.push(x.to_device(&Device::Cpu)?);
+    }
+    pb.finish_and_clear();
+    let x0 = Tensor::cat(&xs, 0)?;
+    let (n, _c, h, w) = x0.dims4()?;
+    Ok(Samples {
+        n,
+        h,
+        w,
+        pixels,
+        x0,
+        seeds,
+    })
+}
+
+/// Per-draw held-out MSE and (when `reference` is given) anchor distance.
+fn heldout(
+    model: &UNet,
+    reference: Option<&UNet>,
+    schedule: &NoiseSchedule,
+    images: &Tensor,
+    cfg: &EvalConfig,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (n, c, h, w) = images.dims4()?;
+    let device = images.device().clone();
+    let d = c * h * w;
+    let batch = cfg.batch_size.max(1);
+    let mut mse = Vec::with_capacity(n * cfg.heldout_draws);
+    let mut dist = Vec::with_capacity(n * cfg.heldout_draws);
+    let pb = crate::progress::bar((n * cfg.heldout_draws) as u64, "held-out");
+    for j in 0..cfg.heldout_draws {
+        let mut start = 0;
+        while start < n {
+            let b = batch.min(n - start);
+            let mut ts = Vec::with_capacity(b);
+            let mut eps = Vec::with_capacity(b * d);
+            for i in start..start + b {
+                // Same stream as acpo_diffusion::heldout_mse: (seed, [image, draw]).
+                let mut r = SeededRng::new(cfg.heldout_seed, &[i as u64, j as u64]);
+                ts.push(r.below(schedule.timesteps()));
+                eps.extend(r.normal_vec(d));
+            }
+            let eps = Tensor::from_vec(eps, (b, c, h, w), &device)?;
+            let xt = schedule.q_sample(&images.narrow(0, start, b)?, &ts, &eps)?;
+            let tt =
+                Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, &device)?;
+            let pred = model.forward(&xt, &tt, None)?;
+            let per = |a: &Tensor, b2: &Tensor| -> Result<Vec<f64>> {
+                Ok((a - b2)?
+                    .sqr()?
+                    .flatten_from(1)?
+                    .mean(1)?
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?)
+            };
+            mse.extend(per(&pred, &eps)?);
+            if let Some(r) = reference {
+                let pref = r.forward(&xt, &tt, None)?;
+                dist.extend(per(&pred, &pref)?);
+            }
+            pb.inc(b as u64);
+            start += b;
+        }
+    }
+    pb.finish_and_clear();
+    Ok((mse, dist))
+}
+
+/// Per-seed scores file: `seed,<name>...` with the guidance as `guidance` (= -score).
+fn write_scores_csv(path: &Path, seeds: &[u64], cols: &[(String, Vec<f64>)]) -> Result<()> {
+    let mut s = String::from("seed");
+    for (name, _) in cols {
+        s.push(',');
+        s.push_str(name);
+    }
+    s.push('\n');
+    for (i, seed) in seeds.iter().enumerate() {
+        s.push_str(&seed.to_string());
+        for (_, v) in cols {
+            s.push_str(&format!(",{}", v[i]));
+        }
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// Per-seed score columns by name.
+pub type ScoreColumns = BTreeMap<String, Vec<f64>>;
+
+/// Reads `scores.csv`: seeds and columns by name.
+pub fn read_scores_csv(path: &Path) -> Result<(Vec<u64>, ScoreColumns)> {
+    let text = crate::fsio::read_string(path)?;
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .ok_or_else(|| ReportError::bad(path, "line 1", "empty file"))?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    if header.first().map(String::as_str) != Some("seed") {
+        return Err(ReportError::bad(
+            path,
+            "line 1",
+            "header must start with `seed`",
+        ));
+    }
+    let mut seeds = Vec::new();
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); header.len() - 1];
+    for (ln, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != header.len() {
+            return Err(ReportError::bad(
+                path,
+                format!("line {}", ln + 2),
+                format!("{} fields, header has {}", f.len(), header.len()),
+            ));
+        }
+        seeds.push(f[0].parse().map_err(|_| {
+            ReportError::bad(path, format!("line {}", ln + 2), "seed is not an integer")
+        })?);
+        for (k, v) in f[1..].iter().enumerate() {
+            cols[k].push(v.parse().map_err(|_| {
+                ReportError::bad(
+                    path,
+                    format!("line {} column {}", ln + 2, header[k + 1]),
+                    format!("`{v}` is not a number"),
+                )
+            })?);
+        }
+    }
+    Ok((seeds, header[1..].iter().cloned().zip(cols).collect()))
+}
+
+/// Evaluates one model; writes every output into `paths.out_dir` (a temporary sibling
+/// directory renamed into place) and returns the metrics.
+pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
+    cfg.validate()?;
+    let device = Device::Cpu;
+    let mut seconds = BTreeMap::new();
+    let mut notes = Vec::new();
+    let is_base = paths.run_dir.is_none();
+
+    // Inputs, checked before any work, with the command that makes each.
+    let base_model = paths.base_dir.join("model.safetensors");
+    require(
+        &base_model,
+        &format!("the base model of `{}`", paths.benchmark),
+        &paths.fix_base,
+        true,
+    )?;
+    let (model_path, mut info) = match &paths.run_dir {
+        None => (
+            base_model.clone(),
+            RunInfo {
+                method: "base".into(),
+                ..Default::default()
+            },
+        ),
+        Some(dir) => {
+            let m = dir.join("model.safetensors");
+            require(
+                &m,
+                &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
+                &paths.fix_run,
+                true,
+            )?;
+            require(
+                &dir.join("metrics.json"),
+                &format!(
+                    "fine-tuning run `{}` of `{}` (metrics)",
+                    paths.run, paths.benchmark
+                ),
+                &paths.fix_run,
+                true,
+            )?;
+            (m, run_info(dir)?)
+        }
+    };
+    let base_eval = match (&paths.base_eval_dir, is_base) {
+        (Some(d), false) => {
+            for f in ["samples.safetensors", "scores.csv"] {
+                require(
+                    &d.join(f),
+                    &format!("the base evaluation of `{}`", paths.benchmark),
+                    &paths.fix_base_eval,
+                    false,
+                )?;
+            }
+            Some(d.clone())
+        }
+        (None, false) => {
+            return Err(ReportError::config(
+                "base_eval_dir",
+                "a fine-tuned run needs the base's evaluation directory",
+            ))
+        }
+        _ => None,
+    };
+    let test_path = paths.data_dir.join("test.safetensors");
+    require(
+        &test_path,
+        "the prepared test split",
+        &format!("acpo repro {}", prepare_stage(&paths.data_dir)),
+        false,
+    )?;
+    let registry = Registry::load(&paths.judges)?;
+    let known = registry
+        .judges
+        .iter()
+        .map(|j| j.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (name, param) in std::iter::once((&cfg.guidance, "report.evaluate.guidance"))
+        .chain(cfg.judges.iter().map(|j| (j, "report.evaluate.judges")))
+    {
+        if registry.get(name).is_err() {
+            return Err(ReportError::UnknownJudge {
+                judge: name.clone(),
+                registry: paths.judges.clone(),
+                known,
+                param: param.into(),
+            });
+        }
+    }
+
+    let bp_path = paths.base_dir.join("config.json");
+    let bp: BenchmarkParams = serde_json::from_value(read_json(&bp_path)?)
+        .map_err(|e| ReportError::bad(&bp_path, "config", e.to_string()))?;
+    if bp.model.context_dim.is_some() {
+        return Err(ReportError::config(
+            "model.context_dim",
+            format!(
+                "{}: conditional (text-to-image) models are not evaluated by this stage yet",
+                bp_path.display()
+            ),
+        ));
+    }
+    let schedule = NoiseSchedule::from_config(&bp.schedule)?;
+    let model = UNet::load(&bp.model, &model_path, &device)?;
+    info.model = model_path.display().to_string();
+    info.model_sha256 = sha256_file(&model_path)?;
+
+    // 1. Samples from fixed seeds.
+    let t0 = Instant::now();
+    let samples = draw_samples(&model, &schedule, cfg, &device)?;
+    seconds.insert("sampling".into(), t0.elapsed().as_secs_f64());
+    let images = samples.images()?;
+
+    // 2. Guidance and judge scores per sample.
+    let t0 = Instant::now();
+    let mut cols: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut scores = BTreeMap::new();
+    let g = registry.load_judge(&cfg.guidance)?;
+    let raw = acpo_iqa::judge_images(&g, &images)?;
+    // Q is oriented higher = better (SPEC section 3).
+    let q: Vec<f64> = raw
+        .iter()
+        .map(|s| if g.spec.higher_is_better { *s } else { -s })
+        .collect();
+    scores.insert(
+        "guidance".to_string(),
+        Score {
+            role: "guidance".into(),
+            higher_is_better: true,
+            value: stats::mean_t(&q),
+        },
+    );
+    cols.push(("guidance".into(), q));
+    for name in &cfg.judges {
+        let j = registry.load_judge(name)?;
+        let v = acpo_iqa::judge_images(&j, &images)?;
+        scores.insert(
+            name.clone(),
+            Score {
+                role: "judge".into(),
+                higher_is_better: j.spec.higher_is_better,
+                value: stats::mean_t(&v),
+            },
+        );
+        cols.push((name.clone(), v));
+    }
+    seconds.insert("scores".into(), t0.elapsed().as_secs_f64());
+
+    // 3. Held-out MSE and anchor distance on the same draws.
+    let t0 = Instant::now();
+    let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
+    test.truncate(cfg.heldout_images);
+    let test_x = test.all(&device)?;
+    let reference = if is_base {
+        None
+    } else {
+        Some(UNet::load(&bp.model, &base_model, &device)?)
+    };
+    let (mse, dist) = heldout(&model, reference.as_ref(), &schedule, &test_x, cfg)?;
+    let heldout_mse = stats::mean_t(&mse);
+    let anchor_distance = if is_base {
+        Estimate::exact(0.0, mse.len())
+    } else {
+        stats::mean_t(&dist)
+    };
+    seconds.insert("heldout".into(), t0.elapsed().as_secs_f64());
+
+    // 4. Against the base's samples from the same noise.
+    let mut improvement = BTreeMap::new();
+    let pixel_drift = match &base_eval {
+        None => Estimate::exact(0.0, samples.n),
+        Some(dir) => {
+            let bs = Samples::load(&dir.join("samples.safetensors"))?;
+            if bs.seeds != samples.seeds || bs.h != samples.h {
+                return Err(ReportError::bad(
+                    dir.join("samples.safetensors"),
+                    "seeds",
+                    format!(
+                        "the base was sampled from other seeds or sizes; re-run `{}`",
+                        paths.fix_base_eval
+                    ),
+                ));
+            }
+            let (bseeds, bcols) = read_scores_csv(&dir.join("scores.csv"))?;
+            if bseeds != samples.seeds {
+                return Err(ReportError::bad(
+                    dir.join("scores.csv"),
+                    "seed",
+                    format!(
+                        "other seeds than this run; re-run `{}`",
+                        paths.fix_base_eval
+                    ),
+                ));
+            }
+            for (name, tuned) in &cols {
+                let base = bcols.get(name).ok_or_else(|| {
+                    ReportError::bad(
+                        dir.join("scores.csv"),
+                        name,
+                        format!("no column for this score; re-run `{}`", paths.fix_base_eval),
+                    )
+                })?;
+                let hib = scores[name].higher_is_better;
+                improvement.insert(
+                    name.clone(),
+                    stats::improvement(base, tuned, hib, cfg.bootstrap, cfg.bootstrap_seed),
+                );
+            }
+            let d = (&samples.x0 - &bs.x0)?
+                .sqr()?
+                .flatten_from(1)?
+                .mean(1)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            cols.push(("pixel_drift".into(), d.clone()));
+            stats::mean_t(&d)
+        }
+    };
+
+    // 5. Diversity, FID and KID.
+    let t0 = Instant::now();
+    let u8_nchw = Tensor::from_vec(
+        samples.pixels.clone(),
+        (samples.n, samples.h, samples.w, 3),
+        &device,
+    )?
+    .permute((0, 3, 1, 2))?
+    .contiguous()?;
+    let pd = acpo_fid::pixel_diversity(&u8_nchw)?;
+    let mut diversity = DiversityMetrics {
+        pixel: from_diversity(&pd),
+        inception: None,
+    };
+    let mut fid_kid = None;
+    match &paths.inception {
+        None => notes
+            .push("Inception weights not given: no FID, KID or Inception-space diversity".into()),
+        Some(w) => {
+            require(
+                w,
+                "the converted Inception weights",
+                "acpo repro fid-weights",
+                false,
+            )?;
+            let inc = acpo_fid::InceptionV3::load(w, &device)?;
+            let mut feats = Vec::new();
+            let pb = crate::progress::bar(samples.n as u64, "inception");
+            for start in (0..samples.n).step_by(cfg.batch_size) {
+                let b = cfg.batch_size.min(samples.n - start);
+                feats.push(
+                    inc.features(&u8_nchw.narrow(0, start, b)?)?
+                        .to_device(&Device::Cpu)?,
+                );
+                pb.inc(b as u64);
+            }
+            pb.finish_and_clear();
+            let feats = Tensor::cat(&feats, 0)?;
+            diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
+            match &paths.fid_ref {
+                None => notes.push("reference statistics not given: no FID or KID".into()),
+                Some(r) => {
+                    require(
+                        r,
+                        "the FID reference statistics of the test split",
+                        "acpo repro fid-ref",
+                        false,
+                    )?;
+                    fid_kid = Some(fid_and_kid(&feats, r, cfg)?);
+                }
+            }
+        }
+    }
+    seconds.insert("fid_diversity".into(), t0.elapsed().as_secs_f64());
+    if samples.n < 2048 {
+        notes.push(format!(
+            "FID from {} samples is biased upwards (compare models at equal sample counts only)",
+            samples.n
+        ));
+    }
+
+    let metrics = EvalMetrics {
+        schema: SCHEMA,
+        benchmark: paths.benchmark.clone(),
+        run: paths.run.clone(),
+        info,
+        sampling: SamplingInfo {
+            seed: cfg.seed,
+            samples: samples.n,
+            sampler: format!("{:?}", cfg.sampler).to_lowercase(),
+            steps: cfg.steps,
+            eta: cfg.eta,
+        },
+        scores,
+        improvement,
+        heldout_mse,
+        anchor_distance,
+        pixel_drift,
+        diversity,
+        fid_kid,
+        notes,
+        seconds,
+    };
+
+    // Outputs: a temporary sibling directory, renamed into place.
+    let out = &paths.out_dir;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| ReportError::io(parent, e))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp{}",
+        out.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
+    samples.save(&tmp.join("samples.safetensors"))?;
+    write_scores_csv(&tmp.join("scores.csv"), &samples.seeds, &cols)?;
+    crate::plots::write_grid_png(
+        &samples.pixels,
+        samples.n.min(64),
+        samples.h,
+        samples.w,
+        8,
+        &tmp.join("grid.png"),
+    )?;
+    write_json(
+        &tmp.join("config.json"),
+        &serde_json::json!({ "evaluate": cfg, "benchmark": paths.benchmark, "run": paths.run,
+            "base_params": bp, "model": model_path, "data": paths.data_dir,
+            "judges": paths.judges, "inception": paths.inception, "fid_ref": paths.fid_ref }),
+    )?;
+    write_json(&tmp.join("metrics.json"), &metrics)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| ReportError::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| ReportError::io(out, e))?;
+    Ok(metrics)
+}
+
+fn prepare_stage(data_dir: &Path) -> String {
+    format!(
+        "prepare-{}",
+        data_dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
+}
+
+fn from_diversity(d: &acpo_fid::Diversity) -> Estimate {
+    Estimate {
+        mean: d.mean,
+        lo: Some(d.mean - d.ci95),
+        hi: Some(d.mean + d.ci95),
+        n: d.n,
+        interval: "u-statistic".into(),
+        note: Some("mean pairwise distance; 1.96 * 2 sd(h_i) / sqrt(n)".into()),
+    }
+}
+
+fn fid_and_kid(feats: &Tensor, ref_path: &Path, cfg: &EvalConfig) -> Result<FidKidMetrics> {
+    let reference = acpo_fid::RefStats::load(ref_path)?;
+    let kc = acpo_fid::KidConfig {
+        subsets: cfg.kid_subsets,
+        subset_size: cfg.kid_subset_size,
+        seed: cfg.bootstrap_seed,
+    };
+    let fk = acpo_fid::fid_kid(feats, &reference, &kc)?;
+    let n = feats.dim(0)?;
+    let fid = if cfg.fid_bootstrap >= 20 {
+        let mut err = None;
+        let est = stats::bootstrap(n, cfg.fid_bootstrap, cfg.bootstrap_seed, fk.fid, |ix| {
+            let run = || -> Result<f64> {
+                let ids = Tensor::from_vec(
+                    ix.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    ix.len(),
+                    &Device::Cpu,
+                )?;
+                let s = acpo_fid::GaussianStats::from_features(&feats.index_select(&ids, 0)?)?;
+                Ok(acpo_fid::stats::frechet_distance(
+                    &s,
+                    &reference.stats,
+                    &reference.sqrt_sigma,
+                )?)
+            };
+            run().unwrap_or_else(|e| {
+                err = Some(e);
+                f64::NAN
+            })
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        est
+    } else {
+        Estimate {
+            mean: fk.fid,
+            lo: None,
+            hi: None,
+            n,
+            interval: "bootstrap".into(),
+            note: Some(format!(
+                "no interval: report.evaluate.fid_bootstrap = {} (< 20)",
+                cfg.fid_bootstrap
+            )),
+        }
+    };
+    let h = 1.96 * fk.kid_std;
+    Ok(FidKidMetrics {
+        fid,
+        kid: Estimate {
+            mean: fk.kid_mean,
+            lo: Some(fk.kid_mean - h),
+            hi: Some(fk.kid_mean + h),
+            n,
+            interval: "subset-sd".into(),
+            note: Some(format!(
+                "{} subsets of {}",
+                fk.kid_subsets, fk.kid_subset_size
+            )),
+        },
+        reference: ref_path.display().to_string(),
+        n_ref: fk.n_ref,
+    })
+}

@@ -1,0 +1,275 @@
+//! `reports/index.html`: one self-contained page (images beside it, relative links), with
+//! provenance: stage keys, params, git revision, acpo version, per-stage wall time and peak
+//! memory from `pipeline.lock`, and the data checksums from the prepared datasets' manifests.
+
+use crate::aggregate::{summary_cells, wide, BenchOutputs, PaperRow, ReportSpec};
+use crate::error::Result;
+use crate::schema::EvalMetrics;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// HTML-escapes text.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut s = String::from("<table><thead><tr>");
+    for h in header {
+        let _ = write!(s, "<th>{}</th>", esc(h));
+    }
+    s.push_str("</tr></thead><tbody>");
+    for r in rows {
+        s.push_str("<tr>");
+        for c in r {
+            let _ = write!(s, "<td>{}</td>", esc(c));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</tbody></table>\n");
+    s
+}
+
+const STYLE: &str = "body{font-family:DejaVu Sans,Arial,sans-serif;margin:2em;max-width:1400px;color:#222}\
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #bbb;padding:3px 6px;vertical-align:top}\
+th{background:#eee}td{white-space:nowrap}td:last-child{white-space:normal}img{max-width:100%;border:1px solid #ddd}\
+.grid img{image-rendering:pixelated}code{background:#f4f4f4}";
+
+/// After load, the page records on `<body>` how many images failed to load and how many
+/// tables have no rows (`data-broken-images`, `data-empty-tables`), so a headless browser's
+/// `--dump-dom` shows what the browser itself saw (the end-to-end test reads them).
+const SELF_CHECK: &str = "<script>window.addEventListener('load',function(){\
+var b=Array.prototype.filter.call(document.images,function(i){return !(i.complete&&i.naturalWidth>0);});\
+var t=Array.prototype.filter.call(document.querySelectorAll('table'),function(x){return x.querySelectorAll('tbody tr').length===0;});\
+document.body.setAttribute('data-images',document.images.length);\
+document.body.setAttribute('data-broken-images',b.length);\
+document.body.setAttribute('data-broken-list',b.map(function(i){return i.getAttribute('src');}).join(' '));\
+document.body.setAttribute('data-tables',document.querySelectorAll('table').length);\
+document.body.setAttribute('data-empty-tables',t.length);\
+document.body.setAttribute('data-checked','1');});</script>\n";
+
+/// Builds the page.
+pub fn index_html(
+    spec: &ReportSpec,
+    evals: &BTreeMap<String, Vec<EvalMetrics>>,
+    paper: &[PaperRow],
+    outs: &BTreeMap<String, BenchOutputs>,
+) -> Result<String> {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>acpo report</title><style>{STYLE}</style></head><body>\n\
+         <h1>ACPO reproduction report</h1>\n<p>Profile <code>{}</code>, acpo {}, git revision <code>{}</code>. \
+         Every number: mean [95% interval] n=sample count; intervals are t (means), bootstrap (relative improvement, FID), \
+         wilson (win rates), u-statistic (diversity), subset-sd (KID), exact (zero by construction).</p>\n",
+        esc(&spec.provenance.profile),
+        esc(&spec.provenance.acpo_version),
+        esc(&spec.provenance.git_revision)
+    );
+    h.push_str("<h2>Our numbers beside the paper's</h2>\n");
+    let ph = [
+        "benchmark",
+        "metric",
+        "paper (ACPO)",
+        "ours (ACPO)",
+        "ours (base)",
+        "how the protocol differs",
+    ]
+    .map(String::from);
+    let pr: Vec<Vec<String>> = paper
+        .iter()
+        .map(|r| {
+            vec![
+                r.benchmark.clone(),
+                r.metric.clone(),
+                r.paper.clone(),
+                r.ours.clone(),
+                r.ours_base.clone(),
+                r.protocol_difference.clone(),
+            ]
+        })
+        .collect();
+    h.push_str(&table(&ph, &pr));
+    for (bm, list) in evals {
+        let _ = writeln!(h, "<h2 id=\"{0}\">Benchmark {0}</h2>", esc(bm));
+        let rows: Vec<_> = list.iter().flat_map(crate::aggregate::rows_of).collect();
+        let (hd, cells) = summary_cells(&wide(&rows));
+        let _ = writeln!(
+            h,
+            "<p>Tables: <a href=\"{0}/summary.csv\">summary.csv</a>, <a href=\"{0}/summary.md\">summary.md</a>. \
+             Samples per model: {1}, seeds {2}..{3}, {4} with {5} steps (same seeds and noise for every model).</p>",
+            esc(bm),
+            list[0].sampling.samples,
+            list[0].sampling.seed,
+            list[0].sampling.seed + list[0].sampling.samples as u64 - 1,
+            esc(&list[0].sampling.sampler),
+            list[0].sampling.steps
+        );
+        h.push_str(&table(&hd, &cells));
+        let notes: Vec<String> = list
+            .iter()
+            .flat_map(|m| m.notes.iter().map(move |n| format!("{}: {n}", m.run)))
+            .chain(outs.get(bm).map(|o| o.notes.clone()).unwrap_or_default())
+            .collect();
+        if !notes.is_empty() {
+            h.push_str("<ul>");
+            for n in notes {
+                let _ = write!(h, "<li>{}</li>", esc(&n));
+            }
+            h.push_str("</ul>\n");
+        }
+        if let Some(o) = outs.get(bm) {
+            for (stem, caption) in &o.plots {
+                let _ = writeln!(
+                    h,
+                    "<figure><img src=\"{0}.png\" alt=\"{1}\"><figcaption>{1} (<a href=\"{0}.svg\">SVG</a>)</figcaption></figure>",
+                    esc(stem),
+                    esc(caption)
+                );
+            }
+            if !o.grids.is_empty() {
+                h.push_str("<h3>Samples on the same seeds</h3><table class=\"grid\"><thead><tr><th>model</th><th>first samples</th></tr></thead><tbody>");
+                for (stem, run) in &o.grids {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td><img src=\"{}.png\" alt=\"samples of {}\"></td></tr>",
+                        esc(run),
+                        esc(stem),
+                        esc(run)
+                    );
+                }
+                h.push_str("</tbody></table>\n");
+            }
+        }
+    }
+    h.push_str(&provenance(spec)?);
+    h.push_str(SELF_CHECK);
+    h.push_str("</body></html>\n");
+    Ok(h)
+}
+
+fn provenance(spec: &ReportSpec) -> Result<String> {
+    let mut h = String::from("<h2>Provenance</h2>\n");
+    let lock_path = spec.root.join(&spec.provenance.lock);
+    let lock: serde_json::Value = match std::fs::read_to_string(&lock_path) {
+        Ok(t) => serde_json::from_str(&t).unwrap_or(serde_json::Value::Null),
+        Err(_) => serde_json::Value::Null,
+    };
+    let stages = lock.get("stages").and_then(|s| s.as_object());
+    let hd = [
+        "stage",
+        "key",
+        "profile",
+        "wall time (s)",
+        "peak memory (MiB)",
+        "restored from cache",
+        "params",
+    ]
+    .map(String::from);
+    let mut rows = Vec::new();
+    let mut total = 0.0;
+    if let Some(st) = stages {
+        for (name, e) in st {
+            let f = |k: &str| e.get(k).and_then(|v| v.as_f64());
+            total += f("wall_s").unwrap_or(0.0);
+            let params = e
+                .get("inputs")
+                .and_then(|i| i.get("params"))
+                .and_then(|p| p.as_object())
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            let key = e.get("key").and_then(|k| k.as_str()).unwrap_or("");
+            rows.push(vec![
+                name.clone(),
+                key.chars().take(16).collect(),
+                e.get("profile")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                f("wall_s").map(|v| format!("{v:.1}")).unwrap_or_default(),
+                f("peak_rss_mib")
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_default(),
+                e.get("restored").map(|v| v.to_string()).unwrap_or_default(),
+                params,
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        let _ = writeln!(
+            h,
+            "<p>{} has no stage entries (stages run by hand, outside <code>acpo repro</code>).</p>",
+            esc(&lock_path.display().to_string())
+        );
+    } else {
+        let _ = writeln!(
+            h,
+            "<p>From <code>pipeline.lock</code> at the time this report was built (the report stage itself is not in it): \
+             {} stages, {:.0} s of stage wall time in total.</p>",
+            rows.len(),
+            total
+        );
+        h.push_str(&table(&hd, &rows));
+    }
+    // Data checksums from the prepared datasets' manifests.
+    let mut drows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for bm in &spec.benchmarks {
+        if !seen.insert(bm.dataset.clone()) {
+            continue;
+        }
+        let p = spec
+            .root
+            .join("data/prepared")
+            .join(&bm.dataset)
+            .join("manifest.json");
+        let v: serde_json::Value = match std::fs::read_to_string(&p) {
+            Ok(t) => serde_json::from_str(&t).unwrap_or(serde_json::Value::Null),
+            Err(_) => continue,
+        };
+        for s in v
+            .get("sources")
+            .and_then(|s| s.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let g = |k: &str| {
+                s.get(k)
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            drows.push(vec![
+                bm.dataset.clone(),
+                g("path"),
+                g("sha256"),
+                g("bytes"),
+                g("location"),
+            ]);
+        }
+    }
+    if !drows.is_empty() {
+        h.push_str("<h3>Data checksums (SHA-256 of every source file read)</h3>\n");
+        h.push_str(&table(
+            &["dataset", "file", "sha256", "bytes", "read from"].map(String::from),
+            &drows,
+        ));
+    }
+    let _ = writeln!(
+        h,
+        "<h3>Report params</h3><pre>{}</pre>",
+        esc(&serde_json::to_string_pretty(&spec.provenance.params).unwrap_or_default())
+    );
+    Ok(h)
+}

@@ -1,0 +1,24 @@
+//! Evaluation, aggregation and reports (SPEC sections 1 and 5).
+//!
+//! - [`evaluate`]: the `evaluate` stage, one model of one benchmark on fixed seeds: guidance
+//!   and judge scores, improvement over the base (relative, absolute, win rate), held-out MSE,
+//!   drift (anchor distance, pixel MSE to the base's sample from the same noise), diversity,
+//!   FID and KID, each with its sample count and 95% interval ([`stats`]); written as
+//!   `metrics.json` with a `schema` version ([`schema`]).
+//! - [`aggregate`]: the `aggregate` stage: tables (polars; CSV, Markdown, Parquet), the
+//!   comparison with the paper, plots ([`plots`]) and `reports/index.html` ([`html`]).
+
+pub mod aggregate;
+pub mod error;
+pub mod evaluate;
+pub mod fsio;
+pub mod html;
+pub mod plots;
+mod progress;
+pub mod schema;
+pub mod stats;
+
+pub use aggregate::{aggregate, AggregateOutcome, BenchmarkSpec, Provenance, ReportSpec};
+pub use error::{ReportError, Result};
+pub use evaluate::{evaluate, EvalConfig, EvalPaths};
+pub use schema::{read_metrics, EvalMetrics, SCHEMA};

@@ -1,0 +1,308 @@
+//! Evaluation and aggregation on a tiny (untrained) UNet and a small real image set: the
+//! pairing of seeds and draws, the improvement statistics, the report files, and the errors
+//! for bad input. Real judges (CNNIQA weights from the mirror, BRISQUE from the assets of
+//! `just setup`).
+
+use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
+use acpo_report::{
+    aggregate, evaluate, read_metrics, BenchmarkSpec, EvalConfig, EvalPaths, Provenance,
+    ReportError, ReportSpec,
+};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn env_dir(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(default));
+    std::fs::canonicalize(&p)
+        .unwrap_or_else(|e| panic!("{var} {}: {e} (run `just setup`)", p.display()))
+}
+
+fn params() -> BenchmarkParams {
+    let mut p = BenchmarkParams::default();
+    p.model.channels = 8;
+    p.model.channel_mult = vec![1, 2];
+    p.model.attention_resolutions = vec![];
+    p.model.norm_groups = 4;
+    p.schedule.timesteps = 50;
+    p
+}
+
+/// A tiny benchmark `tiny` in `root`: test split, base model, judge registry.
+fn fixture(root: &Path) -> BenchmarkParams {
+    let dev = Device::Cpu;
+    let p = params();
+    // 24 real CIFAR-like images would need the prepared data; a smooth synthetic set is enough
+    // for the pairing checks (the judges only need 32x32 RGB).
+    let n = 24;
+    let mut px = Vec::with_capacity(n * 32 * 32 * 3);
+    for i in 0..n {
+        for y in 0..32 {
+            for x in 0..32 {
+                for c in 0..3 {
+                    px.push(((x * 7 + y * 3 + i * 11 + c * 40) % 256) as u8);
+                }
+            }
+        }
+    }
+    let data = root.join("data/prepared/tiny");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut m = HashMap::new();
+    m.insert(
+        "images".to_string(),
+        Tensor::from_vec(px, (n, 32, 32, 3), &dev).unwrap(),
+    );
+    m.insert(
+        "labels".to_string(),
+        Tensor::zeros(n, candle_core::DType::I64, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&m, data.join("test.safetensors")).unwrap();
+
+    let base = root.join("results/base/tiny");
+    std::fs::create_dir_all(&base).unwrap();
+    let vm = VarMap::new();
+    UNet::new_trainable(&p.model, &vm, 7, &dev)
+        .unwrap()
+        .save(&base.join("model.safetensors"))
+        .unwrap();
+    std::fs::write(base.join("config.json"), serde_json::to_string(&p).unwrap()).unwrap();
+    std::fs::write(
+        base.join("loss.csv"),
+        "step,loss,lr,grad_norm\n0,1.0,0.1,1\n1,0.8,0.1,1\n2,0.7,0.1,1\n",
+    )
+    .unwrap();
+
+    let mirror = env_dir("ACPO_MIRROR", "../shared/data");
+    let assets = env_dir("ACPO_ASSETS", ".cache/assets");
+    std::fs::write(
+        root.join("judges.yaml"),
+        format!(
+            "judges:\n  - name: cnniqa\n    kind: cnniqa\n    model: {}\n    higher_is_better: false\n  - name: brisque\n    kind: brisque\n    model: {}\n    higher_is_better: false\n",
+            mirror.join("iqa/CNNIQA-LIVE.safetensors").display(),
+            assets.join("brisque").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A "fine-tuned" run: the base weights plus `shift` (0: identical weights; a fresh UNet's
+/// output convolution is zero-initialised, so scaling alone would change nothing).
+fn fake_run(root: &Path, run: &str, scale: f64, lambda_a: f64) {
+    let base = root.join("results/base/tiny/model.safetensors");
+    let t = candle_core::safetensors::load(&base, &Device::Cpu).unwrap();
+    let t: HashMap<String, Tensor> = t
+        .into_iter()
+        .map(|(k, v)| (k, (v + scale).unwrap()))
+        .collect();
+    let d = root.join("results/finetune/tiny").join(run);
+    std::fs::create_dir_all(&d).unwrap();
+    candle_core::safetensors::save(&t, d.join("model.safetensors")).unwrap();
+    std::fs::write(
+        d.join("metrics.json"),
+        format!(r#"{{"method": "acpo", "lambda_p": 1.0, "lambda_a": {lambda_a}, "lambda_d": 0.0, "steps": 3}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("loss.csv"),
+        "step,loss,l_perc,q_batch,l_anchor,l_simple,grad_norm\n0,1,1,1,0,0,1\n1,0.9,1,1,0,0,1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("curve.csv"),
+        "step,anchor_distance,anchor_distance_ci95,heldout_mse,heldout_mse_ci95,probe_draws,guidance_x0hat,guidance_x0hat_ci95,guidance_x0hat_n,guidance_samples,guidance_samples_ci95,sample_pixel_drift,sample_pixel_drift_ci95,samples,judge_brisque,judge_brisque_ci95\n\
+         0,0,0,1.0,0.1,8,-30,1,8,-31,1,0,0,4,50,2\n2,0.01,0.001,1.01,0.1,8,-29,1,8,-30,1,0.01,0.001,4,49,2\n",
+    )
+    .unwrap();
+}
+
+fn cfg() -> EvalConfig {
+    EvalConfig {
+        samples: 6,
+        steps: 3,
+        batch_size: 6,
+        judges: vec!["brisque".into()],
+        heldout_images: 24,
+        heldout_draws: 2,
+        bootstrap: 200,
+        ..EvalConfig::default()
+    }
+}
+
+fn paths(root: &Path, run: &str) -> EvalPaths {
+    let is_base = run == "base";
+    EvalPaths {
+        benchmark: "tiny".into(),
+        run: run.into(),
+        base_dir: root.join("results/base/tiny"),
+        run_dir: (!is_base).then(|| root.join("results/finetune/tiny").join(run)),
+        base_eval_dir: (!is_base).then(|| root.join("results/eval/tiny/base")),
+        data_dir: root.join("data/prepared/tiny"),
+        judges: root.join("judges.yaml"),
+        inception: None,
+        fid_ref: None,
+        out_dir: root.join("results/eval/tiny").join(run),
+        fix_base: "acpo repro train-base@tiny".into(),
+        fix_run: format!("acpo repro finetune@tiny-{run}"),
+        fix_base_eval: "acpo repro evaluate-base@tiny".into(),
+    }
+}
+
+#[test]
+fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let p = fixture(root);
+    let c = cfg();
+
+    // Bad input first: a run that was never trained, a judge not in the registry.
+    let e = evaluate(&c, &paths(root, "acpo")).unwrap_err();
+    assert!(matches!(e, ReportError::NotTrained { .. }), "{e}");
+    assert!(
+        e.to_string().contains("acpo repro finetune@tiny-acpo"),
+        "{e}"
+    );
+    let bad = EvalConfig {
+        judges: vec!["musiq".into()],
+        ..cfg()
+    };
+    let e = evaluate(&bad, &paths(root, "base"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`musiq`") && e.contains("judges.yaml") && e.contains("report.evaluate.judges"),
+        "{e}"
+    );
+
+    let base = evaluate(&c, &paths(root, "base")).unwrap();
+    assert_eq!(base.schema, 1);
+    assert_eq!(base.scores["guidance"].value.n, 6);
+    assert!(base.scores["guidance"].value.lo.is_some());
+    assert_eq!(base.anchor_distance.mean, 0.0);
+    assert!(base.improvement.is_empty());
+    // Held-out MSE uses acpo-diffusion's draws: the same number as its heldout_mse.
+    let dev = Device::Cpu;
+    let model = UNet::load(
+        &p.model,
+        &root.join("results/base/tiny/model.safetensors"),
+        &dev,
+    )
+    .unwrap();
+    let test =
+        acpo_diffusion::data::ImageSet::load(&root.join("data/prepared/tiny/test.safetensors"))
+            .unwrap();
+    let sched = NoiseSchedule::from_config(&p.schedule).unwrap();
+    let want = acpo_diffusion::heldout_mse(
+        &model,
+        &sched,
+        &test.all(&dev).unwrap(),
+        c.heldout_seed,
+        2,
+        None,
+    )
+    .unwrap();
+    assert_eq!(base.heldout_mse.n, want.n);
+    assert!(
+        (base.heldout_mse.mean - want.mean).abs() < 1e-6 * want.mean,
+        "{} vs {}",
+        base.heldout_mse.mean,
+        want.mean
+    );
+
+    // Identical weights: zero drift and no wins, exactly (same seeds, same noise).
+    fake_run(root, "same", 0.0, 1.0);
+    let same = evaluate(&c, &paths(root, "same")).unwrap();
+    assert_eq!(same.pixel_drift.mean, 0.0);
+    assert_eq!(same.anchor_distance.mean, 0.0);
+    assert_eq!(same.improvement["guidance"].absolute.mean, 0.0);
+    assert_eq!(same.improvement["brisque"].win_rate_pct.mean, 0.0);
+    assert_eq!(same.scores["guidance"].value, base.scores["guidance"].value);
+
+    // Perturbed weights drift.
+    fake_run(root, "acpo", 0.05, 0.1);
+    let tuned = evaluate(&c, &paths(root, "acpo")).unwrap();
+    assert!(tuned.pixel_drift.mean > 0.0 && tuned.anchor_distance.mean > 0.0);
+    assert_eq!(tuned.info.lambda_a, Some(0.1));
+    let imp = &tuned.improvement["guidance"];
+    let diff = tuned.scores["guidance"].value.mean - base.scores["guidance"].value.mean;
+    assert!((imp.absolute.mean - diff).abs() < 1e-9);
+    assert!((0.0..=100.0).contains(&imp.win_rate_pct.mean));
+
+    // The report.
+    let spec = ReportSpec {
+        root: root.to_path_buf(),
+        out_dir: root.join("reports"),
+        benchmarks: vec![BenchmarkSpec {
+            name: "tiny".into(),
+            dataset: "tiny".into(),
+            runs: vec!["same".into(), "acpo".into()],
+        }],
+        provenance: Provenance {
+            git_revision: "test".into(),
+            acpo_version: "0".into(),
+            profile: "test".into(),
+            lock: "pipeline.lock".into(),
+            params: serde_json::json!({}),
+        },
+        font: env_dir("ACPO_ASSETS", ".cache/assets").join("fonts/DejaVuSans.ttf"),
+        fix_eval: "acpo repro evaluate@{benchmark}-{run}".into(),
+    };
+    let out = aggregate(&spec).unwrap();
+    assert_eq!(out.evals["tiny"].len(), 3);
+    let r = root.join("reports");
+    for f in [
+        "index.html",
+        "paper_comparison.md",
+        "paper_comparison.csv",
+        "metrics.parquet",
+        "tiny/summary.csv",
+        "tiny/summary.md",
+        "tiny/train_base.png",
+        "tiny/train_base.svg",
+        "tiny/finetune_loss.png",
+        "tiny/guidance_vs_judges.svg",
+        "tiny/quality_vs_drift.png",
+        "tiny/finetune_drift.png",
+        "tiny/samples_base.png",
+        "tiny/samples_acpo.png",
+    ] {
+        assert!(r.join(f).is_file(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(r.join("tiny/summary.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "heldout_mse").unwrap();
+    let acpo_row: Vec<&str> = csv
+        .lines()
+        .find(|l| l.starts_with("acpo,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(
+        acpo_row[col].parse::<f64>().unwrap(),
+        tuned.heldout_mse.mean
+    );
+    let html = std::fs::read_to_string(r.join("index.html")).unwrap();
+    assert!(html.contains("tiny/samples_acpo.png") && html.contains("0.0267"));
+    let svg = std::fs::read_to_string(r.join("tiny/train_base.svg")).unwrap();
+    assert!(svg.contains("base training loss"));
+
+    // An old metrics file: a clear error with the command that regenerates it.
+    let mp = root.join("results/eval/tiny/same/metrics.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    v["schema"] = 0.into();
+    std::fs::write(&mp, v.to_string()).unwrap();
+    let e = aggregate(&spec).unwrap_err().to_string();
+    assert!(
+        e.contains("schema 0") && e.contains("acpo repro evaluate@tiny-same"),
+        "{e}"
+    );
+    assert!(read_metrics(&root.join("results/eval/tiny/acpo/metrics.json"), "x").is_ok());
+}
