@@ -71,4 +71,9 @@ if [ ! -f "$assets/fonts/DejaVuSans.ttf" ]; then
   fi
   mkdir -p "$assets/fonts"; cp "$font" "$assets/fonts/DejaVuSans.ttf"
 fi
+# Headless Chromium for the end-to-end test of reports/index.html (tests/e2e_smoke.rs).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (headless check of the HTML report)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null
+fi
 echo "setup: assets ready in $assets" >&2
