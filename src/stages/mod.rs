@@ -7,6 +7,7 @@ pub mod fid;
 pub mod finetune;
 pub mod iqa;
 pub mod params;
+pub mod report;
 
 use clap::Subcommand;
 
@@ -26,6 +27,9 @@ pub enum StageCommand {
     Fid(fid::FidCommand),
     /// ACPO fine-tuning and its baselines from a train-base model (acpo-finetune).
     Finetune(finetune::FinetuneArgs),
+    /// Evaluation and reports: evaluate, aggregate (acpo-report).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
         StageCommand::Diffusion(c) => diffusion::run(c),
         StageCommand::Fid(c) => fid::run(c),
         StageCommand::Finetune(a) => finetune::run(a),
+        StageCommand::Report(c) => report::run(c),
     }
 }

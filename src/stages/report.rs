@@ -1,0 +1,186 @@
+//! `acpo stage report ...`: evaluation of base and fine-tuned models, and the aggregated
+//! report (crate `acpo-report`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use acpo_report::{
+    aggregate, evaluate, BenchmarkSpec, EvalConfig, EvalPaths, Provenance, ReportSpec,
+};
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::params::stage_param;
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Evaluate one model of a benchmark (params `report.evaluate`) into
+    /// `results/eval/<benchmark>/<run>/`: samples from fixed seeds, scores, improvement over
+    /// the base, held-out MSE, drift, diversity, FID/KID.
+    Evaluate {
+        /// Benchmark (= its base model `results/base/<benchmark>/`).
+        #[arg(long)]
+        benchmark: String,
+        /// `base`, or a fine-tuning run in `results/finetune/<benchmark>/<run>/`.
+        #[arg(long, default_value = "base")]
+        run: String,
+        /// Prepared dataset (default: the benchmark's name).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Judge registry.
+        #[arg(long, default_value = "judges.yaml")]
+        judges: PathBuf,
+        /// Converted Inception weights (FID, KID, Inception diversity); omitted: skipped.
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Reference statistics of the test split (FID, KID); omitted: skipped.
+        #[arg(long)]
+        fid_ref: Option<PathBuf>,
+        /// Output folder (default `results/eval/<benchmark>/<run>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Tables, plots and `index.html` from every evaluation (params `report.benchmarks`).
+    Aggregate {
+        /// Output folder.
+        #[arg(long, default_value = "reports")]
+        out: PathBuf,
+        /// Profile name shown in the report (default `ACPO_PROFILE`, else `cpu`).
+        #[arg(long, env = "ACPO_PROFILE", default_value = "cpu")]
+        profile: String,
+    },
+}
+
+/// One entry of `report.evaluations`: a fine-tuning run of a benchmark.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Evaluation {
+    benchmark: String,
+    run: String,
+}
+
+fn git_revision() -> String {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match out(&["rev-parse", "HEAD"]) {
+        Some(rev) => {
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+                .map(|s| !s.is_empty())
+                .unwrap_or(false);
+            if dirty {
+                format!("{rev} (with uncommitted changes)")
+            } else {
+                rev
+            }
+        }
+        None => "unknown (not a git checkout)".into(),
+    }
+}
+
+fn assets() -> PathBuf {
+    std::env::var_os("ACPO_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".cache/assets"))
+}
+
+pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReportCommand::Evaluate {
+            benchmark,
+            run,
+            dataset,
+            judges,
+            inception,
+            fid_ref,
+            out,
+        } => {
+            let cfg: EvalConfig = stage_param("report.evaluate")?;
+            let dataset = dataset.unwrap_or_else(|| benchmark.clone());
+            let is_base = run == "base";
+            let paths = EvalPaths {
+                base_dir: PathBuf::from("results/base").join(&benchmark),
+                run_dir: (!is_base).then(|| {
+                    PathBuf::from("results/finetune")
+                        .join(&benchmark)
+                        .join(&run)
+                }),
+                base_eval_dir: (!is_base)
+                    .then(|| PathBuf::from("results/eval").join(&benchmark).join("base")),
+                data_dir: PathBuf::from("data/prepared").join(&dataset),
+                judges,
+                inception,
+                fid_ref,
+                out_dir: out
+                    .unwrap_or_else(|| PathBuf::from("results/eval").join(&benchmark).join(&run)),
+                fix_base: format!("acpo repro train-base@{benchmark}"),
+                fix_run: format!("acpo repro finetune@{benchmark}-{run}"),
+                fix_base_eval: format!("acpo repro evaluate-base@{benchmark}"),
+                benchmark: benchmark.clone(),
+                run: run.clone(),
+            };
+            let m =
+                evaluate(&cfg, &paths).with_context(|| format!("evaluate {benchmark}/{run}"))?;
+            eprintln!(
+                "evaluate {benchmark}/{run}: guidance {:.4}, held-out MSE {:.5}, pixel drift {:.5}{}",
+                m.scores["guidance"].value.mean,
+                m.heldout_mse.mean,
+                m.pixel_drift.mean,
+                m.fid_kid.as_ref().map(|f| format!(", FID {:.2}", f.fid.mean)).unwrap_or_default()
+            );
+        }
+        ReportCommand::Aggregate { out, profile } => {
+            let names: Vec<String> = stage_param("report.benchmarks")?;
+            let evaluations: BTreeMap<String, Evaluation> = stage_param("report.evaluations")?;
+            // A benchmark's prepared dataset has the benchmark's name (as in train-base).
+            let benchmarks: Vec<BenchmarkSpec> = names
+                .iter()
+                .map(|n| BenchmarkSpec {
+                    name: n.clone(),
+                    dataset: n.clone(),
+                    runs: evaluations
+                        .values()
+                        .filter(|e| &e.benchmark == n)
+                        .map(|e| e.run.clone())
+                        .collect(),
+                })
+                .collect();
+            if let Some((k, e)) = evaluations
+                .iter()
+                .find(|(_, e)| !names.contains(&e.benchmark))
+            {
+                anyhow::bail!(
+                    "param report.evaluations.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
+                    e.benchmark
+                );
+            }
+            let spec = ReportSpec {
+                root: PathBuf::from("."),
+                out_dir: out,
+                provenance: Provenance {
+                    git_revision: git_revision(),
+                    acpo_version: env!("CARGO_PKG_VERSION").to_string(),
+                    profile,
+                    lock: PathBuf::from("pipeline.lock"),
+                    params: serde_json::json!({ "report.benchmarks": names, "report.evaluations": evaluations }),
+                },
+                benchmarks,
+                font: assets().join("fonts/DejaVuSans.ttf"),
+                fix_eval: "acpo repro evaluate@{benchmark}-{run} (or evaluate-base@{benchmark} for the base)".into(),
+            };
+            let o = aggregate(&spec).context("aggregate")?;
+            eprintln!(
+                "aggregate: {} numbers from {} benchmark(s) -> {}",
+                o.rows.len(),
+                o.evals.len(),
+                Path::new(&spec.out_dir).join("index.html").display()
+            );
+        }
+    }
+    Ok(())
+}

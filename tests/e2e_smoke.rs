@@ -1,0 +1,192 @@
+//! End to end: the real `acpo` binary runs `repro --profile smoke` on a copy of the pipeline
+//! in a temporary directory (reading the real mirror), then every report file must exist, the
+//! numbers in the reports must be the ones this run's `metrics.json` files hold, and headless
+//! Chromium must load `reports/index.html` with no broken image and no empty table.
+//!
+//! Needs the mirror (`ACPO_MIRROR`, default `../shared/data`), the assets of `just setup`
+//! (`ACPO_ASSETS`, default `.cache/assets`) and `chromium` (installed by `just setup`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn abs_env(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(default));
+    std::fs::canonicalize(&p).unwrap_or_else(|e| {
+        panic!("{var}={}: {e} (run `just setup`; the mirror is ../shared/data)", p.display())
+    })
+}
+
+/// Copies the pipeline (sources, configs; no build outputs, results or caches).
+fn copy_tree(src: &Path, dst: &Path) {
+    const SKIP: [&str; 8] = ["target", ".git", "results", "reports", ".cache", ".acpo", "pipeline.lock", "prepared"];
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if SKIP.contains(&name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            copy_tree(&e.path(), &dst.join(&name));
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), dst.join(&name)).unwrap();
+        }
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Columns of a CSV by header name (values as strings), one map per row.
+fn csv_rows(p: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = read(p);
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+    lines
+        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
+        .collect()
+}
+
+#[test]
+fn smoke_pipeline_produces_a_report_from_this_run() {
+    let mirror = abs_env("ACPO_MIRROR", "../shared/data");
+    let assets = abs_env("ACPO_ASSETS", ".cache/assets");
+    let tmp = tempfile::tempdir().unwrap();
+    // The pipeline names the mirror as ../shared/data relative to itself: mirror that layout.
+    let work = tmp.path().join("main");
+    copy_tree(&root(), &work);
+    std::fs::create_dir_all(tmp.path().join("shared")).unwrap();
+    std::os::unix::fs::symlink(&mirror, tmp.path().join("shared/data")).unwrap();
+
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
+        .args(["repro", "--profile", "smoke"])
+        .current_dir(&work)
+        .env("ACPO_MIRROR", &mirror)
+        .env("ACPO_ASSETS", &assets)
+        .env("ORT_DYLIB_PATH", assets.join("onnxruntime/libonnxruntime.so"))
+        .env_remove("ACPO_PARAMS")
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("acpo repro --profile smoke: {secs:.0} s");
+    assert!(
+        out.status.success(),
+        "acpo repro --profile smoke failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every report file exists.
+    let reports = work.join("reports");
+    let params: serde_json::Value = {
+        // The benchmarks of the smoke run, from the report's own config.
+        json(&reports.join("config.json"))
+    };
+    let benchmarks: Vec<(String, Vec<String>)> = params["benchmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["runs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+            )
+        })
+        .collect();
+    assert!(!benchmarks.is_empty());
+    for f in ["index.html", "paper_comparison.md", "paper_comparison.csv", "metrics.parquet"] {
+        assert!(reports.join(f).is_file(), "missing reports/{f}");
+    }
+    let html = read(&reports.join("index.html"));
+    let lock = json(&work.join("pipeline.lock"));
+    for (bm, runs) in &benchmarks {
+        let d = reports.join(bm);
+        for f in ["summary.csv", "summary.md", "train_base.png", "train_base.svg", "samples_base.png"] {
+            assert!(d.join(f).is_file(), "missing reports/{bm}/{f}");
+        }
+        // The numbers come from this run: summary.csv and index.html carry the values of the
+        // metrics.json files the evaluate stages wrote.
+        let rows = csv_rows(&d.join("summary.csv"));
+        assert_eq!(rows.len(), 1 + runs.len(), "reports/{bm}/summary.csv rows");
+        for run in std::iter::once("base".to_string()).chain(runs.iter().cloned()) {
+            let m = json(&work.join("results/eval").join(bm).join(&run).join("metrics.json"));
+            assert_eq!(m["schema"], 1);
+            let row = rows.iter().find(|r| r["run"] == run).unwrap_or_else(|| panic!("{bm}: no row {run}"));
+            for metric in ["heldout_mse", "score.guidance", "diversity_pixel"] {
+                let want = match metric {
+                    "heldout_mse" => m["heldout_mse"]["mean"].as_f64().unwrap(),
+                    "score.guidance" => m["scores"]["guidance"]["value"]["mean"].as_f64().unwrap(),
+                    _ => m["diversity"]["pixel"]["mean"].as_f64().unwrap(),
+                };
+                let got: f64 = row[metric].parse().unwrap();
+                assert_eq!(got, want, "{bm}/{run} {metric}: summary.csv vs metrics.json");
+                let n = match metric {
+                    "heldout_mse" => &m["heldout_mse"]["n"],
+                    "score.guidance" => &m["scores"]["guidance"]["value"]["n"],
+                    _ => &m["diversity"]["pixel"]["n"],
+                };
+                assert_eq!(row[&format!("{metric}_n")], n.to_string());
+            }
+            let mse = m["heldout_mse"]["mean"].as_f64().unwrap();
+            let shown = acpo_report::aggregate::fmt_num(mse);
+            assert!(html.contains(&shown), "index.html does not show {bm}/{run} held-out MSE {shown}");
+        }
+        // Provenance: this run's stage keys, wall times and memory are in the page.
+        let key = lock["stages"][format!("evaluate-base@{bm}")]["key"].as_str().unwrap();
+        assert!(html.contains(&key[..16]), "index.html lacks the key of evaluate-base@{bm}");
+    }
+    assert!(html.contains("peak memory"), "no per-stage memory in index.html");
+
+    // A real browser loads the page: a screenshot, and the DOM after load.
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+        .expect("chromium not found: run `just setup` (installs the Debian package `chromium`)");
+    let profile = tmp.path().join("chromium-profile");
+    let url = format!("file://{}", reports.join("index.html").display());
+    let shot = tmp.path().join("index.png");
+    let base_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--allow-file-access-from-files",
+        "--virtual-time-budget=10000",
+    ];
+    let run = |extra: &[String]| {
+        let o = Command::new(chromium)
+            .args(base_args)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "chromium failed: {}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    run(&[format!("--screenshot={}", shot.display()), "--window-size=1400,4000".into()]);
+    let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
+    assert!(png.len() > 10_000 && png.starts_with(b"\x89PNG"), "screenshot is empty");
+    let dom = String::from_utf8(run(&["--dump-dom".into()]).stdout).unwrap();
+    assert!(dom.contains("data-checked=\"1\""), "the page's load check did not run:\n{}", &dom[..dom.len().min(2000)]);
+    assert!(dom.contains("data-broken-images=\"0\""), "broken images: {}", dom.split("data-broken-list=\"").nth(1).unwrap_or("").split('"').next().unwrap_or(""));
+    assert!(dom.contains("data-empty-tables=\"0\""), "an empty table in index.html");
+    assert!(!dom.contains("data-images=\"0\""), "index.html has no images");
+}
