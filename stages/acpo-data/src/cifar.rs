@@ -119,7 +119,7 @@ pub fn decode_jpeg_tar(bytes: &[u8], archive: &Path, split: &str) -> Result<Imag
 /// `test_batch.bin`): each record is one label byte (0..9) then 1024 red, 1024 green and
 /// 1024 blue bytes, row-major. Returned as NHWC.
 pub fn parse_binary_batch(bytes: &[u8], file: &Path) -> Result<ImageSet> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::Format {
             file: file.to_path_buf(),
             message: format!(
