@@ -19,13 +19,25 @@ fn abs_env(var: &str, default: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(default));
     std::fs::canonicalize(&p).unwrap_or_else(|e| {
-        panic!("{var}={}: {e} (run `just setup`; the mirror is ../shared/data)", p.display())
+        panic!(
+            "{var}={}: {e} (run `just setup`; the mirror is ../shared/data)",
+            p.display()
+        )
     })
 }
 
 /// Copies the pipeline (sources, configs; no build outputs, results or caches).
 fn copy_tree(src: &Path, dst: &Path) {
-    const SKIP: [&str; 8] = ["target", ".git", "results", "reports", ".cache", ".acpo", "pipeline.lock", "prepared"];
+    const SKIP: [&str; 8] = [
+        "target",
+        ".git",
+        "results",
+        "reports",
+        ".cache",
+        ".acpo",
+        "pipeline.lock",
+        "prepared",
+    ];
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
@@ -54,9 +66,20 @@ fn json(p: &Path) -> serde_json::Value {
 fn csv_rows(p: &Path) -> Vec<std::collections::HashMap<String, String>> {
     let text = read(p);
     let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
     lines
-        .map(|l| header.iter().cloned().zip(l.split(',').map(str::to_string)).collect())
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
         .collect()
 }
 
@@ -70,6 +93,9 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
     copy_tree(&root(), &work);
     std::fs::create_dir_all(tmp.path().join("shared")).unwrap();
     std::os::unix::fs::symlink(&mirror, tmp.path().join("shared/data")).unwrap();
+    // Stages that read setup's files name them as .cache/assets/... relative to the pipeline.
+    std::fs::create_dir_all(work.join(".cache")).unwrap();
+    std::os::unix::fs::symlink(&assets, work.join(".cache/assets")).unwrap();
 
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
@@ -77,7 +103,10 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         .current_dir(&work)
         .env("ACPO_MIRROR", &mirror)
         .env("ACPO_ASSETS", &assets)
-        .env("ORT_DYLIB_PATH", assets.join("onnxruntime/libonnxruntime.so"))
+        .env(
+            "ORT_DYLIB_PATH",
+            assets.join("onnxruntime/libonnxruntime.so"),
+        )
         .env_remove("ACPO_PARAMS")
         .env_remove("ACPO_PROFILE")
         .output()
@@ -104,19 +133,35 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         .map(|b| {
             (
                 b["name"].as_str().unwrap().to_string(),
-                b["runs"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+                b["runs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
             )
         })
         .collect();
     assert!(!benchmarks.is_empty());
-    for f in ["index.html", "paper_comparison.md", "paper_comparison.csv", "metrics.parquet"] {
+    for f in [
+        "index.html",
+        "paper_comparison.md",
+        "paper_comparison.csv",
+        "metrics.parquet",
+    ] {
         assert!(reports.join(f).is_file(), "missing reports/{f}");
     }
     let html = read(&reports.join("index.html"));
     let lock = json(&work.join("pipeline.lock"));
     for (bm, runs) in &benchmarks {
         let d = reports.join(bm);
-        for f in ["summary.csv", "summary.md", "train_base.png", "train_base.svg", "samples_base.png"] {
+        for f in [
+            "summary.csv",
+            "summary.md",
+            "train_base.png",
+            "train_base.svg",
+            "samples_base.png",
+        ] {
             assert!(d.join(f).is_file(), "missing reports/{bm}/{f}");
         }
         // The numbers come from this run: summary.csv and index.html carry the values of the
@@ -124,9 +169,18 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         let rows = csv_rows(&d.join("summary.csv"));
         assert_eq!(rows.len(), 1 + runs.len(), "reports/{bm}/summary.csv rows");
         for run in std::iter::once("base".to_string()).chain(runs.iter().cloned()) {
-            let m = json(&work.join("results/eval").join(bm).join(&run).join("metrics.json"));
+            let m = json(
+                &work
+                    .join("results/eval")
+                    .join(bm)
+                    .join(&run)
+                    .join("metrics.json"),
+            );
             assert_eq!(m["schema"], 1);
-            let row = rows.iter().find(|r| r["run"] == run).unwrap_or_else(|| panic!("{bm}: no row {run}"));
+            let row = rows
+                .iter()
+                .find(|r| r["run"] == run)
+                .unwrap_or_else(|| panic!("{bm}: no row {run}"));
             for metric in ["heldout_mse", "score.guidance", "diversity_pixel"] {
                 let want = match metric {
                     "heldout_mse" => m["heldout_mse"]["mean"].as_f64().unwrap(),
@@ -134,7 +188,10 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
                     _ => m["diversity"]["pixel"]["mean"].as_f64().unwrap(),
                 };
                 let got: f64 = row[metric].parse().unwrap();
-                assert_eq!(got, want, "{bm}/{run} {metric}: summary.csv vs metrics.json");
+                assert_eq!(
+                    got, want,
+                    "{bm}/{run} {metric}: summary.csv vs metrics.json"
+                );
                 let n = match metric {
                     "heldout_mse" => &m["heldout_mse"]["n"],
                     "score.guidance" => &m["scores"]["guidance"]["value"]["n"],
@@ -144,18 +201,35 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
             }
             let mse = m["heldout_mse"]["mean"].as_f64().unwrap();
             let shown = acpo_report::aggregate::fmt_num(mse);
-            assert!(html.contains(&shown), "index.html does not show {bm}/{run} held-out MSE {shown}");
+            assert!(
+                html.contains(&shown),
+                "index.html does not show {bm}/{run} held-out MSE {shown}"
+            );
         }
         // Provenance: this run's stage keys, wall times and memory are in the page.
-        let key = lock["stages"][format!("evaluate-base@{bm}")]["key"].as_str().unwrap();
-        assert!(html.contains(&key[..16]), "index.html lacks the key of evaluate-base@{bm}");
+        let key = lock["stages"][format!("evaluate-base@{bm}")]["key"]
+            .as_str()
+            .unwrap();
+        assert!(
+            html.contains(&key[..16]),
+            "index.html lacks the key of evaluate-base@{bm}"
+        );
     }
-    assert!(html.contains("peak memory"), "no per-stage memory in index.html");
+    assert!(
+        html.contains("peak memory"),
+        "no per-stage memory in index.html"
+    );
 
     // A real browser loads the page: a screenshot, and the DOM after load.
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
         .expect("chromium not found: run `just setup` (installs the Debian package `chromium`)");
     let profile = tmp.path().join("chromium-profile");
     let url = format!("file://{}", reports.join("index.html").display());
@@ -178,15 +252,44 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
             .arg(&url)
             .output()
             .unwrap();
-        assert!(o.status.success(), "chromium failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         o
     };
-    run(&[format!("--screenshot={}", shot.display()), "--window-size=1400,4000".into()]);
+    run(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1400,4000".into(),
+    ]);
     let png = std::fs::read(&shot).expect("chromium wrote no screenshot");
-    assert!(png.len() > 10_000 && png.starts_with(b"\x89PNG"), "screenshot is empty");
+    assert!(
+        png.len() > 10_000 && png.starts_with(b"\x89PNG"),
+        "screenshot is empty"
+    );
     let dom = String::from_utf8(run(&["--dump-dom".into()]).stdout).unwrap();
-    assert!(dom.contains("data-checked=\"1\""), "the page's load check did not run:\n{}", &dom[..dom.len().min(2000)]);
-    assert!(dom.contains("data-broken-images=\"0\""), "broken images: {}", dom.split("data-broken-list=\"").nth(1).unwrap_or("").split('"').next().unwrap_or(""));
-    assert!(dom.contains("data-empty-tables=\"0\""), "an empty table in index.html");
-    assert!(!dom.contains("data-images=\"0\""), "index.html has no images");
+    assert!(
+        dom.contains("data-checked=\"1\""),
+        "the page's load check did not run:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(
+        dom.contains("data-broken-images=\"0\""),
+        "broken images: {}",
+        dom.split("data-broken-list=\"")
+            .nth(1)
+            .unwrap_or("")
+            .split('"')
+            .next()
+            .unwrap_or("")
+    );
+    assert!(
+        dom.contains("data-empty-tables=\"0\""),
+        "an empty table in index.html"
+    );
+    assert!(
+        !dom.contains("data-images=\"0\""),
+        "index.html has no images"
+    );
 }
