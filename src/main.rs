@@ -232,6 +232,12 @@ fn main() -> ExitCode {
 /// The one place that maps errors to exit codes: 2 bad input (pipeline, params, command
 /// line), 1 a stage or the work itself failed, 130 interrupted (SIGINT/SIGTERM).
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if err
+        .downcast_ref::<acpo_data::DataError>()
+        .is_some_and(|e| e.is_bad_input())
+    {
+        return 2;
+    }
     match err.downcast_ref::<acpo_pipeline::Error>().map(|e| e.kind()) {
         Some(ErrorKind::BadInput) => 2,
         Some(ErrorKind::Interrupted) => 130,
