@@ -376,7 +376,7 @@ pub fn paper_comparison(all: &BTreeMap<String, Vec<EvalMetrics>>) -> Vec<PaperRo
     ]
 }
 
-fn paper_cells(rows: &[PaperRow]) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn paper_cells(rows: &[PaperRow]) -> (Vec<String>, Vec<Vec<String>>) {
     let header = [
         "benchmark",
         "metric",

@@ -2,7 +2,7 @@
 //! provenance: stage keys, params, git revision, acpo version, per-stage wall time and peak
 //! memory from `pipeline.lock`, and the data checksums from the prepared datasets' manifests.
 
-use crate::aggregate::{summary_cells, wide, BenchOutputs, PaperRow, ReportSpec};
+use crate::aggregate::{paper_cells, summary_cells, wide, BenchOutputs, PaperRow, ReportSpec};
 use crate::error::Result;
 use crate::schema::EvalMetrics;
 use std::collections::BTreeMap;
@@ -70,28 +70,7 @@ pub fn index_html(
         esc(&spec.provenance.git_revision)
     );
     h.push_str("<h2>Our numbers beside the paper's</h2>\n");
-    let ph = [
-        "benchmark",
-        "metric",
-        "paper (ACPO)",
-        "ours (ACPO)",
-        "ours (base)",
-        "how the protocol differs",
-    ]
-    .map(String::from);
-    let pr: Vec<Vec<String>> = paper
-        .iter()
-        .map(|r| {
-            vec![
-                r.benchmark.clone(),
-                r.metric.clone(),
-                r.paper.clone(),
-                r.ours.clone(),
-                r.ours_base.clone(),
-                r.protocol_difference.clone(),
-            ]
-        })
-        .collect();
+    let (ph, pr) = paper_cells(paper);
     h.push_str(&table(&ph, &pr));
     for (bm, list) in evals {
         let _ = writeln!(h, "<h2 id=\"{0}\">Benchmark {0}</h2>", esc(bm));
