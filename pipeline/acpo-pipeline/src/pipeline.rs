@@ -50,6 +50,7 @@ struct RawBody {
     plots: Vec<String>,
     env: Vec<String>,
     resources: Option<Resources>,
+    persist: bool,
 }
 
 /// A stage entry: plain, `foreach`/`do`, or `matrix`.
@@ -65,6 +66,7 @@ struct RawStage {
     plots: Vec<String>,
     env: Vec<String>,
     resources: Option<Resources>,
+    persist: bool,
     foreach: Option<Value>,
     #[serde(rename = "do")]
     do_: Option<RawBody>,
@@ -137,6 +139,11 @@ pub struct Stage {
     /// Environment variables whose values are part of the stage key.
     pub env: Vec<String>,
     pub resources: Resources,
+    /// `persist: true`: when the command fails or is interrupted, its partial outputs are kept
+    /// (in `.acpo/partial/<stage>/`) and put back in place before the next run with the same
+    /// stage key, so a command that resumes from its own checkpoint continues where it stopped.
+    /// Not part of the stage key.
+    pub persist: bool,
 }
 
 /// A loaded, expanded and checked pipeline.
@@ -471,6 +478,7 @@ impl Ctx<'_> {
             plots: raw.plots,
             env: raw.env,
             resources: raw.resources,
+            persist: raw.persist,
         };
         match (raw.foreach, raw.do_, raw.matrix) {
             (None, None, None) => {
@@ -489,6 +497,8 @@ impl Ctx<'_> {
                         item: Some(item),
                         key,
                     };
+                    let mut do_ = do_.clone();
+                    do_.persist |= body.persist;
                     out.push(self.build(&format!("{name}@{suffix}"), name, line, &do_, &scope)?);
                 }
             }
@@ -715,6 +725,7 @@ impl Ctx<'_> {
             plots,
             env,
             resources,
+            persist: b.persist,
         })
     }
 

@@ -466,6 +466,7 @@ impl Executor<'_> {
         let root = self.ws.root.clone();
         let state = self.ws.state_dir();
         move_outs_aside(&root, &state, &stage)?;
+        let resumed = stage.persist && take_partial(&root, &state, &stage, &key)?;
         let params_file = state.join("params").join(format!("{}.json", stage.name));
         let bytes = serde_json::to_vec_pretty(&inputs.params).map_err(|e| Error::Corrupt {
             path: params_file.clone(),
@@ -477,9 +478,14 @@ impl Executor<'_> {
         let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
         let log = Arc::new(Mutex::new(log));
         self.progress.line(&format!(
-            "{}: running ({}): {}",
+            "{}: running ({}){}: {}",
             stage.name,
             reasons_text(&reasons),
+            if resumed {
+                ", resuming from the outputs its interrupted run left"
+            } else {
+                ""
+            },
             stage.cmd
         ));
         use std::os::unix::process::CommandExt;
@@ -546,9 +552,7 @@ impl Executor<'_> {
         let root = self.ws.root.clone();
         let state = self.ws.state_dir();
         let fail = |msg: String| -> std::result::Result<(), String> {
-            for o in &stage.outs {
-                let _ = remove_path(&root.join(o));
-            }
+            let msg = settle_partial(&root, &state, &stage, &run.key, msg);
             match restore_backup(&root, &state, &stage) {
                 Ok(()) => Err(msg),
                 Err(e) => Err(format!("{msg}; restoring the earlier outputs failed: {e}")),
@@ -616,6 +620,7 @@ impl Executor<'_> {
             return fail(format!("recording its outputs failed: {e}"));
         }
         discard_backup(&state, &stage);
+        let _ = remove_path(&partial_dir(&state, &stage));
         self.status.insert(i, St::Done);
         self.summary.ran.push(stage.name.clone());
         self.progress.line(&format!(
@@ -650,11 +655,16 @@ impl Executor<'_> {
                 killed = true;
             }
             if let Ok(Event::Exit(i, _)) = rx.recv_timeout(Duration::from_millis(100)) {
-                self.running.remove(&i);
+                let run = self.running.remove(&i).expect("running stage");
                 let stage = self.ws.pipeline.stages[i].clone();
                 let state = self.ws.state_dir();
-                for o in &stage.outs {
-                    let _ = remove_path(&self.ws.root.join(o));
+                let msg = settle_partial(&self.ws.root, &state, &stage, &run.key, String::new());
+                if !msg.is_empty() {
+                    self.progress.line(&format!(
+                        "{}: {}",
+                        stage.name,
+                        msg.trim_start_matches("; ")
+                    ));
                 }
                 if let Err(e) = restore_backup(&self.ws.root, &state, &stage) {
                     self.progress.line(&format!(
@@ -803,6 +813,91 @@ fn restore_backup_dir(root: &Path, dir: &Path) -> Result<()> {
 
 fn discard_backup(state: &Path, stage: &Stage) {
     let _ = remove_path(&backup_dir(state, stage));
+}
+
+fn partial_dir(state: &Path, stage: &Stage) -> PathBuf {
+    state.join("partial").join(&stage.name)
+}
+
+/// What `.acpo/partial/<stage>/manifest.json` records: the stage key of the run that left the
+/// outputs, and which numbered entry of the folder each output is.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PartialManifest {
+    key: String,
+    outs: Vec<(String, String)>,
+}
+
+/// After a failed or interrupted run: for a `persist` stage, moves the partial outputs into
+/// `.acpo/partial/<stage>/` (replacing older ones) and appends a note to `msg`; otherwise
+/// removes them. Either way the outs' paths are free afterwards for the backup to return.
+fn settle_partial(root: &Path, state: &Path, stage: &Stage, key: &str, msg: String) -> String {
+    if stage.persist {
+        match keep_partial(root, state, stage, key) {
+            Ok(true) => {
+                return format!(
+                    "{msg}; its partial outputs are kept in {} and the next run with the same \
+                     inputs resumes from them",
+                    partial_dir(state, stage).display()
+                )
+            }
+            Ok(false) => {}
+            Err(e) => return format!("{msg}; keeping its partial outputs failed: {e}"),
+        }
+    }
+    for o in &stage.outs {
+        let _ = remove_path(&root.join(o));
+    }
+    msg
+}
+
+fn keep_partial(root: &Path, state: &Path, stage: &Stage, key: &str) -> Result<bool> {
+    let dir = partial_dir(state, stage);
+    remove_path(&dir)?;
+    let outs: Vec<(String, String)> = stage
+        .outs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
+        .map(|(n, o)| (o.clone(), n.to_string()))
+        .collect();
+    if outs.is_empty() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    for (o, n) in &outs {
+        let src = root.join(o);
+        std::fs::rename(&src, dir.join(n)).map_err(|e| Error::io(&src, e))?;
+    }
+    let manifest = PartialManifest {
+        key: key.to_string(),
+        outs,
+    };
+    write_atomic(
+        &dir.join("manifest.json"),
+        &serde_json::to_vec(&manifest).unwrap_or_default(),
+    )?;
+    Ok(true)
+}
+
+/// Before a `persist` stage runs: puts back the partial outputs an earlier run with the same
+/// key left (true), or drops partial outputs of other inputs (false).
+fn take_partial(root: &Path, state: &Path, stage: &Stage, key: &str) -> Result<bool> {
+    let dir = partial_dir(state, stage);
+    let manifest: Option<PartialManifest> = std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(m) = manifest.filter(|m| m.key == key) else {
+        remove_path(&dir)?;
+        return Ok(false);
+    };
+    for (o, n) in &m.outs {
+        let dst = root.join(o);
+        ensure_parent(&dst)?;
+        let src = dir.join(n);
+        std::fs::rename(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+    }
+    remove_path(&dir)?;
+    Ok(true)
 }
 
 /// After an engine that was killed outright: put back every output left moved aside.

@@ -181,6 +181,68 @@ stages:
     assert!(!t.path(".acpo/backup/bad").exists());
 }
 
+/// A "training" stage that needs two attempts: each attempt appends to its own checkpoint in
+/// `ck/` and fails until the checkpoint holds two lines (like a run stopped half-way).
+const RESUMABLE: &str = r#"
+stages:
+  train:
+    cmd: mkdir -p ck && echo "${p.lr}" >> ck/steps && test "$(wc -l < ck/steps)" -ge 2
+    params: [p.lr]
+    outs: [ck]
+    persist: PERSIST
+"#;
+
+#[test]
+fn persist_stage_resumes_from_its_partial_outputs_with_the_same_key_only() {
+    let t = Toy::new(
+        &RESUMABLE.replace("PERSIST", "true"),
+        "p:
+  lr: 1
+",
+    );
+    let e = t.repro().unwrap_err();
+    assert_eq!(e.kind(), acpo_pipeline::ErrorKind::StageFailed);
+    assert!(e.to_string().contains(".acpo/partial/train"), "{e}");
+    assert!(
+        !t.path("ck").exists(),
+        "partial outputs are not left as if finished"
+    );
+    assert_eq!(t.read(".acpo/partial/train/0/steps"), "1\n");
+    // Same key: the partial checkpoint is put back and the second attempt completes it.
+    let s = t.repro().unwrap();
+    assert_eq!(s.ran, ["train"]);
+    assert_eq!(t.read("ck/steps"), "1\n1\n");
+    assert!(!t.path(".acpo/partial/train").exists());
+
+    // A changed param is another key: that run starts from nothing (and fails once again).
+    let e = t.repro_with(|s| s.overrides = vec!["p.lr=2".into()]);
+    assert!(e.is_err());
+    assert_eq!(
+        t.read("ck/steps"),
+        "1\n1\n",
+        "the finished outputs are restored"
+    );
+    assert_eq!(t.read(".acpo/partial/train/0/steps"), "2\n");
+    // ... and its partial outputs are dropped when yet another key runs.
+    let e = t.repro_with(|s| s.overrides = vec!["p.lr=3".into()]);
+    assert!(e.is_err());
+    assert_eq!(t.read(".acpo/partial/train/0/steps"), "3\n");
+}
+
+#[test]
+fn without_persist_a_failed_run_leaves_nothing_to_resume() {
+    let t = Toy::new(
+        &RESUMABLE.replace("PERSIST", "false"),
+        "p:
+  lr: 1
+",
+    );
+    assert!(t.repro().is_err());
+    assert!(!t.path(".acpo/partial").exists());
+    assert!(t.repro().is_err(), "each attempt starts from nothing");
+    assert!(!t.path("ck").exists());
+}
+
 #[test]
 fn two_independent_stages_overlap_with_j2() {
     let pipeline = r#"
