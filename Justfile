@@ -54,18 +54,10 @@ check: setup
     cargo clippy --release --workspace --all-targets -- -D warnings
     cargo test --release --workspace
 
-# GPU check (needs an NVIDIA GPU and the CUDA toolkit): build acpo-diffusion with `cuda`, train the
-# cpu-profile CIFAR-10 UNet for `steps` steps on the GPU and on the CPU from the same seed and
-# draws, and compare the loss curves (20-step moving averages). Needs data/prepared/cifar10.
+# GPU check (needs an NVIDIA GPU, and nvcc plus the CUDA libraries to build): builds acpo-diffusion
+# and acpo-finetune with `cuda`, trains the cpu-profile CIFAR-10 UNet for `steps` steps on the GPU and
+# on the CPU from the same seed and draws and compares the loss curves, times ACPO fine-tuning steps
+# on both, and times the paper-profile UNet on the GPU (scripts/gpu-check.sh; results/gpu-check/).
 gpu-check steps="300": build
-    #!/usr/bin/env bash
-    set -euo pipefail
     [ -f data/prepared/cifar10/train.safetensors ] || {{acpo}} repro --profile cpu prepare-cifar10
-    out=$(mktemp -d)
-    cargo build --release -q -p acpo-diffusion --example loss_curve --features acpo-diffusion/cuda
-    bin=${CARGO_TARGET_DIR:-target}/release/examples/loss_curve
-    # The cpu-profile CIFAR-10 model and train settings (params.yaml, diffusion.cifar10).
-    model='{"model":{"image_size":32,"channels":32,"channel_mult":[1,2,2],"num_res_blocks":1,"attention_resolutions":[8],"norm_groups":8},"train":{"batch_size":16,"lr":5e-4,"warmup_steps":100,"ema_decay":0.995}}'
-    "$bin" cuda data/prepared/cifar10 {{steps}} "$model" "$out/gpu" > "$out/gpu.csv"
-    "$bin" cpu data/prepared/cifar10 {{steps}} "$model" "$out/cpu" > "$out/cpu.csv"
-    python3 scripts/bench/diffusion_compare_curves.py "$out/cpu.csv" "$out/gpu.csv"
+    scripts/gpu-check.sh {{steps}}
