@@ -763,19 +763,25 @@ fn backup_dir(state: &Path, stage: &Stage) -> PathBuf {
     state.join("backup").join(&stage.name)
 }
 
+/// The stage's outputs that exist, each with the numbered name it gets in a backup or partial
+/// folder (its index in `outs`).
+fn existing_outs(root: &Path, stage: &Stage) -> Vec<(String, String)> {
+    stage
+        .outs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
+        .map(|(n, o)| (o.clone(), n.to_string()))
+        .collect()
+}
+
 /// Moves a stage's existing outputs into `.acpo/backup/<stage>/` (a manifest first, so a
 /// killed engine can put them back on its next start) and creates the outs' parents.
 fn move_outs_aside(root: &Path, state: &Path, stage: &Stage) -> Result<()> {
     let dir = backup_dir(state, stage);
     remove_path(&dir)?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let moved: Vec<(String, String)> = stage
-        .outs
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
-        .map(|(n, o)| (o.clone(), n.to_string()))
-        .collect();
+    let moved = existing_outs(root, stage);
     let manifest = serde_json::to_vec(&moved).unwrap_or_default();
     write_atomic(&dir.join("manifest.json"), &manifest)?;
     for (o, n) in &moved {
@@ -853,13 +859,7 @@ fn settle_partial(root: &Path, state: &Path, stage: &Stage, key: &str, msg: Stri
 fn keep_partial(root: &Path, state: &Path, stage: &Stage, key: &str) -> Result<bool> {
     let dir = partial_dir(state, stage);
     remove_path(&dir)?;
-    let outs: Vec<(String, String)> = stage
-        .outs
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
-        .map(|(n, o)| (o.clone(), n.to_string()))
-        .collect();
+    let outs = existing_outs(root, stage);
     if outs.is_empty() {
         return Ok(false);
     }
