@@ -218,6 +218,9 @@ fn put_self_on_path() {
 }
 
 fn main() -> ExitCode {
+    // Stages allocate activation-sized buffers every step; keep freed memory for reuse
+    // (acpo_diffusion::malloc has the measurement).
+    acpo_diffusion::malloc::retain_freed_memory();
     put_self_on_path();
     let cli = Cli::parse();
     match run(cli) {

@@ -9,6 +9,7 @@ use std::path::Path;
 use acpo_diffusion::{sample_stage, train_base, BenchmarkParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    acpo_diffusion::malloc::retain_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 4 {
         return Err("usage: base_run PARAMS_JSON DATA_DIR OUT_DIR".into());

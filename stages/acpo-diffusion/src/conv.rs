@@ -1,13 +1,23 @@
-//! 2-D convolution as im2col + matrix multiply, forward and backward, for the CPU.
+//! 2-D convolution with a fused bias, forward and backward, for the CPU.
 //!
 //! Why hand-written: candle 0.11's conv2d backward computes the input gradient with
 //! `conv_transpose2d` (a dot-product loop, about 24 GFLOP/s here) and the weight gradient with a
-//! convolution whose kernel is the whole image, and the two dominate a UNet training step on
-//! the CPU (`STACK.md`: about 4 of 5 s). This op keeps candle's im2col + gemm forward and makes
-//! the backward two batched matmuls (gemm) plus a col2im scatter. Other devices use candle's
-//! own conv2d. Finite-difference checked in `tests/gradcheck.rs`.
+//! convolution whose kernel is the whole image, and the two dominated a UNet training step on the
+//! CPU (`STACK.md`: about 4 of 5 s). A first replacement built on candle tensor ops (one im2col of
+//! the whole batch, batched matmuls) was still dominated by its overheads: allocating and
+//! page-faulting batch-sized column buffers, and candle's slow reduction over the batch and
+//! spatial axes for the weight and bias gradients (`perf`, README "Speed").
+//!
+//! This op works image by image, in parallel over the batch (rayon): im2col into a per-thread
+//! buffer, one `gemm` call (the crate candle's own matmul uses) into the output, the bias
+//! written first and accumulated into. The backward pass accumulates the weight and bias
+//! gradients per thread (`dW += dY_b cols_b^T`) and scatters `W^T dY_b` back to the image
+//! (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
+//! in `tests/gradcheck.rs`.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
+use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// `x: [B, C, H, W]` convolved with `w: [Cout, C, kh, kw]` (no bias), zero padding, stride.
 pub fn conv2d(
@@ -16,21 +26,43 @@ pub fn conv2d(
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
-    let supported =
-        matches!(x.device(), Device::Cpu) && matches!(x.dtype(), DType::F32 | DType::F64);
+    let zeros = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
+    conv2d_bias(x, w, &zeros, padding, stride)
+}
+
+/// `conv2d(x, w) + b` with `b: [Cout]` broadcast over the batch and the image.
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    let supported = matches!(x.device(), Device::Cpu)
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == w.dtype()
+        && x.dtype() == b.dtype();
     if !supported || std::env::var_os("ACPO_NATIVE_CONV").is_some() {
-        return x.conv2d(w, padding, stride, 1, 1);
+        return x
+            .conv2d(w, padding, stride, 1, 1)?
+            .broadcast_add(&b.reshape((1, (), 1, 1))?);
     }
     let (_, c, h, wd) = x.dims4()?;
-    let (_, cin, kh, kw) = w.dims4()?;
+    let (cout, cin, kh, kw) = w.dims4()?;
     if c != cin {
         candle_core::bail!("conv2d: input has {c} channels, kernel expects {cin}");
+    }
+    if b.dims() != [cout] {
+        candle_core::bail!("conv2d: bias has shape {:?}, expected [{cout}]", b.dims());
     }
     if h + 2 * padding < kh || wd + 2 * padding < kw || stride == 0 {
         candle_core::bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd}");
     }
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, GemmConv { padding, stride })
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        GemmConv { padding, stride },
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +71,7 @@ struct Geom {
     c: usize,
     h: usize,
     w: usize,
+    cout: usize,
     kh: usize,
     kw: usize,
     oh: usize,
@@ -50,12 +83,13 @@ struct Geom {
 impl Geom {
     fn new(xd: &[usize], wd: &[usize], pad: usize, stride: usize) -> Self {
         let (b, c, h, w) = (xd[0], xd[1], xd[2], xd[3]);
-        let (kh, kw) = (wd[2], wd[3]);
+        let (cout, kh, kw) = (wd[0], wd[2], wd[3]);
         Self {
             b,
             c,
             h,
             w,
+            cout,
             kh,
             kw,
             oh: (h + 2 * pad - kh) / stride + 1,
@@ -67,10 +101,23 @@ impl Geom {
     fn ckk(&self) -> usize {
         self.c * self.kh * self.kw
     }
+    /// Output pixels per channel.
     fn l(&self) -> usize {
         self.oh * self.ow
     }
-    /// Input column of output column `ox` at kernel offset `kx`, if inside the image.
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.cout * self.l()
+    }
+    /// A 1x1, stride-1, unpadded kernel: the image itself is the column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0 && self.stride == 1
+    }
+    /// Input column of output column `ox` at kernel offset `kx`, if inside the image (the
+    /// definition [`valid_ox`] is tested against).
+    #[cfg(test)]
     fn ix(&self, ox: usize, kx: usize) -> Option<usize> {
         (ox * self.stride + kx)
             .checked_sub(self.pad)
@@ -81,26 +128,60 @@ impl Geom {
             .checked_sub(self.pad)
             .filter(|&i| i < self.h)
     }
+    /// How the per-image matrix products are threaded: over the batch when it has at least one
+    /// image per thread, inside `gemm` otherwise (one image at a time, e.g. sampling one image).
+    fn inner_parallelism(&self) -> Parallelism {
+        if self.b >= rayon::current_num_threads() {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(0)
+        }
+    }
 }
 
-/// `x` (contiguous `[B, C, H, W]`) -> columns `[B, C*kh*kw, OH*OW]`.
-fn im2col<T: WithDType>(x: &[T], g: &Geom) -> Vec<T> {
-    let (ckk, l) = (g.ckk(), g.l());
-    let mut cols = vec![T::zero(); g.b * ckk * l];
-    for b in 0..g.b {
-        for c in 0..g.c {
-            let xs = &x[(b * g.c + c) * g.h * g.w..][..g.h * g.w];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = (c * g.kh + ky) * g.kw + kx;
-                    let dst = &mut cols[(b * ckk + row) * l..][..l];
-                    for oy in 0..g.oh {
-                        let Some(iy) = g.iy(oy, ky) else { continue };
-                        let xrow = &xs[iy * g.w..][..g.w];
-                        let drow = &mut dst[oy * g.ow..][..g.ow];
-                        for (ox, d) in drow.iter_mut().enumerate() {
-                            if let Some(ix) = g.ix(ox, kx) {
-                                *d = xrow[ix];
+/// The output columns `ox` whose input column `ox * stride + kx - pad` lies inside the image,
+/// as a half-open range.
+fn valid_ox(g: &Geom, kx: usize) -> (usize, usize) {
+    // ox * stride + kx >= pad  <=>  ox >= ceil((pad - kx) / stride)
+    let lo = g.pad.saturating_sub(kx).div_ceil(g.stride);
+    // ox * stride + kx - pad <= w - 1  <=>  ox <= (w - 1 + pad - kx) / stride
+    let hi = match (g.w + g.pad).checked_sub(kx + 1) {
+        Some(v) => (v / g.stride + 1).min(g.ow),
+        None => 0,
+    };
+    (lo.min(hi), hi)
+}
+
+/// One image `x` (contiguous `[C, H, W]`) -> columns `[C*kh*kw, OH*OW]` in `cols` (every
+/// element is written: the buffer is reused between images).
+fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
+    let l = g.l();
+    for c in 0..g.c {
+        let xs = &x[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (c * g.kh + ky) * g.kw + kx;
+                let dst = &mut cols[row * l..][..l];
+                let (lo, hi) = valid_ox(g, kx);
+                for oy in 0..g.oh {
+                    let drow = &mut dst[oy * g.ow..][..g.ow];
+                    let Some(iy) = g.iy(oy, ky) else {
+                        drow.fill(T::zero());
+                        continue;
+                    };
+                    let xrow = &xs[iy * g.w..][..g.w];
+                    drow[..lo].fill(T::zero());
+                    drow[hi..].fill(T::zero());
+                    if lo < hi {
+                        let first = lo * g.stride + kx - g.pad;
+                        if g.stride == 1 {
+                            drow[lo..hi].copy_from_slice(&xrow[first..first + (hi - lo)]);
+                        } else {
+                            for (d, &v) in drow[lo..hi]
+                                .iter_mut()
+                                .zip(xrow[first..].iter().step_by(g.stride))
+                            {
+                                *d = v;
                             }
                         }
                     }
@@ -108,52 +189,210 @@ fn im2col<T: WithDType>(x: &[T], g: &Geom) -> Vec<T> {
             }
         }
     }
-    cols
 }
 
-/// Adjoint of [`im2col`]: columns `[B, C*kh*kw, OH*OW]` summed back into `[B, C, H, W]`.
-fn col2im<T: WithDType>(cols: &[T], g: &Geom) -> Vec<T> {
-    let (ckk, l) = (g.ckk(), g.l());
-    let mut x = vec![T::zero(); g.b * g.c * g.h * g.w];
-    for b in 0..g.b {
-        for c in 0..g.c {
-            let xs = &mut x[(b * g.c + c) * g.h * g.w..][..g.h * g.w];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = (c * g.kh + ky) * g.kw + kx;
-                    let src = &cols[(b * ckk + row) * l..][..l];
-                    for oy in 0..g.oh {
-                        let Some(iy) = g.iy(oy, ky) else { continue };
-                        let xrow = &mut xs[iy * g.w..][..g.w];
-                        let srow = &src[oy * g.ow..][..g.ow];
-                        for (ox, &v) in srow.iter().enumerate() {
-                            if let Some(ix) = g.ix(ox, kx) {
-                                xrow[ix] += v;
-                            }
-                        }
+/// Adjoint of [`im2col`] for one image: columns summed back into `x` (`[C, H, W]`, which the
+/// caller zeroes first).
+fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
+    let l = g.l();
+    for c in 0..g.c {
+        let xs = &mut x[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (c * g.kh + ky) * g.kw + kx;
+                let src = &cols[row * l..][..l];
+                let (lo, hi) = valid_ox(g, kx);
+                if lo >= hi {
+                    continue;
+                }
+                let first = lo * g.stride + kx - g.pad;
+                for oy in 0..g.oh {
+                    let Some(iy) = g.iy(oy, ky) else { continue };
+                    let xrow = &mut xs[iy * g.w..][..g.w];
+                    let srow = &src[oy * g.ow..][lo..hi];
+                    for (d, &v) in xrow[first..].iter_mut().step_by(g.stride).zip(srow) {
+                        *d += v;
                     }
                 }
             }
         }
     }
-    x
 }
 
-fn cols_tensor(x: &Tensor, g: &Geom) -> candle_core::Result<Tensor> {
-    let shape = (g.b, g.ckk(), g.l());
-    match x.dtype() {
-        DType::F32 => Tensor::from_vec(
-            im2col(&x.flatten_all()?.to_vec1::<f32>()?, g),
-            shape,
-            x.device(),
-        ),
-        DType::F64 => Tensor::from_vec(
-            im2col(&x.flatten_all()?.to_vec1::<f64>()?, g),
-            shape,
-            x.device(),
-        ),
-        d => candle_core::bail!("conv2d: unsupported dtype {d:?}"),
+/// Row-major matrix view for `gemm`: element `(i, j)` at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct Mat<T> {
+    ptr: *const T,
+    rs: isize,
+    cs: isize,
+}
+
+impl<T> Mat<T> {
+    /// A contiguous `rows x cols` matrix.
+    fn rows(s: &[T], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: cols as isize,
+            cs: 1,
+        }
     }
+    /// The transpose of a contiguous matrix with `cols` columns.
+    fn transposed(s: &[T], cols: usize) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
+}
+
+/// `dst (m x n, contiguous) = [dst +] lhs (m x k) * rhs (k x n)`.
+///
+/// The slices backing `lhs` and `rhs` must cover the `m x k` and `k x n` elements their views
+/// address; every caller builds them from slices of exactly those sizes.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: WithDType>(
+    dst: &mut [T],
+    accumulate: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    par: Parallelism,
+) {
+    assert!(dst.len() >= m * n, "gemm destination too small");
+    // SAFETY: `dst` holds `m * n` elements written row-major (rs = n, cs = 1); `lhs` and `rhs`
+    // address only elements of the slices they were built from (see the constructors above and
+    // the shapes at each call site); `gemm` supports f32 and f64, the only dtypes that reach
+    // here (checked in `conv2d_bias`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
+fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
+    let (ckk, l) = (g.ckk(), g.l());
+    let par = g.inner_parallelism();
+    let mut out = vec![T::zero(); g.b * g.out_len()];
+    out.par_chunks_mut(g.out_len())
+        .zip(x.par_chunks(g.in_len()))
+        .for_each_init(
+            || vec![T::zero(); if g.pointwise() { 0 } else { ckk * l }],
+            |cols, (y, xb)| {
+                for (row, &bv) in y.chunks_mut(l).zip(bias) {
+                    row.fill(bv);
+                }
+                let rhs = if g.pointwise() {
+                    Mat::rows(xb, l)
+                } else {
+                    im2col(xb, g, cols);
+                    Mat::rows(cols, l)
+                };
+                matmul(y, true, g.cout, l, ckk, Mat::rows(w, ckk), rhs, par);
+            },
+        );
+    out
+}
+
+/// The batch is split into at most this many fixed runs of consecutive images for the
+/// backward pass; each run sums its images' weight and bias gradients in order, and the runs'
+/// sums are added in order. The split depends on the batch size only, never on the thread
+/// count or on scheduling, so the gradients (and training) are bit-reproducible.
+pub(crate) const REDUCTION_RUNS: usize = 16;
+
+/// Images per run for a batch of `b` (see [`REDUCTION_RUNS`]).
+pub(crate) fn run_len(b: usize) -> usize {
+    b.div_ceil(REDUCTION_RUNS).max(1)
+}
+
+/// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
+fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
+    let par = g.inner_parallelism();
+    let buf = if g.pointwise() { 0 } else { ckk * l };
+    let run = run_len(g.b);
+    let mut gx = vec![T::zero(); g.b * g.in_len()];
+    let partial: Vec<(Vec<T>, Vec<T>)> = gx
+        .par_chunks_mut(run * g.in_len())
+        .zip(x.par_chunks(run * g.in_len()))
+        .zip(gy.par_chunks(run * g.out_len()))
+        .map(|((gxr, xr), gyr)| {
+            let mut gw = vec![T::zero(); cout * ckk];
+            let mut gb = vec![T::zero(); cout];
+            let mut cols = vec![T::zero(); buf];
+            let mut gcols = vec![T::zero(); buf];
+            let images = gxr
+                .chunks_mut(g.in_len())
+                .zip(xr.chunks(g.in_len()))
+                .zip(gyr.chunks(g.out_len()));
+            for ((gxb, xb), gyb) in images {
+                // dW += dY_b (Cout x L) * cols_b^T (L x CKK)
+                let cols_t = if g.pointwise() {
+                    Mat::transposed(xb, l)
+                } else {
+                    im2col(xb, g, &mut cols);
+                    Mat::transposed(&cols, l)
+                };
+                matmul(&mut gw, true, cout, ckk, l, Mat::rows(gyb, l), cols_t, par);
+                for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
+                    *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
+                }
+                // dcols_b = W^T (CKK x Cout) * dY_b (Cout x L), scattered back to the image.
+                let wt = Mat::transposed(w, ckk);
+                if g.pointwise() {
+                    matmul(gxb, false, ckk, l, cout, wt, Mat::rows(gyb, l), par);
+                } else {
+                    matmul(&mut gcols, false, ckk, l, cout, wt, Mat::rows(gyb, l), par);
+                    col2im(&gcols, g, gxb);
+                }
+            }
+            (gw, gb)
+        })
+        .collect();
+    let mut it = partial.into_iter();
+    let (mut gw, mut gb) = it.next().expect("a batch has at least one image");
+    for (gw2, gb2) in it {
+        gw.iter_mut().zip(&gw2).for_each(|(a, &b)| *a += b);
+        gb.iter_mut().zip(&gb2).for_each(|(a, &b)| *a += b);
+    }
+    (gx, gw, gb)
+}
+
+fn contiguous_slice<'a, T: WithDType>(
+    v: &'a [T],
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: non-contiguous {what}")))?;
+    Ok(&v[a..b])
+}
+
+fn host_vec<T: WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
 }
 
 struct GemmConv {
@@ -162,33 +401,29 @@ struct GemmConv {
 }
 
 impl GemmConv {
-    fn forward_t(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    fn backward_t<T: WithDType>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let g = Geom::new(x.dims(), w.dims(), self.padding, self.stride);
-        let cout = w.dim(0)?;
-        let cols = if g.kh == 1 && g.kw == 1 && g.pad == 0 && g.stride == 1 {
-            x.reshape((g.b, g.c, g.l()))?
-        } else {
-            cols_tensor(x, &g)?
-        };
-        w.reshape((cout, g.ckk()))?
-            .broadcast_left(g.b)?
-            .matmul(&cols)?
-            .reshape((g.b, cout, g.oh, g.ow))
+        let (gx, gw, gb) = backward(
+            &host_vec::<T>(x)?,
+            &host_vec::<T>(w)?,
+            &host_vec::<T>(gy)?,
+            &g,
+        );
+        let dev = x.device();
+        Ok((
+            Tensor::from_vec(gx, x.dims(), dev)?,
+            Tensor::from_vec(gw, w.dims(), dev)?,
+            Tensor::from_vec(gb, g.cout, dev)?,
+        ))
     }
 }
 
-fn storage_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("conv2d: non-contiguous input".into()))?;
-    match s {
-        CpuStorage::F32(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
-        CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu),
-        _ => candle_core::bail!("conv2d: unsupported dtype"),
-    }
-}
-
-impl CustomOp2 for GemmConv {
+impl CustomOp3 for GemmConv {
     fn name(&self) -> &'static str {
         "acpo-gemm-conv2d"
     }
@@ -199,15 +434,29 @@ impl CustomOp2 for GemmConv {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = storage_tensor(s1, l1)?;
-        let w = storage_tensor(s2, l2)?;
-        let y = self.forward_t(&x, &w)?;
-        let shape = y.shape().clone();
-        let flat = y.flatten_all()?;
-        let storage = match flat.dtype() {
-            DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
-            _ => CpuStorage::F64(flat.to_vec1::<f64>()?),
+        let g = Geom::new(l1.dims(), l2.dims(), self.padding, self.stride);
+        let shape = Shape::from((g.b, g.cout, g.oh, g.ow));
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(forward(
+                    contiguous_slice(x, l1, "input")?,
+                    contiguous_slice(w, l2, "kernel")?,
+                    contiguous_slice(b, l3, "bias")?,
+                    &g,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(forward(
+                    contiguous_slice(x, l1, "input")?,
+                    contiguous_slice(w, l2, "kernel")?,
+                    contiguous_slice(b, l3, "bias")?,
+                    &g,
+                ))
+            }
+            _ => candle_core::bail!("conv2d: input, kernel and bias must all be f32 or all f64"),
         };
         Ok((storage, shape))
     }
@@ -216,39 +465,82 @@ impl CustomOp2 for GemmConv {
         &self,
         x: &Tensor,
         w: &Tensor,
+        _b: &Tensor,
         _res: &Tensor,
         gy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let x = x.detach();
-        let w = w.detach();
-        let gy = gy.detach();
-        let g = Geom::new(x.dims(), w.dims(), self.padding, self.stride);
-        let cout = w.dim(0)?;
-        let pointwise = g.kh == 1 && g.kw == 1 && g.pad == 0 && g.stride == 1;
-        let gy3 = gy.contiguous()?.reshape((g.b, cout, g.l()))?;
-        let cols = if pointwise {
-            x.reshape((g.b, g.c, g.l()))?
-        } else {
-            cols_tensor(&x, &g)?
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, gb) = match x.dtype() {
+            DType::F32 => self.backward_t::<f32>(x, w, gy)?,
+            DType::F64 => self.backward_t::<f64>(x, w, gy)?,
+            d => candle_core::bail!("conv2d: unsupported dtype {d:?}"),
         };
-        // dW = sum_b dY_b cols_b^T
-        let gw = gy3.matmul(&cols.t()?)?.sum(0)?.reshape(w.dims())?;
-        // dcols_b = W^T dY_b, then scatter back to the image.
-        let gcols = w
-            .reshape((cout, g.ckk()))?
-            .t()?
-            .contiguous()?
-            .broadcast_left(g.b)?
-            .matmul(&gy3)?;
-        let gx = if pointwise {
-            gcols.reshape(x.dims())?
-        } else if gcols.dtype() == DType::F32 {
-            let c = col2im(&gcols.flatten_all()?.to_vec1::<f32>()?, &g);
-            Tensor::from_vec(c, x.dims(), x.device())?
-        } else {
-            let c = col2im(&gcols.flatten_all()?.to_vec1::<f64>()?, &g);
-            Tensor::from_vec(c, x.dims(), x.device())?
-        };
-        Ok((Some(gx), Some(gw)))
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for every geometry the UNet uses.
+        for (k, pad, stride) in [(3, 1, 1), (3, 1, 2), (3, 0, 1), (1, 0, 1), (3, 2, 2)] {
+            let g = Geom::new(&[1, 2, 5, 6], &[3, 2, k, k], pad, stride);
+            let x: Vec<f64> = (0..g.in_len()).map(|i| (i as f64 * 0.37).sin()).collect();
+            let c: Vec<f64> = (0..g.ckk() * g.l())
+                .map(|i| (i as f64 * 0.11).cos())
+                .collect();
+            let mut cols = vec![0.0; g.ckk() * g.l()];
+            im2col(&x, &g, &mut cols);
+            let mut back = vec![0.0; g.in_len()];
+            col2im(&c, &g, &mut back);
+            let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-9, "k {k} pad {pad} stride {stride}");
+        }
+    }
+
+    #[test]
+    fn im2col_matches_the_per_element_definition() {
+        for (h, w, k, pad, stride) in [
+            (5, 6, 3, 1, 1),
+            (5, 6, 3, 1, 2),
+            (4, 4, 3, 0, 1),
+            (7, 5, 3, 2, 2),
+            (3, 3, 1, 0, 1),
+        ] {
+            let g = Geom::new(&[1, 2, h, w], &[3, 2, k, k], pad, stride);
+            let x: Vec<f64> = (0..g.in_len()).map(|i| i as f64 + 1.0).collect();
+            let mut cols = vec![-1.0; g.ckk() * g.l()];
+            im2col(&x, &g, &mut cols);
+            for c in 0..g.c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let want = match (g.iy(oy, ky), g.ix(ox, kx)) {
+                                    (Some(iy), Some(ix)) => x[(c * h + iy) * w + ix],
+                                    _ => 0.0,
+                                };
+                                let row = (c * k + ky) * k + kx;
+                                assert_eq!(cols[row * g.l() + oy * g.ow + ox], want);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_overwrites_a_dirty_buffer() {
+        // The per-thread buffer is reused between images: padding cells must be rewritten.
+        let g = Geom::new(&[1, 1, 3, 3], &[1, 1, 3, 3], 1, 1);
+        let x = vec![1.0f32; 9];
+        let mut cols = vec![7.0f32; g.ckk() * g.l()];
+        im2col(&x, &g, &mut cols);
+        assert!(cols.iter().all(|&v| v == 0.0 || v == 1.0));
+        assert_eq!(cols.iter().filter(|&&v| v == 1.0).count(), 49);
     }
 }

@@ -159,8 +159,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = crate::conv::conv2d(x, &self.weight, self.padding, self.stride)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        crate::conv::conv2d_bias(x, &self.weight, &self.bias, self.padding, self.stride)
     }
 }
 
@@ -206,8 +205,7 @@ impl Module for Linear {
     }
 }
 
-/// Group normalisation over `[B, C, H, W]` with a per-channel affine transform, from generic
-/// ops (mean, square, sqrt) so the gradient is candle's autodiff of elementary ops.
+/// Group normalisation over `[B, C, H, W]` with a per-channel affine transform.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     pub weight: Tensor,
@@ -232,17 +230,17 @@ impl GroupNorm {
     }
 }
 
+impl GroupNorm {
+    /// `silu(group_norm(x))`, the pre-activation of every residual branch, as one op.
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::norm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)
+    }
+}
+
 impl Module for GroupNorm {
+    /// One fused op on the CPU (`norm.rs`), candle's generic ops elsewhere.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let xg = x.reshape((b, self.groups, (c / self.groups) * h * w))?;
-        let mean = xg.mean_keepdim(D::Minus1)?;
-        let xc = xg.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        xn.reshape((b, c, h, w))?
-            .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        crate::norm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
     }
 }
 

@@ -71,14 +71,14 @@ impl ResBlock {
         temb: &Tensor,
         rng: Option<&mut SeededRng>,
     ) -> candle_core::Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self
             .temb
             .forward(&temb.silu()?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.norm2.forward(&h)?.silu()?;
+        let h = self.norm2.forward_silu(&h)?;
         let h = dropout(&h, self.dropout, rng)?;
         let h = self.conv2.forward(&h)?;
         let s = match &self.skip {
@@ -480,7 +480,7 @@ impl UNet {
             }
             h = self.apply(layer, &h, &temb, cond, rng.as_deref_mut())?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 
     fn apply(

@@ -352,3 +352,78 @@ fn gemm_conv_matches_candle_conv_and_has_right_gradients() {
         );
     }
 }
+
+#[test]
+fn fused_group_norm_silu_gradients() {
+    let f = |xs: &[Tensor]| {
+        GroupNorm {
+            weight: xs[1].clone(),
+            bias: xs[2].clone(),
+            groups: 2,
+            eps: 1e-5,
+        }
+        .forward_silu(&xs[0])
+    };
+    let e = max_rel_err(
+        &[
+            randn(16, &[3, 4, 3, 3], 2.0),
+            randn(17, &[4], 1.0),
+            randn(18, &[4], 1.0),
+        ],
+        &f,
+        16,
+    );
+    assert!(e < TOL, "group norm + silu: rel err {e}");
+}
+
+#[test]
+fn conv_with_bias_gradients_for_one_image_and_for_runs_of_images() {
+    use acpo_diffusion::conv::conv2d_bias;
+    // Batch 1 threads inside gemm; batch 20 sums the weight gradient over runs of 2 images.
+    for (batch, k, stride, pad) in [(1, 3, 1, 1), (20, 3, 2, 2), (20, 1, 1, 0)] {
+        let f = move |xs: &[Tensor]| conv2d_bias(&xs[0], &xs[1], &xs[2], pad, stride);
+        let e = max_rel_err(
+            &[
+                randn(50, &[batch, 3, 5, 5], 1.0),
+                randn(51, &[4, 3, k, k], 0.3),
+                randn(52, &[4], 0.1),
+            ],
+            &f,
+            8,
+        );
+        assert!(e < TOL, "conv batch {batch} k {k}: rel err {e}");
+    }
+}
+
+#[test]
+fn conv_and_norm_gradients_do_not_depend_on_the_thread_count() {
+    use acpo_diffusion::conv::conv2d_bias;
+    let grads = |threads: usize| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let f32t = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+            let x = Var::from_tensor(&f32t(randn(60, &[37, 8, 6, 6], 1.0))).unwrap();
+            let w = Var::from_tensor(&f32t(randn(61, &[8, 8, 3, 3], 0.3))).unwrap();
+            let b = Var::from_tensor(&f32t(randn(62, &[8], 0.1))).unwrap();
+            let gn = GroupNorm {
+                weight: f32t(randn(63, &[8], 1.0)),
+                bias: f32t(randn(64, &[8], 1.0)),
+                groups: 4,
+                eps: 1e-5,
+            };
+            let y = conv2d_bias(&gn.forward_silu(x.as_tensor()).unwrap(), &w, &b, 1, 1).unwrap();
+            let r = f32t(randn(65, y.dims(), 1.0));
+            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            [x.as_tensor(), w.as_tensor(), b.as_tensor()]
+                .iter()
+                .map(|v| g.get(v).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        })
+    };
+    let one = grads(1);
+    assert_eq!(one, grads(2));
+    assert_eq!(one, grads(3));
+}

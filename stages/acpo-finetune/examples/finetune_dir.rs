@@ -11,6 +11,7 @@ use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptio
 use candle_core::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    acpo_diffusion::malloc::retain_freed_memory();
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 4 {
         return Err(
