@@ -2,7 +2,7 @@
 # Diffusion training throughput (CPU): images/s of one UNet training step (forward, backward,
 # AdamW with clipping), batch 32, the cpu-profile CIFAR-10 UNet on 32x32, candle (this crate)
 # against the same architecture in JAX (PyPI `jax[cpu]`, installed into a temporary venv here),
-# measured in the same run on the same machine. Writes reports/bench/diffusion.json.
+# measured in the same run on the same machine. Writes bench/diffusion.json.
 #
 # Why JAX and not PyTorch: PyPI has no CPU-only torch wheel for Linux (its wheels carry CUDA and
 # pull in gigabytes of nvidia-* packages; the CPU builds live on another index, which this
@@ -15,7 +15,7 @@ steps=${BENCH_STEPS:-5}
 batch=${BENCH_BATCH:-32}
 # The cpu-profile CIFAR-10 model (params.yaml, diffusion.cifar10.model).
 model='{"image_size":32,"channels":32,"channel_mult":[1,2,2],"num_res_blocks":1,"attention_resolutions":[8],"num_heads":1,"norm_groups":8}'
-mkdir -p reports/bench
+mkdir -p bench
 echo "diffusion bench on $(nproc) CPU threads, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)" >&2
 
 cargo build --release -q -p acpo-diffusion --example throughput
@@ -33,7 +33,7 @@ candle2=$("$bin" "$model" "$batch" "$steps")
 jax2=$("$venv/bin/python" scripts/bench/diffusion_peer.py "$model" "$batch" "$steps")
 echo "$candle1"; echo "$jax1"; echo "$candle2"; echo "$jax2"
 
-python3 - "$candle1" "$candle2" "$jax1" "$jax2" <<'PY' > reports/bench/diffusion.json
+python3 - "$candle1" "$candle2" "$jax1" "$jax2" <<'PY' > bench/diffusion.json
 import json, sys
 c = [json.loads(a) for a in sys.argv[1:3]]
 j = [json.loads(a) for a in sys.argv[3:5]]
@@ -47,4 +47,4 @@ print(json.dumps({
     "runs": {"candle": c, "jax": j},
 }, indent=2))
 PY
-python3 -c "import json; d=json.load(open('reports/bench/diffusion.json')); print('diffusion: candle %.2f img/s, jax %.2f img/s, ratio candle/jax = %.2f' % (d['candle_images_per_s'], d['jax_images_per_s'], d['candle_over_jax']))"
+python3 -c "import json; d=json.load(open('bench/diffusion.json')); print('diffusion: candle %.2f img/s, jax %.2f img/s, ratio candle/jax = %.2f' % (d['candle_images_per_s'], d['jax_images_per_s'], d['candle_over_jax']))"
