@@ -76,13 +76,11 @@ impl ImageSet {
         let labels = TensorView::new(Dtype::I64, vec![self.len()], &label_bytes)
             .map_err(|e| werr(e.to_string()))?;
         let tmp = crate::sources::tmp_name(path);
-        let res = safetensors::serialize_to_file(
-            [("images", images), ("labels", labels)],
-            Some(metadata),
-            &tmp,
-        )
-        .map_err(|e| werr(e.to_string()))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
+        let res =
+            crate::canonical::serialize([("images", images), ("labels", labels)], Some(metadata))
+                .map_err(werr)
+                .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e)))
+                .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
         if res.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

@@ -10,6 +10,7 @@
 //!   `config.json`.
 
 pub mod anime;
+pub mod canonical;
 pub mod church;
 pub mod cifar;
 pub mod error;

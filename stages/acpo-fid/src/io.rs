@@ -56,8 +56,10 @@ where
         .into_iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
-    safetensors::tensor::serialize_to_file(cpu.iter().map(|(k, t)| (k, t)), metadata, &tmp)
+    // Sorted header keys: the same tensors and metadata give the same bytes (acpo_data::canonical).
+    let bytes = acpo_data::canonical::serialize(cpu.iter().map(|(k, t)| (k, t)), metadata)
         .map_err(|e| FidError::data(&tmp, format!("writing safetensors failed: {e}")))?;
+    std::fs::write(&tmp, bytes).map_err(|e| FidError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| FidError::io(path, e))
 }
 
