@@ -15,6 +15,7 @@
 //! (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
 //! in `tests/gradcheck.rs`.
 
+use crate::cpu_op::{self, host_vec, run_len, sum_runs, Elem, TypedOp3};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -316,17 +317,6 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
     out
 }
 
-/// The batch is split into at most this many fixed runs of consecutive images for the
-/// backward pass; each run sums its images' weight and bias gradients in order, and the runs'
-/// sums are added in order. The split depends on the batch size only, never on the thread
-/// count or on scheduling, so the gradients (and training) are bit-reproducible.
-pub(crate) const REDUCTION_RUNS: usize = 16;
-
-/// Images per run for a batch of `b` (see [`REDUCTION_RUNS`]).
-pub(crate) fn run_len(b: usize) -> usize {
-    b.div_ceil(REDUCTION_RUNS).max(1)
-}
-
 /// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
 fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
@@ -371,40 +361,34 @@ fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<
             (gw, gb)
         })
         .collect();
-    let mut it = partial.into_iter();
-    let (mut gw, mut gb) = it.next().expect("a batch has at least one image");
-    for (gw2, gb2) in it {
-        gw.iter_mut().zip(&gw2).for_each(|(a, &b)| *a += b);
-        gb.iter_mut().zip(&gb2).for_each(|(a, &b)| *a += b);
-    }
+    let (gw, gb) = sum_runs(partial);
     (gx, gw, gb)
 }
 
-fn contiguous_slice<'a, T: WithDType>(
-    v: &'a [T],
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv2d: non-contiguous {what}")))?;
-    Ok(&v[a..b])
-}
-
-fn host_vec<T: WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
-}
-
+#[derive(Debug, Clone, Copy)]
 struct GemmConv {
     padding: usize,
     stride: usize,
 }
 
-impl GemmConv {
-    fn backward_t<T: WithDType>(
+impl TypedOp3 for GemmConv {
+    const NAME: &'static str = "conv2d";
+
+    fn forward<T: Elem>(&self, x: &[T], w: &[T], b: &[T], layouts: [&Layout; 3]) -> Vec<T> {
+        let g = Geom::new(
+            layouts[0].dims(),
+            layouts[1].dims(),
+            self.padding,
+            self.stride,
+        );
+        forward(x, w, b, &g)
+    }
+
+    fn backward<T: Elem>(
         &self,
         x: &Tensor,
         w: &Tensor,
+        _b: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let g = Geom::new(x.dims(), w.dims(), self.padding, self.stride);
@@ -438,43 +422,19 @@ impl CustomOp3 for GemmConv {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.padding, self.stride);
-        let shape = Shape::from((g.b, g.cout, g.oh, g.ow));
-        let storage = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(
-                    contiguous_slice(x, l1, "input")?,
-                    contiguous_slice(w, l2, "kernel")?,
-                    contiguous_slice(b, l3, "bias")?,
-                    &g,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(
-                    contiguous_slice(x, l1, "input")?,
-                    contiguous_slice(w, l2, "kernel")?,
-                    contiguous_slice(b, l3, "bias")?,
-                    &g,
-                ))
-            }
-            _ => candle_core::bail!("conv2d: input, kernel and bias must all be f32 or all f64"),
-        };
-        Ok((storage, shape))
+        let storage = cpu_op::forward(self, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((storage, Shape::from((g.b, g.cout, g.oh, g.ow))))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, gb) = match x.dtype() {
-            DType::F32 => self.backward_t::<f32>(x, w, gy)?,
-            DType::F64 => self.backward_t::<f64>(x, w, gy)?,
-            d => candle_core::bail!("conv2d: unsupported dtype {d:?}"),
-        };
-        Ok((Some(gx), Some(gw), Some(gb)))
+        cpu_op::backward(self, x, w, b, gy)
     }
 }
 

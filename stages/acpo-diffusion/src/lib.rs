@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod conv;
+mod cpu_op;
 pub mod data;
 pub mod error;
 pub mod grid;

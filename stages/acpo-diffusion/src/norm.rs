@@ -9,6 +9,7 @@
 //! accumulated in f64. Other devices use the generic-op version. Finite-difference checked in
 //! `tests/gradcheck.rs`.
 
+use crate::cpu_op::{self, host_vec, run_len, sum_runs, Elem, TypedOp3};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
@@ -69,11 +70,6 @@ struct GroupNormOp {
     eps: f64,
     silu: bool,
 }
-
-/// The element types the CPU op runs on (f32, f64): candle's dtype plus float math.
-trait Elem: WithDType + num_traits::Float {}
-impl Elem for f32 {}
-impl Elem for f64 {}
 
 /// Mean and 1/std of one group's values.
 fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
@@ -196,8 +192,8 @@ impl GroupNormOp {
         let c = gamma.len();
         let per = x.len() / b;
         let mut gx = vec![T::zero(); x.len()];
-        // Fixed runs of images summed in a fixed order: bit-reproducible (see conv.rs).
-        let run = crate::conv::run_len(b);
+        // Fixed runs of images summed in a fixed order: bit-reproducible (see cpu_op.rs).
+        let run = run_len(b);
         let partial: Vec<(Vec<f64>, Vec<f64>)> = gx
             .par_chunks_mut(run * per)
             .zip(x.par_chunks(run * per))
@@ -211,24 +207,33 @@ impl GroupNormOp {
                 (dg, db)
             })
             .collect();
-        let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
-        for (dg2, db2) in partial {
-            dg.iter_mut().zip(&dg2).for_each(|(p, q)| *p += q);
-            db.iter_mut().zip(&db2).for_each(|(p, q)| *p += q);
-        }
+        let (dg, db) = sum_runs(partial);
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
         (gx, cast(dg), cast(db))
     }
+}
 
-    fn backward_t<T: Elem>(
+impl TypedOp3 for GroupNormOp {
+    const NAME: &'static str = "group norm";
+
+    fn forward<T: Elem>(&self, x: &[T], g: &[T], be: &[T], layouts: [&Layout; 3]) -> Vec<T> {
+        self.forward(x, g, be, layouts[0].dims()[0])
+    }
+
+    fn backward<T: Elem>(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
         gout: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let v = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
-        let (gx, dg, db) = self.backward(&v(x)?, &v(gamma)?, &v(beta)?, &v(gout)?, x.dim(0)?);
+        let (gx, dg, db) = self.backward(
+            &host_vec::<T>(x)?,
+            &host_vec::<T>(gamma)?,
+            &host_vec::<T>(beta)?,
+            &host_vec::<T>(gout)?,
+            x.dim(0)?,
+        );
         let dev = x.device();
         Ok((
             Tensor::from_vec(gx, x.dims(), dev)?,
@@ -236,13 +241,6 @@ impl GroupNormOp {
             Tensor::from_vec(db, beta.dims(), dev)?,
         ))
     }
-}
-
-fn slice<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("group norm: non-contiguous input".into()))?;
-    Ok(&v[a..b])
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -259,16 +257,7 @@ impl CustomOp3 for GroupNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let b = l1.dims()[0];
-        let storage = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(be)) => {
-                CpuStorage::F32(self.forward(slice(x, l1)?, slice(g, l2)?, slice(be, l3)?, b))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(be)) => {
-                CpuStorage::F64(self.forward(slice(x, l1)?, slice(g, l2)?, slice(be, l3)?, b))
-            }
-            _ => candle_core::bail!("group norm: input, weight and bias must all be f32 or f64"),
-        };
+        let storage = cpu_op::forward(self, (s1, l1), (s2, l2), (s3, l3))?;
         Ok((storage, l1.shape().clone()))
     }
 
@@ -280,12 +269,7 @@ impl CustomOp3 for GroupNormOp {
         _res: &Tensor,
         gout: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, dg, db) = match x.dtype() {
-            DType::F32 => self.backward_t::<f32>(x, gamma, beta, gout)?,
-            DType::F64 => self.backward_t::<f64>(x, gamma, beta, gout)?,
-            d => candle_core::bail!("group norm: unsupported dtype {d:?}"),
-        };
-        Ok((Some(gx), Some(dg), Some(db)))
+        cpu_op::backward(self, x, gamma, beta, gout)
     }
 }
 
