@@ -169,7 +169,12 @@ impl Workspace {
         let env = s
             .env
             .iter()
-            .map(|n| (n.clone(), std::env::var(n).ok()))
+            .map(|n| {
+                (
+                    n.clone(),
+                    std::env::var(n).ok().map(|v| key_env_value(&self.root, &v)),
+                )
+            })
             .collect();
         Ok(KeyInputs {
             acpo_version: crate::VERSION.to_string(),
@@ -288,4 +293,65 @@ fn union<'a>(
     v.sort();
     v.dedup();
     v
+}
+
+/// An environment value as it enters a stage key. An absolute path is written relative to the
+/// workspace root (lexically: `.` and `..` resolved without the file system), so one layout
+/// gives one key in every checkout: `/home/a/acpo/../mirror` and `/ci/acpo/../mirror` are both
+/// `../mirror` for roots `/home/a/acpo` and `/ci/acpo`. Other values are kept as they are.
+pub fn key_env_value(root: &Path, value: &str) -> String {
+    use std::path::Component;
+    let p = Path::new(value);
+    if !p.is_absolute() {
+        return value.to_string();
+    }
+    fn lexical(p: &Path) -> Vec<Component<'_>> {
+        let mut out: Vec<Component> = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if matches!(out.last(), Some(Component::Normal(_))) {
+                        out.pop();
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    let (v, r) = (lexical(p), lexical(root));
+    let common = v.iter().zip(&r).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..r.len() {
+        rel.push("..");
+    }
+    for c in &v[common..] {
+        rel.push(c.as_os_str());
+    }
+    if rel.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        rel.to_string_lossy().into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_paths_enter_keys_relative_to_the_root() {
+        let k = |root: &str, v: &str| key_env_value(Path::new(root), v);
+        assert_eq!(
+            k("/home/a/acpo", "/home/a/acpo/../shared/data"),
+            "../shared/data"
+        );
+        assert_eq!(k("/ci/acpo", "/ci/acpo/../shared/data"), "../shared/data");
+        assert_eq!(k("/ci/acpo", "/ci/acpo/.cache/./assets"), ".cache/assets");
+        assert_eq!(k("/ci/acpo", "/ci/acpo"), ".");
+        assert_eq!(k("/ci/acpo", "/opt/mirror"), "../../opt/mirror");
+        assert_eq!(k("/ci/acpo", "relative/x"), "relative/x");
+        assert_eq!(k("/ci/acpo", "1"), "1");
+    }
 }
