@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use acpo_report::{
-    aggregate, evaluate, BenchmarkSpec, EvalConfig, EvalPaths, Provenance, ReportSpec,
+    aggregate, evaluate, evaluate_step_study, BenchmarkSpec, EvalConfig, EvalPaths, Provenance,
+    ReportSpec, StepStudy,
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -39,6 +40,17 @@ pub enum ReportCommand {
         /// Output folder (default `results/eval/<benchmark>/<run>`).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Sampler-steps study `report.step_study.<STUDY>`: its benchmark's base and listed runs
+    /// sampled again with the study's DDIM steps (other settings `report.evaluate`, no
+    /// FID/KID) into `results/eval-steps/<STUDY>/<run>/`.
+    EvaluateSteps {
+        /// Key of the study in `report.step_study`.
+        #[arg(long)]
+        study: String,
+        /// Judge registry.
+        #[arg(long, default_value = "judges.yaml")]
+        judges: PathBuf,
     },
     /// Tables, plots and `index.html` from every evaluation (params `report.benchmarks`).
     Aggregate {
@@ -89,6 +101,30 @@ fn assets() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cache/assets"))
 }
 
+/// The inputs and default output of evaluating `run` of `benchmark` (see `EvalPaths`).
+fn eval_paths(benchmark: &str, dataset: Option<&str>, run: &str, judges: PathBuf) -> EvalPaths {
+    let is_base = run == "base";
+    EvalPaths {
+        base_dir: PathBuf::from("results/base").join(benchmark),
+        run_dir: (!is_base).then(|| PathBuf::from("results/finetune").join(benchmark).join(run)),
+        base_eval_dir: (!is_base)
+            .then(|| PathBuf::from("results/eval").join(benchmark).join("base")),
+        data_dir: PathBuf::from("data/prepared").join(dataset.unwrap_or(benchmark)),
+        judges,
+        inception: None,
+        fid_ref: None,
+        out_dir: PathBuf::from("results/eval").join(benchmark).join(run),
+        fix_base: format!("acpo repro train-base@{benchmark}"),
+        fix_run: match run.strip_prefix("sweep-la") {
+            Some(la) => format!("acpo repro finetune-sweep@{benchmark}-{la}"),
+            None => format!("acpo repro finetune@{benchmark}-{run}"),
+        },
+        fix_base_eval: format!("acpo repro evaluate-base@{benchmark}"),
+        benchmark: benchmark.to_string(),
+        run: run.to_string(),
+    }
+}
+
 pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
     match cmd {
         ReportCommand::Evaluate {
@@ -101,29 +137,12 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
             out,
         } => {
             let cfg: EvalConfig = stage_param("report.evaluate")?;
-            let dataset = dataset.unwrap_or_else(|| benchmark.clone());
-            let is_base = run == "base";
-            let paths = EvalPaths {
-                base_dir: PathBuf::from("results/base").join(&benchmark),
-                run_dir: (!is_base).then(|| {
-                    PathBuf::from("results/finetune")
-                        .join(&benchmark)
-                        .join(&run)
-                }),
-                base_eval_dir: (!is_base)
-                    .then(|| PathBuf::from("results/eval").join(&benchmark).join("base")),
-                data_dir: PathBuf::from("data/prepared").join(&dataset),
-                judges,
-                inception,
-                fid_ref,
-                out_dir: out
-                    .unwrap_or_else(|| PathBuf::from("results/eval").join(&benchmark).join(&run)),
-                fix_base: format!("acpo repro train-base@{benchmark}"),
-                fix_run: format!("acpo repro finetune@{benchmark}-{run}"),
-                fix_base_eval: format!("acpo repro evaluate-base@{benchmark}"),
-                benchmark: benchmark.clone(),
-                run: run.clone(),
-            };
+            let mut paths = eval_paths(&benchmark, dataset.as_deref(), &run, judges);
+            paths.inception = inception;
+            paths.fid_ref = fid_ref;
+            if let Some(out) = out {
+                paths.out_dir = out;
+            }
             let m =
                 evaluate(&cfg, &paths).with_context(|| format!("evaluate {benchmark}/{run}"))?;
             eprintln!(
@@ -134,13 +153,47 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 m.fid_kid.as_ref().map(|f| format!(", FID {:.2}", f.fid.mean)).unwrap_or_default()
             );
         }
+        ReportCommand::EvaluateSteps { study, judges } => {
+            let cfg: EvalConfig = stage_param("report.evaluate")?;
+            let st: StepStudy = stage_param(&format!("report.step_study.{study}"))?;
+            let out = PathBuf::from("results/eval-steps").join(&study);
+            let paths_for = |run: &str| eval_paths(&st.benchmark, None, run, judges.clone());
+            let ms = evaluate_step_study(&cfg, &st, &out, &paths_for).with_context(|| {
+                format!("evaluate-steps {study} (param report.step_study.{study})")
+            })?;
+            for m in ms {
+                eprintln!(
+                    "evaluate-steps {study}: {}/{} at {} steps: guidance {:.4}, pixel drift {:.5}",
+                    m.benchmark,
+                    m.run,
+                    m.sampling.steps,
+                    m.scores["guidance"].value.mean,
+                    m.pixel_drift.mean
+                );
+            }
+        }
         ReportCommand::Aggregate { out, profile } => {
             let names: Vec<String> = stage_param("report.benchmarks")?;
             let evaluations: BTreeMap<String, Evaluation> = stage_param("report.evaluations")?;
             // A benchmark's prepared dataset has the benchmark's name (as in train-base).
+            let studies: BTreeMap<String, StepStudy> = stage_param("report.step_study")?;
+            if let Some((k, st)) = studies
+                .iter()
+                .find(|(_, st)| !names.contains(&st.benchmark))
+            {
+                anyhow::bail!(
+                    "param report.step_study.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
+                    st.benchmark
+                );
+            }
             let benchmarks: Vec<BenchmarkSpec> = names
                 .iter()
                 .map(|n| BenchmarkSpec {
+                    step_studies: studies
+                        .iter()
+                        .filter(|(_, st)| &st.benchmark == n)
+                        .map(|(k, st)| (k.clone(), st.clone()))
+                        .collect(),
                     name: n.clone(),
                     dataset: n.clone(),
                     runs: evaluations
@@ -167,7 +220,11 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     acpo_version: env!("CARGO_PKG_VERSION").to_string(),
                     profile,
                     lock: PathBuf::from("pipeline.lock"),
-                    params: serde_json::json!({ "report.benchmarks": names, "report.evaluations": evaluations }),
+                    params: serde_json::json!({
+                        "report.benchmarks": names,
+                        "report.evaluations": evaluations,
+                        "report.step_study": studies,
+                    }),
                 },
                 benchmarks,
                 font: assets().join("fonts/DejaVuSans.ttf"),

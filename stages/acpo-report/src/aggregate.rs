@@ -7,6 +7,7 @@
 //! (`<benchmark>/*.png` and `.svg`), sample grids and `index.html`.
 
 use crate::error::{ReportError, Result};
+use crate::evaluate::StepStudy;
 use crate::fsio::{read_string, write_atomic, write_json};
 use crate::plots::{plot, write_grid_png, Panel, Series};
 use crate::schema::{read_metrics, EvalMetrics};
@@ -26,6 +27,10 @@ pub struct BenchmarkSpec {
     pub dataset: String,
     /// Fine-tuning runs evaluated (the base is always included).
     pub runs: Vec<String>,
+    /// Sampler-steps studies of this benchmark by name (`results/eval-steps/<name>/<run>/`),
+    /// shown beside the main evaluation in `<benchmark>/sampler_steps.{csv,md}`.
+    #[serde(default)]
+    pub step_studies: BTreeMap<String, StepStudy>,
 }
 
 /// Provenance shown in `index.html`.
@@ -506,7 +511,15 @@ pub struct BenchOutputs {
     pub plots: Vec<(String, String)>,
     pub grids: Vec<(String, String)>,
     pub notes: Vec<String>,
+    /// The sampler-steps table, when the benchmark has a study.
+    pub steps: Option<Wide>,
 }
+
+/// What a sampler-steps table shows (Markdown and HTML).
+pub const STEPS_CAPTION: &str = "The same models on the same seeds, sampled with DDIM at the main \
+    evaluation's number of steps and at each study's (`report.step_study`). Every run is compared \
+    with the base at the same number of steps (improvement, win rate, pixel drift). \
+    Each cell: mean [95% interval] n=samples.";
 
 fn plots_for(spec: &ReportSpec, bm: &BenchmarkSpec, evals: &[EvalMetrics]) -> Result<BenchOutputs> {
     let mut out = BenchOutputs::default();
@@ -684,6 +697,59 @@ pub struct AggregateOutcome {
     pub files: Vec<PathBuf>,
 }
 
+/// The metrics a sampler-steps table shows: scores, the guidance gain and win rate, and drift.
+fn in_steps_table(metric: &str) -> bool {
+    metric.starts_with("score.")
+        || matches!(
+            metric,
+            "improvement_rel_pct.guidance" | "win_rate_pct.guidance" | "pixel_drift"
+        )
+}
+
+/// Rows of a benchmark's sampler-steps table: each run of each study at the study's DDIM
+/// steps, after the same run at the main evaluation's steps (`main`), run names suffixed with
+/// the steps. Empty when the benchmark has no study.
+fn steps_rows(spec: &ReportSpec, bm: &BenchmarkSpec, main: &[EvalMetrics]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut add = |m: &EvalMetrics| {
+        rows.extend(
+            rows_of(m)
+                .into_iter()
+                .filter(|r| in_steps_table(&r.metric))
+                .map(|mut r| {
+                    r.run = format!("{} @{} steps", r.run, m.sampling.steps);
+                    r
+                }),
+        )
+    };
+    for (name, study) in &bm.step_studies {
+        for run in std::iter::once("base").chain(study.runs.iter().map(String::as_str)) {
+            let p = spec
+                .root
+                .join("results/eval-steps")
+                .join(name)
+                .join(run)
+                .join("metrics.json");
+            let m = read_metrics(&p, &format!("acpo repro evaluate-steps@{name}"))?;
+            if m.benchmark != bm.name || m.run != run || m.sampling.steps != study.steps {
+                return Err(ReportError::bad(
+                    &p,
+                    "benchmark/run/sampling.steps",
+                    format!(
+                        "says {}/{} at {} steps, expected {}/{run} at {} (study `{name}`)",
+                        m.benchmark, m.run, m.sampling.steps, bm.name, study.steps
+                    ),
+                ));
+            }
+            if let Some(main_m) = main.iter().find(|x| x.run == run) {
+                add(main_m);
+            }
+            add(&m);
+        }
+    }
+    Ok(rows)
+}
+
 /// Runs the whole aggregation and writes the report into `spec.out_dir`.
 pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
     crate::plots::register_font(&spec.font)?;
@@ -733,7 +799,22 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         );
         write_atomic(&dir.join("summary.md"), md.as_bytes())?;
         files.extend([dir.join("summary.csv"), dir.join("summary.md")]);
-        bench_out.insert(bm.name.clone(), plots_for(spec, bm, &list)?);
+        let mut outs = plots_for(spec, bm, &list)?;
+        let srows = steps_rows(spec, bm, &list)?;
+        if !srows.is_empty() {
+            let w = wide(&srows);
+            write_atomic(&dir.join("sampler_steps.csv"), summary_csv(&w).as_bytes())?;
+            let (h, c) = summary_cells(&w);
+            let md = format!(
+                "# {}: scores against the number of DDIM sampling steps\n\n{STEPS_CAPTION}\n\n{}",
+                bm.name,
+                md_table(&h, &c)
+            );
+            write_atomic(&dir.join("sampler_steps.md"), md.as_bytes())?;
+            files.extend([dir.join("sampler_steps.csv"), dir.join("sampler_steps.md")]);
+            outs.steps = Some(w);
+        }
+        bench_out.insert(bm.name.clone(), outs);
         evals.insert(bm.name.clone(), list);
     }
     let paper = paper_comparison(&evals);

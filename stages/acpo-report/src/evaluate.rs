@@ -438,6 +438,62 @@ pub fn read_scores_csv(path: &Path) -> Result<(Vec<u64>, ScoreColumns)> {
     Ok((seeds, header[1..].iter().cloned().zip(cols).collect()))
 }
 
+/// A sampler-steps study: the base and some fine-tuning runs of one benchmark sampled again
+/// with another number of DDIM steps, on the same seeds ([`evaluate_step_study`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepStudy {
+    pub benchmark: String,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Fine-tuning runs (the base is always evaluated, first).
+    pub runs: Vec<String>,
+}
+
+/// Evaluates the base and `study.runs` with `study.steps` DDIM steps and `cfg`'s other
+/// settings, each into `out_dir/<run>/`, every run against this study's own base (same seeds,
+/// same steps). FID and KID are skipped: Inception costs most of an evaluation, and the study
+/// asks how scores and drift depend on the sampler. `paths_for(run)` gives a model's inputs
+/// as for [`evaluate`].
+pub fn evaluate_step_study(
+    cfg: &EvalConfig,
+    study: &StepStudy,
+    out_dir: &Path,
+    paths_for: &dyn Fn(&str) -> EvalPaths,
+) -> Result<Vec<EvalMetrics>> {
+    if cfg.sampler != SamplerKind::Ddim {
+        return Err(ReportError::config(
+            "sampler",
+            "a sampler-steps study varies DDIM steps: set report.evaluate.sampler to ddim",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &study.runs {
+        if r == "base" || !seen.insert(r) {
+            return Err(ReportError::config(
+                "runs",
+                format!("`{r}` is listed twice or is `base` (the base is always evaluated)"),
+            ));
+        }
+    }
+    let cfg = EvalConfig {
+        steps: study.steps,
+        ..cfg.clone()
+    };
+    let mut out = Vec::new();
+    for run in std::iter::once("base").chain(study.runs.iter().map(String::as_str)) {
+        let mut p = paths_for(run);
+        p.out_dir = out_dir.join(run);
+        p.inception = None;
+        p.fid_ref = None;
+        if run != "base" {
+            p.base_eval_dir = Some(out_dir.join("base"));
+        }
+        out.push(evaluate(&cfg, &p)?);
+    }
+    Ok(out)
+}
+
 /// Evaluates one model; writes every output into `paths.out_dir` (a temporary sibling
 /// directory renamed into place) and returns the metrics.
 pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
@@ -713,7 +769,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         }
     }
     seconds.insert("fid_diversity".into(), t0.elapsed().as_secs_f64());
-    if samples.n < 2048 {
+    if fid_kid.is_some() && samples.n < 2048 {
         notes.push(format!(
             "FID from {} samples is biased upwards (compare models at equal sample counts only)",
             samples.n

@@ -88,6 +88,17 @@ pub fn index_html(
             list[0].sampling.steps
         );
         h.push_str(&table(&hd, &cells));
+        if let Some(w) = outs.get(bm).and_then(|o| o.steps.as_ref()) {
+            let (sh, sc) = summary_cells(w);
+            let _ = writeln!(
+                h,
+                "<h3>Sampler steps</h3><p>{} Tables: <a href=\"{1}/sampler_steps.csv\">sampler_steps.csv</a>, \
+                 <a href=\"{1}/sampler_steps.md\">sampler_steps.md</a>.</p>",
+                esc(crate::aggregate::STEPS_CAPTION),
+                esc(bm)
+            );
+            h.push_str(&table(&sh, &sc));
+        }
         let notes: Vec<String> = list
             .iter()
             .flat_map(|m| m.notes.iter().map(move |n| format!("{}: {n}", m.run)))

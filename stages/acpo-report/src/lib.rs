@@ -20,5 +20,5 @@ pub mod stats;
 
 pub use aggregate::{aggregate, AggregateOutcome, BenchmarkSpec, Provenance, ReportSpec};
 pub use error::{ReportError, Result};
-pub use evaluate::{evaluate, EvalConfig, EvalPaths};
+pub use evaluate::{evaluate, evaluate_step_study, EvalConfig, EvalPaths, StepStudy};
 pub use schema::{read_metrics, EvalMetrics, SCHEMA};

@@ -5,8 +5,8 @@
 
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_report::{
-    aggregate, evaluate, read_metrics, BenchmarkSpec, EvalConfig, EvalPaths, Provenance,
-    ReportError, ReportSpec,
+    aggregate, evaluate, evaluate_step_study, read_metrics, BenchmarkSpec, EvalConfig, EvalPaths,
+    Provenance, ReportError, ReportSpec, StepStudy,
 };
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -235,6 +235,44 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert!((imp.absolute.mean - diff).abs() < 1e-9);
     assert!((0.0..=100.0).contains(&imp.win_rate_pct.mean));
 
+    // A sampler-steps study: the same models with 2 DDIM steps instead of 3, each run against
+    // the study's own base.
+    let study = StepStudy {
+        benchmark: "tiny".into(),
+        steps: 2,
+        runs: vec!["same".into(), "acpo".into()],
+    };
+    let study_dir = root.join("results/eval-steps/tiny-few");
+    let paths_for = |run: &str| paths(root, run);
+    let ddpm = EvalConfig {
+        sampler: acpo_diffusion::config::SamplerKind::Ddpm,
+        ..cfg()
+    };
+    let e = evaluate_step_study(&ddpm, &study, &study_dir, &paths_for).unwrap_err();
+    assert!(e.to_string().contains("ddim"), "{e}");
+    let with_base = StepStudy {
+        runs: vec!["base".into()],
+        ..study.clone()
+    };
+    let e = evaluate_step_study(&c, &with_base, &study_dir, &paths_for).unwrap_err();
+    assert!(e.to_string().contains("`base`"), "{e}");
+    let few = evaluate_step_study(&c, &study, &study_dir, &paths_for).unwrap();
+    assert_eq!(few.len(), 3);
+    assert!(few
+        .iter()
+        .all(|m| m.sampling.steps == 2 && m.fid_kid.is_none()));
+    assert_eq!((few[0].run.as_str(), few[1].run.as_str()), ("base", "same"));
+    // Identical weights are still identical at 2 steps; the other run is compared with the
+    // 2-step base, not the 3-step one.
+    assert_eq!(few[1].pixel_drift.mean, 0.0);
+    assert_ne!(
+        few[0].scores["guidance"].value.mean,
+        base.scores["guidance"].value.mean
+    );
+    let d = few[2].scores["guidance"].value.mean - few[0].scores["guidance"].value.mean;
+    assert!((few[2].improvement["guidance"].absolute.mean - d).abs() < 1e-9);
+    assert!(study_dir.join("acpo/metrics.json").is_file());
+
     // The report.
     let spec = ReportSpec {
         root: root.to_path_buf(),
@@ -243,6 +281,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
             name: "tiny".into(),
             dataset: "tiny".into(),
             runs: vec!["same".into(), "acpo".into()],
+            step_studies: [("tiny-few".to_string(), study.clone())].into(),
         }],
         provenance: Provenance {
             git_revision: "test".into(),
@@ -292,6 +331,55 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert!(html.contains("tiny/samples_acpo.png") && html.contains("0.0267"));
     let svg = std::fs::read_to_string(r.join("tiny/train_base.svg")).unwrap();
     assert!(svg.contains("base training loss"));
+
+    // The sampler-steps table: each run at 3 steps (main) then at 2 (study), same numbers.
+    let steps_csv = std::fs::read_to_string(r.join("tiny/sampler_steps.csv")).unwrap();
+    let runs: Vec<&str> = steps_csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            "base @3 steps",
+            "base @2 steps",
+            "same @3 steps",
+            "same @2 steps",
+            "acpo @3 steps",
+            "acpo @2 steps"
+        ]
+    );
+    let header: Vec<&str> = steps_csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "score.guidance").unwrap();
+    let row = |name: &str| -> f64 {
+        steps_csv
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split(',')
+            .nth(col)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(row("acpo @2 steps"), few[2].scores["guidance"].value.mean);
+    assert_eq!(row("acpo @3 steps"), tuned.scores["guidance"].value.mean);
+    assert!(!header.contains(&"heldout_mse"));
+    assert!(html.contains("Sampler steps") && html.contains("tiny/sampler_steps.csv"));
+    // A study whose files say another number of steps: named, with the command that remakes them.
+    let mut other = spec.clone();
+    other.benchmarks[0]
+        .step_studies
+        .get_mut("tiny-few")
+        .unwrap()
+        .steps = 4;
+    let e = aggregate(&other).unwrap_err().to_string();
+    assert!(
+        e.contains("tiny-few/base/metrics.json")
+            && e.contains("at 2 steps, expected tiny/base at 4"),
+        "{e}"
+    );
 
     // An old metrics file: a clear error with the command that regenerates it.
     let mp = root.join("results/eval/tiny/same/metrics.json");
