@@ -32,6 +32,11 @@ fi
     exit 2
 }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+# Which CUDA libraries the programs resolve to here (the first H100 try failed inside cuBLAS with
+# CUDA_ERROR_OUT_OF_MEMORY on an empty card; a cuBLAS newer than the driver is one suspect).
+for b in loss_curve acpo_steps; do
+    ldd "$GPU_CHECK_BIN/$b" | grep -E 'libcu|nvrtc' || true
+done | sort -u | tee "$out/libs.txt"
 
 # The cpu-profile CIFAR-10 model and train settings (params.yaml, diffusion.cifar10).
 unet='{"image_size":32,"channels":32,"channel_mult":[1,2,2],"num_res_blocks":1,"attention_resolutions":[8],"norm_groups":8}'
