@@ -206,6 +206,43 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
                 "index.html does not show {bm}/{run} held-out MSE {shown}"
             );
         }
+        // The sampler-steps studies of this benchmark: one row per run and steps, the numbers
+        // of the evaluate-steps stages' metrics files.
+        let studies = params["benchmarks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == bm.as_str())
+            .and_then(|b| b["step_studies"].as_object().cloned())
+            .unwrap_or_default();
+        if !studies.is_empty() {
+            let rows = csv_rows(&d.join("sampler_steps.csv"));
+            for (key, st) in &studies {
+                let steps = st["steps"].as_u64().unwrap();
+                let study_runs = st["runs"].as_array().unwrap().iter();
+                for run in std::iter::once("base").chain(study_runs.map(|r| r.as_str().unwrap())) {
+                    let m = json(
+                        &work
+                            .join("results/eval-steps")
+                            .join(key)
+                            .join(run)
+                            .join("metrics.json"),
+                    );
+                    assert_eq!(m["sampling"]["steps"].as_u64(), Some(steps), "{key}/{run}");
+                    let name = format!("{run} @{steps} steps");
+                    let row = rows
+                        .iter()
+                        .find(|r| r["run"] == name)
+                        .unwrap_or_else(|| panic!("reports/{bm}/sampler_steps.csv: no row {name}"));
+                    let want = m["scores"]["guidance"]["value"]["mean"].as_f64().unwrap();
+                    let got: f64 = row["score.guidance"].parse().unwrap();
+                    assert_eq!(
+                        got, want,
+                        "{bm}/{name} guidance: sampler_steps.csv vs metrics.json"
+                    );
+                }
+            }
+        }
         // Provenance: this run's stage keys, wall times and memory are in the page.
         let key = lock["stages"][format!("evaluate-base@{bm}")]["key"]
             .as_str()
