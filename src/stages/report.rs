@@ -101,6 +101,22 @@ fn assets() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cache/assets"))
 }
 
+/// Fails naming `param.<key>` when an entry's benchmark is not in `report.benchmarks`.
+fn known_benchmarks<T>(
+    param: &str,
+    entries: &BTreeMap<String, T>,
+    benchmark: impl Fn(&T) -> &String,
+    names: &[String],
+) -> anyhow::Result<()> {
+    match entries.iter().find(|(_, e)| !names.contains(benchmark(e))) {
+        Some((k, e)) => anyhow::bail!(
+            "param {param}.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
+            benchmark(e)
+        ),
+        None => Ok(()),
+    }
+}
+
 /// The inputs and default output of evaluating `run` of `benchmark` (see `EvalPaths`).
 fn eval_paths(benchmark: &str, dataset: Option<&str>, run: &str, judges: PathBuf) -> EvalPaths {
     let is_base = run == "base";
@@ -175,17 +191,10 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         ReportCommand::Aggregate { out, profile } => {
             let names: Vec<String> = stage_param("report.benchmarks")?;
             let evaluations: BTreeMap<String, Evaluation> = stage_param("report.evaluations")?;
-            // A benchmark's prepared dataset has the benchmark's name (as in train-base).
             let studies: BTreeMap<String, StepStudy> = stage_param("report.step_study")?;
-            if let Some((k, st)) = studies
-                .iter()
-                .find(|(_, st)| !names.contains(&st.benchmark))
-            {
-                anyhow::bail!(
-                    "param report.step_study.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
-                    st.benchmark
-                );
-            }
+            known_benchmarks("report.evaluations", &evaluations, |e| &e.benchmark, &names)?;
+            known_benchmarks("report.step_study", &studies, |st| &st.benchmark, &names)?;
+            // A benchmark's prepared dataset has the benchmark's name (as in train-base).
             let benchmarks: Vec<BenchmarkSpec> = names
                 .iter()
                 .map(|n| BenchmarkSpec {
@@ -203,15 +212,6 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                         .collect(),
                 })
                 .collect();
-            if let Some((k, e)) = evaluations
-                .iter()
-                .find(|(_, e)| !names.contains(&e.benchmark))
-            {
-                anyhow::bail!(
-                    "param report.evaluations.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
-                    e.benchmark
-                );
-            }
             let spec = ReportSpec {
                 root: PathBuf::from("."),
                 out_dir: out,
