@@ -4,7 +4,8 @@
 //! Outputs in `reports/`: `<benchmark>/summary.csv` and `summary.md` (methods x metrics),
 //! `paper_comparison.csv`/`.md` (our numbers beside the paper's, SPEC section 1, with how the
 //! protocol differs), `metrics.parquet` (every number in long form), plots
-//! (`<benchmark>/*.png` and `.svg`), sample grids and `index.html`.
+//! (`<benchmark>/*.png` and `.svg`), sample grids and `index.html`; with a sampler-steps study
+//! (`report.step_study`) also `<benchmark>/sampler_steps.{csv,md,png,svg}`.
 
 use crate::error::{ReportError, Result};
 use crate::evaluate::StepStudy;
@@ -706,22 +707,15 @@ fn in_steps_table(metric: &str) -> bool {
         )
 }
 
-/// Rows of a benchmark's sampler-steps table: each run of each study at the study's DDIM
-/// steps, after the same run at the main evaluation's steps (`main`), run names suffixed with
-/// the steps. Empty when the benchmark has no study.
-fn steps_rows(spec: &ReportSpec, bm: &BenchmarkSpec, main: &[EvalMetrics]) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    let mut add = |m: &EvalMetrics| {
-        rows.extend(
-            rows_of(m)
-                .into_iter()
-                .filter(|r| in_steps_table(&r.metric))
-                .map(|mut r| {
-                    r.run = format!("{} @{} steps", r.run, m.sampling.steps);
-                    r
-                }),
-        )
-    };
+/// The evaluations behind a benchmark's sampler-steps table, in table order: for each study and
+/// each of its runs (base first), the run at the main evaluation's steps (`main`) and then at the
+/// study's. Empty when the benchmark has no study.
+fn steps_metrics(
+    spec: &ReportSpec,
+    bm: &BenchmarkSpec,
+    main: &[EvalMetrics],
+) -> Result<Vec<EvalMetrics>> {
+    let mut out = Vec::new();
     for (name, study) in &bm.step_studies {
         for run in std::iter::once("base").chain(study.runs.iter().map(String::as_str)) {
             let p = spec
@@ -742,12 +736,67 @@ fn steps_rows(spec: &ReportSpec, bm: &BenchmarkSpec, main: &[EvalMetrics]) -> Re
                 ));
             }
             if let Some(main_m) = main.iter().find(|x| x.run == run) {
-                add(main_m);
+                out.push(main_m.clone());
             }
-            add(&m);
+            out.push(m);
         }
     }
-    Ok(rows)
+    Ok(out)
+}
+
+/// The sampler-steps table's rows: run names suffixed with their steps.
+fn steps_rows(ms: &[EvalMetrics]) -> Vec<Row> {
+    ms.iter()
+        .flat_map(|m| {
+            rows_of(m)
+                .into_iter()
+                .filter(|r| in_steps_table(&r.metric))
+                .map(move |mut r| {
+                    r.run = format!("{} @{} steps", r.run, m.sampling.steps);
+                    r
+                })
+        })
+        .collect()
+}
+
+/// One panel per score (guidance, then the judges): the score's mean against the number of
+/// DDIM steps, one line per run.
+fn steps_panels(ms: &[EvalMetrics]) -> Vec<Panel> {
+    let mut scores: Vec<&String> = ms.iter().flat_map(|m| m.scores.keys()).collect();
+    scores.sort_by_key(|s| (s.as_str() != "guidance", s.as_str()));
+    scores.dedup();
+    scores
+        .into_iter()
+        .map(|score| {
+            let mut by_run: BTreeMap<(usize, &str), BTreeMap<usize, f64>> = BTreeMap::new();
+            for (i, m) in ms.iter().enumerate() {
+                if let Some(s) = m.scores.get(score) {
+                    let first = ms.iter().position(|x| x.run == m.run).unwrap_or(i);
+                    by_run
+                        .entry((first, m.run.as_str()))
+                        .or_default()
+                        .insert(m.sampling.steps, s.value.mean);
+                }
+            }
+            let direction = match ms.iter().find_map(|m| m.scores.get(score)) {
+                Some(s) if s.higher_is_better => "higher is better",
+                _ => "lower is better",
+            };
+            Panel {
+                title: format!("{score} against sampler steps"),
+                x_label: "DDIM steps".into(),
+                y_label: format!("{score} ({direction})"),
+                series: by_run
+                    .into_iter()
+                    .map(|((_, run), pts)| Series {
+                        name: run.to_string(),
+                        points: pts.into_iter().map(|(k, v)| (k as f64, v)).collect(),
+                        labels: vec![],
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// Runs the whole aggregation and writes the report into `spec.out_dir`.
@@ -800,9 +849,9 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         write_atomic(&dir.join("summary.md"), md.as_bytes())?;
         files.extend([dir.join("summary.csv"), dir.join("summary.md")]);
         let mut outs = plots_for(spec, bm, &list)?;
-        let srows = steps_rows(spec, bm, &list)?;
-        if !srows.is_empty() {
-            let w = wide(&srows);
+        let sms = steps_metrics(spec, bm, &list)?;
+        if !sms.is_empty() {
+            let w = wide(&steps_rows(&sms));
             write_atomic(&dir.join("sampler_steps.csv"), summary_csv(&w).as_bytes())?;
             let (h, c) = summary_cells(&w);
             let md = format!(
@@ -811,8 +860,16 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
                 md_table(&h, &c)
             );
             write_atomic(&dir.join("sampler_steps.md"), md.as_bytes())?;
-            files.extend([dir.join("sampler_steps.csv"), dir.join("sampler_steps.md")]);
+            files.extend(
+                ["csv", "md", "png", "svg"].map(|e| dir.join(format!("sampler_steps.{e}"))),
+            );
             outs.steps = Some(w);
+            plot(&dir.join("sampler_steps"), &steps_panels(&sms))?;
+            outs.plots.push((
+                format!("{}/sampler_steps", bm.name),
+                "Scores against the number of DDIM sampling steps (same seeds; one line per model)"
+                    .into(),
+            ));
         }
         bench_out.insert(bm.name.clone(), outs);
         evals.insert(bm.name.clone(), list);

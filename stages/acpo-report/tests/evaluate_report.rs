@@ -367,6 +367,9 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert_eq!(row("acpo @3 steps"), tuned.scores["guidance"].value.mean);
     assert!(!header.contains(&"heldout_mse"));
     assert!(html.contains("Sampler steps") && html.contains("tiny/sampler_steps.csv"));
+    assert!(html.contains("tiny/sampler_steps.png"));
+    let svg = std::fs::read_to_string(r.join("tiny/sampler_steps.svg")).unwrap();
+    assert!(svg.contains("guidance against sampler steps") && svg.contains("DDIM steps"));
     // A study whose files say another number of steps: named, with the command that remakes them.
     let mut other = spec.clone();
     other.benchmarks[0]
