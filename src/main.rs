@@ -235,6 +235,15 @@ fn main() -> ExitCode {
 /// The one place that maps errors to exit codes: 2 bad input (pipeline, params, command
 /// line), 1 a stage or the work itself failed, 130 interrupted (SIGINT/SIGTERM).
 fn exit_code(err: &anyhow::Error) -> u8 {
+    use acpo_report::ReportError as R;
+    if err.downcast_ref::<stages::params::BadParam>().is_some()
+        || matches!(
+            err.downcast_ref::<R>(),
+            Some(R::UnknownJudge { .. } | R::Schema { .. } | R::BadFile { .. } | R::Config { .. })
+        )
+    {
+        return 2;
+    }
     if err
         .downcast_ref::<acpo_data::DataError>()
         .is_some_and(|e| e.is_bad_input())

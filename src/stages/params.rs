@@ -71,6 +71,22 @@ fn declared_lookup<'a>(values: &'a Map<String, Value>, key: &str) -> Option<&'a 
 /// stage key always covers what the stage reads). Without `ACPO_PARAMS` it reads
 /// `params.yaml` from the current directory (profile `ACPO_PROFILE`, default `cpu`).
 pub fn stage_param<T: DeserializeOwned>(key: &str) -> anyhow::Result<T> {
+    read_param(key).map_err(|e| BadParam(format!("{e:#}")).into())
+}
+
+/// A param that is missing, undeclared or of the wrong type: bad input (exit code 2).
+#[derive(Debug)]
+pub struct BadParam(pub String);
+
+impl std::fmt::Display for BadParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadParam {}
+
+fn read_param<T: DeserializeOwned>(key: &str) -> anyhow::Result<T> {
     let source = SOURCE
         .get_or_init(load_source)
         .as_ref()

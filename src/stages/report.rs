@@ -11,7 +11,7 @@ use acpo_report::{
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::params::stage_param;
+use super::params::{stage_param, BadParam};
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -109,10 +109,11 @@ fn known_benchmarks<T>(
     names: &[String],
 ) -> anyhow::Result<()> {
     match entries.iter().find(|(_, e)| !names.contains(benchmark(e))) {
-        Some((k, e)) => anyhow::bail!(
+        Some((k, e)) => Err(BadParam(format!(
             "param {param}.{k}: benchmark `{}` is not in report.benchmarks {names:?}",
             benchmark(e)
-        ),
+        ))
+        .into()),
         None => Ok(()),
     }
 }

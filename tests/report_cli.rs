@@ -1,0 +1,62 @@
+//! The binary maps bad report params to exit code 2 with a message naming the param.
+
+use std::process::Command;
+
+fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("params.json");
+    std::fs::write(&p, params.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
+        .args(["stage", "report"])
+        .args(args)
+        .current_dir(tmp.path())
+        .env("ACPO_PARAMS", &p)
+        .env("ACPO_STAGE", stage)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn wrong_param_type_is_bad_input_exit_2() {
+    let params = serde_json::json!({ "report.evaluate": { "samples": "many" } });
+    let (code, stderr) = run_stage(&params, "evaluate", &["evaluate", "--benchmark", "cifar10"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("report.evaluate") && stderr.contains("wrong type"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn step_study_of_unknown_benchmark_is_bad_input_exit_2() {
+    let params = serde_json::json!({
+        "report.benchmarks": ["cifar10"],
+        "report.evaluations": {},
+        "report.step_study": { "x-few": { "benchmark": "nope", "steps": 10, "runs": [] } },
+    });
+    let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("report.step_study.x-few") && stderr.contains("`nope`"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn undeclared_step_study_is_named() {
+    let params = serde_json::json!({ "report.evaluate": {} });
+    let (code, stderr) = run_stage(
+        &params,
+        "evaluate-steps",
+        &["evaluate-steps", "--study", "x"],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("report.step_study.x") && stderr.contains("does not declare"),
+        "stderr: {stderr}"
+    );
+}
