@@ -91,9 +91,22 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check the run cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Run the work of one stage directly (this is what `pipeline.yaml` commands call).
     #[command(subcommand)]
     Stage(stages::StageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Hash every run-cache object and compare it with its name; exit 1 when any is corrupt.
+    Verify {
+        /// Directory of `pipeline.yaml` (default: the current directory).
+        #[arg(long, short = 'C', value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +206,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { pipeline, dry_run } => {
             print!("{}", commands::gc(&mut open(&pipeline)?, dry_run)?);
         }
+        Command::Cache(CacheCommand::Verify { dir }) => {
+            let report = commands::cache_verify(&dir)?;
+            print!("{}", commands::format_cache_verify(&report));
+            if !report.corrupt.is_empty() {
+                anyhow::bail!(
+                    "{} corrupt object(s) in the run cache",
+                    report.corrupt.len()
+                );
+            }
+        }
         Command::Stage(cmd) => stages::run(cmd).context("stage failed")?,
     }
     Ok(())
@@ -248,6 +271,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         .downcast_ref::<acpo_data::DataError>()
         .is_some_and(|e| e.is_bad_input())
     {
+        return 2;
+    }
+    if matches!(
+        err.downcast_ref::<acpo_diffusion::DiffusionError>(),
+        Some(acpo_diffusion::DiffusionError::Config { .. })
+    ) {
         return 2;
     }
     match err.downcast_ref::<acpo_pipeline::Error>().map(|e| e.kind()) {

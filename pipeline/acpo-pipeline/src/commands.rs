@@ -1,4 +1,5 @@
-//! The read-only engine commands (`status`, `dag`, `explain`, `metrics`) and `gc`.
+//! The read-only engine commands (`status`, `dag`, `explain`, `metrics`, `cache verify`)
+//! and `gc`.
 //! Each returns text for the CLI to print.
 
 use crate::error::{Error, Result};
@@ -330,18 +331,22 @@ fn old_metrics_file(
             .entries
             .iter()
             .find(|e| e.path == rel && e.kind == "file")?;
-        let obj = ws.runcache_object(&e.hash);
         let name = Path::new(metric).file_name()?;
         let dst = tmp.join(name);
-        std::fs::copy(obj, &dst).ok()?;
-        return Some(dst);
+        // A corrupt object gives no previous value rather than a wrong one.
+        return match ws.runcache.copy_verified(&e.hash, &dst) {
+            Ok(None) => Some(dst),
+            _ => None,
+        };
     }
     None
 }
 
 /// `gc`: keeps the run-cache entries of the current lock, removes the rest and every
-/// object no kept entry uses; clears per-run scratch files.
+/// object no kept entry uses; clears per-run scratch files. Holds the same lock as `repro`
+/// (and reads `pipeline.lock` under it), so it never removes what a running stage uses.
 pub fn gc(ws: &mut Workspace, dry_run: bool) -> Result<String> {
+    let _guard = ws.lock_exclusive()?;
     let keep: BTreeSet<String> = ws.lock.stages.values().map(|e| e.key.clone()).collect();
     let (runs, objects, bytes) = ws.runcache.gc(&keep, dry_run)?;
     if !dry_run {
@@ -358,14 +363,38 @@ pub fn gc(ws: &mut Workspace, dry_run: bool) -> Result<String> {
     ))
 }
 
+/// `cache verify`: hashes every run-cache object of the pipeline directory `root` and
+/// compares it with its name. Read-only; needs no valid pipeline.
+pub fn cache_verify(root: &Path) -> Result<crate::runcache::VerifyReport> {
+    crate::runcache::RunCache::new(root).verify()
+}
+
+/// Renders a `cache verify` report: one line per corrupt object, then a summary.
+pub fn format_cache_verify(r: &crate::runcache::VerifyReport) -> String {
+    let mut s = String::new();
+    for c in &r.corrupt {
+        let _ = writeln!(s, "corrupt: {c}");
+    }
+    let _ = writeln!(
+        s,
+        "{} object(s) ({:.1} MiB) checked, {} corrupt",
+        r.checked,
+        r.bytes as f64 / 1048576.0,
+        r.corrupt.len()
+    );
+    if !r.corrupt.is_empty() {
+        let _ = writeln!(
+            s,
+            "a restore that meets a corrupt object removes it and runs the stage instead; \
+             `acpo repro --force STAGE` stores a good copy now"
+        );
+    }
+    s
+}
+
 impl Workspace {
     /// Path of a run-cache object.
     pub fn runcache_object(&self, hash: &str) -> std::path::PathBuf {
-        let (a, b) = hash.split_at(2.min(hash.len()));
-        self.root
-            .join(crate::runcache::RUNCACHE_DIR)
-            .join("objects")
-            .join(a)
-            .join(b)
+        self.runcache.object_path(hash)
     }
 }

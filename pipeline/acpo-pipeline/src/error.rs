@@ -47,6 +47,13 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A FIFO, socket or device where a dependency or output is hashed: reading it could
+    /// block forever or never end, so it is refused (exit 2).
+    #[error(
+        "{path}: is a {what}; dependencies and outputs may hold only regular files, \
+         directories and symbolic links to them"
+    )]
+    SpecialFile { path: PathBuf, what: &'static str },
 }
 
 impl Error {
@@ -57,7 +64,8 @@ impl Error {
             | Error::Params { .. }
             | Error::Pipeline { .. }
             | Error::Cycle { .. }
-            | Error::Usage(_) => ErrorKind::BadInput,
+            | Error::Usage(_)
+            | Error::SpecialFile { .. } => ErrorKind::BadInput,
             Error::StageFailed { .. } | Error::StagesFailed { .. } => ErrorKind::StageFailed,
             Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::Io { .. } | Error::Corrupt { .. } => ErrorKind::Io,

@@ -126,6 +126,9 @@ impl HashCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(path, e)),
         };
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(special_file(path, &meta));
+        }
         if meta.is_file() {
             let hash = self
                 .hash_files(&[(path.to_path_buf(), Stat::of(&meta))])?
@@ -165,6 +168,9 @@ impl HashCache {
             let m = e
                 .metadata()
                 .map_err(|err| Error::io(e.path(), err.into()))?;
+            if !m.is_file() && !m.is_dir() {
+                return Err(special_file(e.path(), &m));
+            }
             if m.is_dir() {
                 entries.push(TreeEntry {
                     path: rel,
@@ -235,9 +241,46 @@ impl HashCache {
     }
 }
 
-/// SHA-256 of one file (hex).
+/// The error for something that is neither a regular file nor a directory (links followed).
+fn special_file(path: &Path, meta: &std::fs::Metadata) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_fifo() {
+        "FIFO (named pipe)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    };
+    Error::SpecialFile {
+        path: path.to_path_buf(),
+        what,
+    }
+}
+
+/// Opens a file for reading only if it is a regular file. `O_NONBLOCK` makes opening a FIFO
+/// (put there after it was listed) return at once; the type is then checked on the open file.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(special_file(path, &meta));
+    }
+    Ok(f)
+}
+
+/// SHA-256 of one regular file (hex); anything else is an error naming it.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -333,5 +376,46 @@ mod tests {
         std::fs::write(b.join("x"), "3").unwrap();
         assert_ne!(c.hash_path(&b).unwrap().unwrap().hash, h1.hash);
         assert!(c.hash_path(&d.path().join("none")).unwrap().is_none());
+    }
+
+    fn mkfifo(p: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn fifos_devices_and_links_to_them_are_errors_not_hangs() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::write(a.join("x"), "1").unwrap();
+        mkfifo(&a.join("pipe"));
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
+        let b = d.path().join("b");
+        std::fs::create_dir_all(&b).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", b.join("zero")).unwrap();
+        let mut c = HashCache::in_memory();
+        let cases = [
+            (a.join("pipe"), "FIFO"),
+            (a.clone(), "FIFO"),
+            (d.path().join("zero"), "character device"),
+            (b.clone(), "character device"),
+        ];
+        for (p, what) in cases {
+            let e = c.hash_path(&p).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::BadInput, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(what), "{msg}");
+            assert!(msg.contains("pipe") || msg.contains("zero"), "{msg}");
+        }
+        // The same check on an opened file, for what changes after it was listed.
+        assert!(sha256_file(&a.join("pipe")).is_err());
+        assert!(sha256_file(&a.join("x")).is_ok());
+        // Links to regular files and directories are followed as before.
+        std::os::unix::fs::symlink(a.join("x"), b.join("x")).unwrap();
+        std::fs::remove_file(b.join("zero")).unwrap();
+        assert_eq!(c.hash_path(&b).unwrap().unwrap().files, 1);
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! - [`params`]: `params.yaml`, profiles (`profiles/<name>.yaml` overlays), `-S` overrides.
 //! - [`pipeline`]: `pipeline.yaml` stages, `foreach`/`matrix` expansion, the stage graph.
+//! - [`confine`]: stage names as file names, outputs kept inside the pipeline directory.
 //! - [`hash`], [`key`]: content hashes (with a stat cache) and the stage key.
 //! - [`lock`], [`runcache`]: `pipeline.lock` and the content-addressed run cache.
 //! - [`workspace`]: what is up to date and why; [`repro`]: the executor;
 //!   [`commands`]: `status`, `dag`, `explain`, `metrics`, `gc`.
 
 pub mod commands;
+pub mod confine;
+pub mod crates;
 pub mod error;
 pub mod fsutil;
 pub mod hash;

@@ -1,6 +1,7 @@
 //! `pipeline.yaml`: DVC-style stages, `foreach`/`do` and `matrix` expansion, `${...}`
 //! interpolation, and the stage graph (cycles, overlapping outputs, selection).
 
+use crate::crates::CrateGraph;
 use crate::error::{Error, Result};
 use crate::params::{Params, PARAMS_FILE};
 use crate::yaml;
@@ -14,6 +15,31 @@ use std::path::{Component, Path, PathBuf};
 
 /// The pipeline file next to `params.yaml`.
 pub const PIPELINE_FILE: &str = "pipeline.yaml";
+
+/// The most stages a pipeline may expand to unless `ACPO_MAX_STAGES` says otherwise.
+pub const DEFAULT_MAX_STAGES: usize = 10_000;
+
+/// The environment variable that sets the most stages a pipeline may expand to.
+pub const MAX_STAGES_ENV: &str = "ACPO_MAX_STAGES";
+
+/// The limit on expanded stages: `ACPO_MAX_STAGES` (a positive whole number) or
+/// [`DEFAULT_MAX_STAGES`].
+pub fn max_stages() -> Result<usize> {
+    match std::env::var(MAX_STAGES_ENV) {
+        Err(_) => Ok(DEFAULT_MAX_STAGES),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "{MAX_STAGES_ENV}={v:?}: expected a positive whole number (the most stages \
+                 `foreach` and `matrix` may expand to)"
+                ))
+            }),
+    }
+}
 
 /// Scheduling resources a stage declares (`resources: {cpus, gpus, mem_gb}`).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
@@ -170,8 +196,21 @@ impl Pipeline {
         Self::from_str(root, &file, &text, params)
     }
 
-    /// Parses pipeline text (the contents of `file`).
+    /// Parses pipeline text (the contents of `file`), expanding to at most [`max_stages`].
     pub fn from_str(root: &Path, file: &Path, text: &str, params: &Params) -> Result<Pipeline> {
+        Self::from_str_limited(root, file, text, params, max_stages()?)
+    }
+
+    /// [`Pipeline::from_str`] with an explicit limit on the number of expanded stages: a
+    /// `foreach` or `matrix` that would pass it is an error naming the stage, found before
+    /// its stages are built.
+    pub fn from_str_limited(
+        root: &Path,
+        file: &Path,
+        text: &str,
+        params: &Params,
+        max_stages: usize,
+    ) -> Result<Pipeline> {
         let raw: RawFile = if yaml::is_blank(text) {
             RawFile::default()
         } else {
@@ -185,6 +224,9 @@ impl Pipeline {
         let ctx = Ctx {
             file: display,
             params,
+            root,
+            crates: std::cell::OnceCell::new(),
+            max_stages,
         };
         for (name, line, stage) in raw.stages.unwrap_or_default().0 {
             ctx.expand(&name, line, stage, &mut stages)?;
@@ -444,7 +486,15 @@ pub fn is_within(path: &str, dir: &str) -> bool {
 struct Ctx<'a> {
     file: PathBuf,
     params: &'a Params,
+    root: &'a Path,
+    /// The Cargo workspace's crates, read on the first `crate:` dependency.
+    crates: std::cell::OnceCell<std::result::Result<CrateGraph, String>>,
+    /// The most stages the pipeline may expand to.
+    max_stages: usize,
 }
+
+/// A dependency `crate:<name>` stands for the sources of a workspace crate (module `crates`).
+pub const CRATE_DEP_PREFIX: &str = "crate:";
 
 /// The values `${...}` can refer to besides params.
 #[derive(Default)]
@@ -454,11 +504,58 @@ struct Scope {
 }
 
 impl Ctx<'_> {
+    /// The paths `crate:<name>` stands for.
+    fn crate_deps(&self, name: &str) -> std::result::Result<Vec<String>, String> {
+        self.crates
+            .get_or_init(|| CrateGraph::load(self.root))
+            .as_ref()
+            .map_err(|e| e.clone())?
+            .expand(name)
+    }
+
     fn err(&self, line: u64, message: String) -> Error {
         Error::Pipeline {
             file: PathBuf::from(format!("{}:{line}", self.file.display())),
             message,
         }
+    }
+
+    /// Fails when `adding` more stages after the `before` already expanded pass the limit.
+    fn check_limit(
+        &self,
+        name: &str,
+        line: u64,
+        what: &str,
+        adding: usize,
+        before: usize,
+    ) -> Result<()> {
+        if adding.saturating_add(before) <= self.max_stages {
+            return Ok(());
+        }
+        if what.is_empty() {
+            return Err(self.err(
+                line,
+                format!(
+                    "stage `{name}` would be stage {}, more than the limit of {} stages \
+                     (set {MAX_STAGES_ENV} to change it)",
+                    before.saturating_add(1),
+                    self.max_stages
+                ),
+            ));
+        }
+        let with = if before > 0 {
+            format!(" (after {before} stage(s) before it)")
+        } else {
+            String::new()
+        };
+        Err(self.err(
+            line,
+            format!(
+                "stage `{name}`: {what} expands to {adding} stages{with}, more than the limit \
+                 of {} stages (set {MAX_STAGES_ENV} to change it)",
+                self.max_stages
+            ),
+        ))
     }
 
     fn expand(&self, name: &str, line: u64, raw: RawStage, out: &mut Vec<Stage>) -> Result<()> {
@@ -482,6 +579,7 @@ impl Ctx<'_> {
         };
         match (raw.foreach, raw.do_, raw.matrix) {
             (None, None, None) => {
+                self.check_limit(name, line, "", 1, out.len())?;
                 out.push(self.build(name, name, line, &body, &Scope::default())?);
             }
             (Some(fe), Some(do_), None) => {
@@ -492,6 +590,8 @@ impl Ctx<'_> {
                     ));
                 }
                 let items = self.collection(name, line, "foreach", fe)?;
+                let what = format!("`foreach` over {} item(s)", items.len());
+                self.check_limit(name, line, &what, items.len(), out.len())?;
                 for (suffix, key, item) in items {
                     let scope = Scope {
                         item: Some(item),
@@ -520,6 +620,23 @@ impl Ctx<'_> {
                     }
                     axes.push((axis, items));
                 }
+                // Counted before any combination is built: 8 axes of 10 values must fail
+                // here, not on the way to 10^8 stages.
+                let total = axes
+                    .iter()
+                    .fold(1usize, |n, (_, items)| n.saturating_mul(items.len()));
+                let what = format!(
+                    "matrix {} ({})",
+                    axes.iter()
+                        .map(|(a, _)| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" x "),
+                    axes.iter()
+                        .map(|(_, items)| items.len().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" x ")
+                );
+                self.check_limit(name, line, &what, total, out.len())?;
                 let mut combos: Vec<(Vec<String>, serde_json::Map<String, Value>)> =
                     vec![(Vec::new(), serde_json::Map::new())];
                 for (axis, items) in &axes {
@@ -602,9 +719,12 @@ impl Ctx<'_> {
                 .into_iter()
                 .map(|(k, item)| (k.clone(), Some(k), item))
                 .collect()),
+            // A param left null (for a profile to set: profiles may replace a null with a
+            // mapping, but not add keys to one) expands to no stages.
+            Value::Null => Ok(Vec::new()),
             _ => Err(self.err(
                 line,
-                format!("stage `{stage}`: {what} must be a list or a mapping"),
+                format!("stage `{stage}`: {what} must be a list, a mapping or null"),
             )),
         }
     }
@@ -651,6 +771,17 @@ impl Ctx<'_> {
             let mut v = Vec::new();
             for p in list {
                 let s = interp(p)?;
+                if let (false, Some(krate)) = (is_out, s.strip_prefix(CRATE_DEP_PREFIX)) {
+                    let expanded = self.crate_deps(krate).map_err(|m| {
+                        self.err(line, format!("stage `{name}`: dependency `{s}`: {m}"))
+                    })?;
+                    for e in expanded {
+                        if !v.contains(&e) {
+                            v.push(e);
+                        }
+                    }
+                    continue;
+                }
                 let n = normalize(&s).ok_or_else(|| {
                     self.err(line, format!("stage `{name}`: {what} path `{s}` is empty"))
                 })?;
@@ -662,11 +793,13 @@ impl Ctx<'_> {
                         ),
                     ));
                 }
-                if is_out && (n == "." || reserved(&n)) {
+                if is_out && (n == "." || crate::confine::is_reserved(&n)) {
                     return Err(self.err(
                         line,
                         format!(
-                            "stage `{name}`: output `{s}` would contain the engine's own state"
+                            "stage `{name}`: output `{s}` is or would contain one of the engine's own \
+                             paths (.git, .acpo, the run cache, {PIPELINE_FILE}, {PARAMS_FILE}, \
+                             pipeline.lock)"
                         ),
                     ));
                 }
@@ -883,18 +1016,6 @@ fn render(v: &Value) -> String {
     })
 }
 
-/// Paths the engine keeps for itself; no stage may write them.
-fn reserved(p: &str) -> bool {
-    p == ".acpo"
-        || p.starts_with(".acpo/")
-        || p == "results"
-        || p == crate::runcache::RUNCACHE_DIR
-        || p.starts_with(&format!("{}/", crate::runcache::RUNCACHE_DIR))
-        || p == crate::lock::LOCK_FILE
-        || p == PIPELINE_FILE
-        || p == PARAMS_FILE
-}
-
 /// Normalises a relative path: `./a//b/` -> `a/b`; `None` when empty.
 pub fn normalize(p: &str) -> Option<String> {
     let path = Path::new(p.trim());
@@ -946,6 +1067,18 @@ mod tests {
     fn load(text: &str, params: Value) -> Result<Pipeline> {
         let p = Params::from_value(params, "cpu");
         Pipeline::from_str(Path::new("/r"), Path::new("/r/pipeline.yaml"), text, &p)
+    }
+
+    #[test]
+    fn foreach_over_a_null_param_has_no_stages() {
+        let text = "stages:\n  s:\n    foreach: ${study.configs}\n    do:\n      cmd: echo ${key}\n  t:\n    cmd: echo t\n";
+        let p = load(text, json!({"study": {"configs": null}})).unwrap();
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["t"]);
+        let e = load(text, json!({"study": {"configs": 3}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a list, a mapping or null"), "{e}");
     }
 
     #[test]
@@ -1005,6 +1138,68 @@ stages:
             mask_braces("a ${x} ${y\n}"),
             format!("a ${OPEN}x{CLOSE} ${{y\n}}")
         );
+    }
+
+    #[test]
+    fn expansion_is_limited_before_stages_are_built() {
+        // The issue's 297-byte file: 8 axes of 10 values, 10^8 stages. It must fail at once.
+        let axis = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]";
+        let mut text = String::from("stages:\n  big:\n    matrix:\n");
+        for a in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            text.push_str(&format!("      {a}: {axis}\n"));
+        }
+        text.push_str("    cmd: echo ${item.a}\n");
+        let started = std::time::Instant::now();
+        let e = load(&text, json!({})).unwrap_err();
+        assert!(started.elapsed().as_secs() < 2);
+        assert_eq!(e.kind(), crate::ErrorKind::BadInput);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("stage `big`: matrix a x b x c x d x e x f x g x h")
+                && msg.contains("100000000 stages")
+                && msg.contains("10000")
+                && msg.contains(MAX_STAGES_ENV),
+            "{msg}"
+        );
+        // The limit counts every stage, and foreach too.
+        let p = Params::from_value(json!({"xs": [1, 2, 3]}), "cpu");
+        let text = "stages:\n  one:\n    cmd: echo\n  f:\n    foreach: ${xs}\n    do:\n      cmd: echo ${item}\n";
+        let lim = |n| {
+            Pipeline::from_str_limited(Path::new("/r"), Path::new("/r/pipeline.yaml"), text, &p, n)
+        };
+        assert_eq!(lim(4).unwrap().stages.len(), 4);
+        let msg = lim(3).unwrap_err().to_string();
+        assert!(
+            msg.contains("stage `f`: `foreach` over 3 item(s) expands to 3 stages (after 1"),
+            "{msg}"
+        );
+        let msg = lim(1).unwrap_err().to_string();
+        assert!(msg.contains("stage `f`"), "{msg}");
+        let text = "stages:\n  one:\n    cmd: echo\n  two:\n    cmd: echo\n";
+        let msg = Pipeline::from_str_limited(Path::new("/r"), Path::new("/r/p.yaml"), text, &p, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("stage `two` would be stage 2"), "{msg}");
+    }
+
+    #[test]
+    fn git_and_engine_paths_are_not_outputs() {
+        for out in [
+            ".git",
+            ".git/hooks/pre-commit",
+            ".acpo",
+            "pipeline.lock",
+            "results",
+        ] {
+            let text = format!("stages:\n  s:\n    cmd: echo\n    outs: [\"{out}\"]\n");
+            let e = load(&text, json!({})).unwrap_err().to_string();
+            assert!(e.contains(out) && e.contains("engine's own"), "{e}");
+        }
+        assert!(load(
+            "stages:\n  s:\n    cmd: echo\n    outs: [.gitignore, results/x]\n",
+            json!({})
+        )
+        .is_ok());
     }
 
     #[test]

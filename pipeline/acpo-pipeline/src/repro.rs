@@ -2,6 +2,7 @@
 //! to `-j` and the declared resources; restore from the run cache when a key was seen
 //! before; keep earlier outputs and the lock intact when a stage fails or is interrupted.
 
+use crate::confine::{decode_name, encode_name, resolve_out};
 use crate::error::{Error, Result};
 use crate::fsutil::{ensure_parent, remove_path, write_atomic};
 use crate::hash::PathHash;
@@ -9,7 +10,7 @@ use crate::key::KeyInputs;
 use crate::lock::LockEntry;
 use crate::pipeline::{Resources, Stage};
 use crate::progress::Progress;
-use crate::runcache::{CachedOut, RunEntry};
+use crate::runcache::{CachedOut, Restore, RunEntry};
 use crate::workspace::{Reason, Workspace};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -71,6 +72,9 @@ pub struct ReproSummary {
     pub skipped: Vec<String>,
     /// Stages a dry run would run or restore.
     pub would_run: Vec<String>,
+    /// Run-cache objects found corrupt while restoring (each naming the object and the
+    /// stage); those stages ran instead.
+    pub corrupt_objects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -144,11 +148,14 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
     for &i in &sel {
         ws.check_deps(i)?;
     }
-    let state_dir = ws.state_dir();
-    std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
-    let _guard = WorkspaceLock::acquire(&state_dir)?;
+    // The lock first, then pipeline.lock (read again under it): a repro that waited for
+    // another must not write back what it read before that one finished.
+    let _guard = ws.lock_exclusive()?;
     let progress = Progress::new(settings.progress, sel.len() as u64);
     recover_backups(&ws, &progress)?;
+    for &i in &sel {
+        ws.check_outs(i)?;
+    }
     if settings.dry_run {
         return dry_run(&mut ws, settings, &sel, &progress);
     }
@@ -360,9 +367,15 @@ impl Executor<'_> {
                     self.progress.inc();
                     continue;
                 }
+                // Checked again before anything is written: an upstream stage may have made a
+                // link on the way to an out since the check before the run.
+                self.ws.check_outs(i)?;
                 if !self.settings.force {
-                    if let Some(entry) = self.ws.runcache.get(&st.key) {
-                        self.restore(i, &entry)?;
+                    let restored = match self.ws.runcache.get(&st.key) {
+                        Some(entry) => self.restore(i, &entry)?,
+                        None => false,
+                    };
+                    if restored {
                         self.status.insert(i, St::Done);
                         self.summary.restored.push(name.clone());
                         self.progress.line(&format!(
@@ -410,11 +423,35 @@ impl Executor<'_> {
             && used.mem_gb + r.mem_gb <= self.capacity.mem_gb + 1e-9
     }
 
-    fn restore(&mut self, i: usize, entry: &RunEntry) -> Result<()> {
+    /// Restores stage `i` from a cached run; `false` when the run cannot be used (its outputs
+    /// are not the stage's, or an object is corrupt: reported, removed, and the stage runs).
+    fn restore(&mut self, i: usize, entry: &RunEntry) -> Result<bool> {
         let stage = self.ws.pipeline.stages[i].clone();
-        self.ws
+        let mut declared: Vec<&String> = stage.outs.iter().collect();
+        declared.sort();
+        if !entry.outs.keys().eq(declared) {
+            return Ok(false);
+        }
+        let done = self
+            .ws
             .runcache
             .restore(&self.ws.root, entry, &mut self.ws.hashes)?;
+        if let Restore::Corrupt(objects) = done {
+            for o in objects {
+                let msg = format!(
+                    "stage `{}`: run-cache object {}: {}; removed it, the stage runs instead",
+                    stage.name,
+                    o.path.display(),
+                    match &o.found {
+                        Some(h) => format!("its bytes hash to {h}, not to its name"),
+                        None => "missing or not a regular file".into(),
+                    }
+                );
+                self.progress.line(&msg);
+                self.summary.corrupt_objects.push(msg);
+            }
+            return Ok(false);
+        }
         let outs = entry
             .outs
             .iter()
@@ -428,7 +465,8 @@ impl Executor<'_> {
             entry.wall_s,
             entry.peak_rss_mib,
             true,
-        )
+        )?;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -467,13 +505,13 @@ impl Executor<'_> {
         let state = self.ws.state_dir();
         move_outs_aside(&root, &state, &stage)?;
         let resumed = stage.persist && take_partial(&root, &state, &stage, &key)?;
-        let params_file = state.join("params").join(format!("{}.json", stage.name));
+        let params_file = params_file(&state, &stage);
         let bytes = serde_json::to_vec_pretty(&inputs.params).map_err(|e| Error::Corrupt {
             path: params_file.clone(),
             message: e.to_string(),
         })?;
         write_atomic(&params_file, &bytes)?;
-        let log_path = state.join("logs").join(format!("{}.log", stage.name));
+        let log_path = log_file(&state, &stage);
         ensure_parent(&log_path)?;
         let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
         let log = Arc::new(Mutex::new(log));
@@ -566,11 +604,12 @@ impl Executor<'_> {
             };
             return fail(format!(
                 "command failed ({how}); log: {}",
-                state
-                    .join("logs")
-                    .join(format!("{}.log", stage.name))
-                    .display()
+                log_file(&state, &stage).display()
             ));
+        }
+        if let Err(e) = self.ws.check_outs(i) {
+            // The command made a link on the way to an out: nothing of it is recorded.
+            return fail(e.to_string());
         }
         for o in &stage.outs {
             if std::fs::symlink_metadata(root.join(o)).is_err() {
@@ -759,20 +798,48 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `.acpo/backup/<stage>/` (the stage name encoded as one file name, [`encode_name`]).
 fn backup_dir(state: &Path, stage: &Stage) -> PathBuf {
-    state.join("backup").join(&stage.name)
+    state.join("backup").join(encode_name(&stage.name))
 }
 
-/// The stage's outputs that exist, each with the numbered name it gets in a backup or partial
-/// folder (its index in `outs`).
+/// `.acpo/params/<stage>.json`, the stage's declared params (`ACPO_PARAMS`).
+fn params_file(state: &Path, stage: &Stage) -> PathBuf {
+    state
+        .join("params")
+        .join(format!("{}.json", encode_name(&stage.name)))
+}
+
+/// `.acpo/logs/<stage>.log`, the stage's output.
+fn log_file(state: &Path, stage: &Stage) -> PathBuf {
+    state
+        .join("logs")
+        .join(format!("{}.log", encode_name(&stage.name)))
+}
+
+/// Whether the engine may move, remove or restore output `o` now (it resolves inside the
+/// pipeline directory and is none of the engine's own paths, links followed).
+fn confined(root: &Path, o: &str) -> bool {
+    resolve_out(root, o).is_ok()
+}
+
+/// The stage's outputs that exist (and may be touched), each with the numbered name it gets
+/// in a backup or partial folder (its index in `outs`).
 fn existing_outs(root: &Path, stage: &Stage) -> Vec<(String, String)> {
     stage
         .outs
         .iter()
         .enumerate()
+        .filter(|(_, o)| confined(root, o))
         .filter(|(_, o)| std::fs::symlink_metadata(root.join(o)).is_ok())
         .map(|(n, o)| (o.clone(), n.to_string()))
         .collect()
+}
+
+/// Whether a (path, numbered name) pair read from a backup or partial manifest is one the
+/// engine may act on: a confined output and a plain number.
+fn manifest_pair_ok(root: &Path, o: &str, n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && confined(root, o)
 }
 
 /// Moves a stage's existing outputs into `.acpo/backup/<stage>/` (a manifest first, so a
@@ -799,13 +866,24 @@ fn restore_backup(root: &Path, state: &Path, stage: &Stage) -> Result<()> {
     restore_backup_dir(root, &backup_dir(state, stage))
 }
 
+/// Puts back what a backup folder's manifest lists. An entry that names a path the engine may
+/// not touch (outside the directory, or reached through a link) is left in the folder, which
+/// is then kept, and the error names it.
 fn restore_backup_dir(root: &Path, dir: &Path) -> Result<()> {
     let manifest = dir.join("manifest.json");
     let Ok(bytes) = std::fs::read(&manifest) else {
         return remove_path(dir);
     };
     let moved: Vec<(String, String)> = serde_json::from_slice(&bytes).unwrap_or_default();
+    let refused: Vec<&str> = moved
+        .iter()
+        .filter(|(o, n)| !manifest_pair_ok(root, o, n))
+        .map(|(o, _)| o.as_str())
+        .collect();
     for (o, n) in &moved {
+        if !manifest_pair_ok(root, o, n) {
+            continue;
+        }
         let src = dir.join(n);
         if src.exists() || std::fs::symlink_metadata(&src).is_ok() {
             let dst = root.join(o);
@@ -814,6 +892,20 @@ fn restore_backup_dir(root: &Path, dir: &Path) -> Result<()> {
             std::fs::rename(&src, &dst).map_err(|e| Error::io(&dst, e))?;
         }
     }
+    if !refused.is_empty() {
+        return Err(Error::Corrupt {
+            path: dir.to_path_buf(),
+            message: format!(
+                "not restored: {} would be written outside the pipeline directory or onto the \
+                 engine's own files (through a symbolic link); the backup is kept here",
+                refused
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
     remove_path(dir)
 }
 
@@ -821,8 +913,9 @@ fn discard_backup(state: &Path, stage: &Stage) {
     let _ = remove_path(&backup_dir(state, stage));
 }
 
+/// `.acpo/partial/<stage>/` (the stage name encoded as one file name).
 fn partial_dir(state: &Path, stage: &Stage) -> PathBuf {
-    state.join("partial").join(&stage.name)
+    state.join("partial").join(encode_name(&stage.name))
 }
 
 /// What `.acpo/partial/<stage>/manifest.json` records: the stage key of the run that left the
@@ -850,7 +943,7 @@ fn settle_partial(root: &Path, state: &Path, stage: &Stage, key: &str, msg: Stri
             Err(e) => return format!("{msg}; keeping its partial outputs failed: {e}"),
         }
     }
-    for o in &stage.outs {
+    for o in stage.outs.iter().filter(|o| confined(root, o)) {
         let _ = remove_path(&root.join(o));
     }
     msg
@@ -886,7 +979,13 @@ fn take_partial(root: &Path, state: &Path, stage: &Stage, key: &str) -> Result<b
     let manifest: Option<PartialManifest> = std::fs::read(dir.join("manifest.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(m) = manifest.filter(|m| m.key == key) else {
+    let usable = |m: &PartialManifest| {
+        m.key == key
+            && m.outs
+                .iter()
+                .all(|(o, n)| stage.outs.contains(o) && manifest_pair_ok(root, o, n))
+    };
+    let Some(m) = manifest.filter(usable) else {
         remove_path(&dir)?;
         return Ok(false);
     };
@@ -907,52 +1006,20 @@ fn recover_backups(ws: &Workspace, progress: &Progress) -> Result<()> {
         return Ok(());
     };
     for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(i) = ws.pipeline.index_of(&name) {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let name = decode_name(&file_name);
+        if let Some(i) = name.as_deref().and_then(|n| ws.pipeline.index_of(n)) {
             for o in &ws.pipeline.stages[i].outs {
-                remove_path(&ws.root.join(o))?;
+                if confined(&ws.root, o) {
+                    remove_path(&ws.root.join(o))?;
+                }
             }
         }
+        let name = name.unwrap_or(file_name);
         progress.line(&format!(
             "{name}: restoring the outputs of an interrupted run"
         ));
         restore_backup_dir(&ws.root, &e.path())?;
     }
     Ok(())
-}
-
-/// Holds `.acpo/repro.lock` (flock) so two `acpo repro` never run in one directory.
-struct WorkspaceLock {
-    _file: std::fs::File,
-}
-
-impl WorkspaceLock {
-    fn acquire(state: &Path) -> Result<WorkspaceLock> {
-        use std::os::unix::io::AsRawFd;
-        let path = state.join("repro.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        // A process forked by another thread of this program (between fork and exec)
-        // may briefly hold a copy of a released lock's descriptor: retry for a moment.
-        let mut r = -1;
-        for _ in 0..100 {
-            // SAFETY: flock on a file descriptor we own.
-            r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r == 0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if r != 0 {
-            return Err(Error::Usage(format!(
-                "another `acpo repro` is running in this directory ({} is locked)",
-                path.display()
-            )));
-        }
-        Ok(WorkspaceLock { _file: file })
-    }
 }

@@ -142,6 +142,38 @@ impl Workspace {
         self.root.join(STATE_DIR)
     }
 
+    /// Takes `.acpo/repro.lock`, the one lock of every command that writes `pipeline.lock` or
+    /// the run cache (`repro`, `gc`), and then reads `pipeline.lock` and the hash cache again,
+    /// so what the command writes back includes whatever the holder before it recorded.
+    /// Held until the guard is dropped.
+    pub fn lock_exclusive(&mut self) -> Result<WorkspaceLock> {
+        let state = self.state_dir();
+        std::fs::create_dir_all(&state).map_err(|e| Error::io(&state, e))?;
+        let guard = WorkspaceLock::acquire(&state)?;
+        self.lock = Lock::load(&self.root)?;
+        self.hashes = HashCache::load(&state);
+        Ok(guard)
+    }
+
+    /// Fails (bad input, naming the stage and the output) when an output of stage `i` is not
+    /// a path the engine may write: outside the pipeline directory or one of the engine's own
+    /// paths once symbolic links are followed ([`crate::confine::resolve_out`]).
+    pub fn check_outs(&self, i: usize) -> Result<()> {
+        let s = &self.pipeline.stages[i];
+        for o in &s.outs {
+            if let Err(why) = crate::confine::resolve_out(&self.root, o) {
+                return Err(self.pipeline.stage_error(
+                    i,
+                    format!(
+                        "stage `{}`: output `{o}` {why}; refusing to touch it",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Fails when a dependency of stage `i` neither exists nor is produced by a stage.
     pub fn check_deps(&self, i: usize) -> Result<()> {
         let s = &self.pipeline.stages[i];
@@ -222,6 +254,43 @@ impl Workspace {
             }
         }
         Ok(r)
+    }
+}
+
+/// Holds `.acpo/repro.lock` (flock) so two commands that write the lock or the run cache
+/// never run in one directory at once (see [`Workspace::lock_exclusive`]).
+pub struct WorkspaceLock {
+    _file: std::fs::File,
+}
+
+impl WorkspaceLock {
+    fn acquire(state: &Path) -> Result<WorkspaceLock> {
+        use std::os::unix::io::AsRawFd;
+        let path = state.join("repro.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        // A process forked by another thread of this program (between fork and exec)
+        // may briefly hold a copy of a released lock's descriptor: retry for a moment.
+        let mut r = -1;
+        for _ in 0..100 {
+            // SAFETY: flock on a file descriptor we own.
+            r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if r != 0 {
+            return Err(Error::Usage(format!(
+                "another `acpo repro` or `acpo gc` is running in this directory ({} is locked)",
+                path.display()
+            )));
+        }
+        Ok(WorkspaceLock { _file: file })
     }
 }
 

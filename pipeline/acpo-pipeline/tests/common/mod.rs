@@ -16,6 +16,15 @@ impl Toy {
         Toy { dir }
     }
 
+    /// A toy pipeline in a new directory inside `parent` (so a test can watch what lies
+    /// next to the pipeline directory).
+    pub fn new_in(parent: &Path, pipeline: &str, params: &str) -> Toy {
+        let dir = tempfile::tempdir_in(parent).unwrap();
+        std::fs::write(dir.path().join("pipeline.yaml"), pipeline).unwrap();
+        std::fs::write(dir.path().join("params.yaml"), params).unwrap();
+        Toy { dir }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
