@@ -44,6 +44,10 @@ dag *args="": build
 explain name profile="cpu": build
     {{acpo}} explain --profile {{profile}} {{name}}
 
+# The base-training study (profile `study`): every study.configs run, then reports/study/.
+study *args="": build
+    {{acpo}} repro --profile study study-report {{args}}
+
 # Benchmarks against peers measured in the same run (see README, "Benchmarks").
 bench: build
     scripts/bench.sh

@@ -1,7 +1,8 @@
 //! `acpo stage data ...`: the data stages (crate `acpo-data`).
 //!
 //! - `acpo stage data prepare <dataset>` reads params `data.<dataset>` and writes
-//!   `data/prepared/<dataset>/` (datasets: cifar10, anime64, church256-standin, prompts).
+//!   `data/prepared/<dataset>/` (datasets: cifar10, anime64, anime32, church256-standin,
+//!   prompts).
 //! - `acpo stage data fetch [<source>...]` verifies every source file's SHA-256 and
 //!   downloads the missing ones that have a public URL into the cache.
 
@@ -14,7 +15,8 @@ use super::params::stage_param;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Prepare one dataset into <out>/<dataset> (cifar10, anime64, church256-standin, prompts).
+    /// Prepare one dataset into <out>/<dataset> (cifar10, anime64, anime32, church256-standin,
+    /// prompts).
     Prepare(PrepareArgs),
     /// Verify all files of the given sources (default: all) and download missing ones.
     Fetch(FetchArgs),
@@ -106,9 +108,10 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
                 let m = cifar::prepare(&cfg, &sources, &locator, &dest)?;
                 serde_json::to_value(&m.splits)?
             }
-            Dataset::Anime64 => {
-                let cfg: anime::Anime64Config = stage_param(&key)?;
-                let m = anime::prepare(&cfg, &sources, &locator, &dest)?;
+            Dataset::Anime64 | Dataset::Anime32 => {
+                let side = if dataset == Dataset::Anime64 { 64 } else { 32 };
+                let cfg: anime::AnimeConfig = stage_param(&key)?;
+                let m = anime::prepare(&cfg, side, &sources, &locator, &dest)?;
                 serde_json::to_value(&m.splits)?
             }
             Dataset::Church256Standin => {

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use acpo_report::study::StudyEval;
 use acpo_report::{
-    aggregate, evaluate, evaluate_step_study, BenchmarkSpec, EvalConfig, EvalPaths, Provenance,
-    ReportSpec, StepStudy,
+    aggregate, evaluate, evaluate_step_study, run_study, study_report, BenchmarkSpec, EvalConfig,
+    EvalPaths, Provenance, ReportSpec, StepStudy, StudyConfig, StudyPaths, StudyReportSpec,
+    StudySettings,
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -60,6 +62,23 @@ pub enum ReportCommand {
         /// Profile name shown in the report (default `ACPO_PROFILE`, else `cpu`).
         #[arg(long, env = "ACPO_PROFILE", default_value = "cpu")]
         profile: String,
+    },
+    /// Base-training study configuration `study.configs.<CONFIG>`: its benchmark's
+    /// `diffusion.<benchmark>` params with the overrides, trained for `study.budget_tflop` and
+    /// scored (FID, KID, held-out MSE) at `study.eval_fractions` into `results/study/<CONFIG>/`.
+    BaseStudy {
+        /// Key in `study.configs`.
+        #[arg(long)]
+        config: String,
+    },
+    /// The `study.configs` runs of one benchmark into `reports/study/<benchmark>/` (table,
+    /// plot, sample grids), beside real train images (`results/fid/train-vs-test/<benchmark>`).
+    StudyReport {
+        #[arg(long)]
+        benchmark: String,
+        /// Output folder (default `reports/study/<benchmark>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -188,6 +207,56 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     m.pixel_drift.mean
                 );
             }
+        }
+        ReportCommand::BaseStudy { config } => {
+            let cfg: StudyConfig = stage_param(&format!("study.configs.{config}"))?;
+            let settings = StudySettings {
+                budget_tflop: stage_param("study.budget_tflop")?,
+                eval_fractions: stage_param("study.eval_fractions")?,
+                evaluate: stage_param::<StudyEval>("study.evaluate")?,
+            }
+            .for_config(&config, &cfg)?;
+            let diffusion: serde_json::Value =
+                stage_param(&format!("diffusion.{}", cfg.benchmark))?;
+            let p = settings.resolve(&config, &cfg, &diffusion)?;
+            let b = &cfg.benchmark;
+            let paths = StudyPaths {
+                data_dir: PathBuf::from("data/prepared").join(b),
+                inception: PathBuf::from("results/fid/inception-fid.safetensors"),
+                fid_ref: PathBuf::from("results/fid/ref").join(format!("{b}.safetensors")),
+                out_dir: PathBuf::from("results/study").join(&config),
+            };
+            let m = run_study(&config, &cfg, &p, &settings, &paths)
+                .with_context(|| format!("base-study {config} (param study.configs.{config})"))?;
+            if let Some(last) = m.last() {
+                eprintln!(
+                    "base-study {config}: {} steps x {}: FID {:.2}, KID {:.4} after {:.1} CPU-min",
+                    m.steps,
+                    m.batch_size,
+                    last.fid,
+                    last.kid,
+                    last.train_cpu_s / 60.0
+                );
+            }
+        }
+        ReportCommand::StudyReport { benchmark, out } => {
+            let spec = StudyReportSpec {
+                configs: stage_param("study.configs")?,
+                results_dir: PathBuf::from("results/study"),
+                floor: PathBuf::from("results/fid/train-vs-test")
+                    .join(&benchmark)
+                    .join("metrics.json"),
+                out_dir: out.unwrap_or_else(|| PathBuf::from("reports/study").join(&benchmark)),
+                font: assets().join("fonts/DejaVuSans.ttf"),
+                benchmark,
+            };
+            let runs = study_report(&spec).context("study-report")?;
+            eprintln!(
+                "study-report {}: {} configuration(s) -> {}",
+                spec.benchmark,
+                runs.len(),
+                spec.out_dir.join("study.md").display()
+            );
         }
         ReportCommand::Aggregate { out, profile } => {
             let names: Vec<String> = stage_param("report.benchmarks")?;

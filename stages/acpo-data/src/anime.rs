@@ -1,8 +1,13 @@
-//! Anime faces 64x64: `anime_faces/anime-faces-64.tar`, members `faces/<h>.jpg`
-//! where `<h>` is the first 12 hex digits of the file's git blob id.
+//! Anime faces: `anime_faces/anime-faces-64.tar`, members `faces/<h>.jpg` where `<h>` is
+//! the first 12 hex digits of the file's git blob id.
+//!
+//! Two datasets come from the tar through one code path ([`prepare`] with a side length):
+//! `anime64` (the 64x64 faces) and `anime32` (each 64x64 face halved by an exact 2x2 box
+//! average, [`crate::images::box_average_2x2`]). Both use the same seeded split of the same
+//! member order, so with equal params a split holds the same faces in both.
 
 use crate::error::{DataError, Result};
-use crate::images::{decode_members, read_tar_members, Member};
+use crate::images::{decode_members, read_tar_members, Member, BOX_AVERAGE_2X2_RULE};
 use crate::output::{write_image_dataset, ImageDatasetOutput, Manifest, SourceRecord};
 use crate::sources::{read_verified, Locator, Sources};
 use crate::split::{shuffled, take_pieces};
@@ -13,10 +18,27 @@ use std::path::Path;
 /// Mirror path of the tar.
 pub const TAR: &str = "anime_faces/anime-faces-64.tar";
 
-/// Params `data.anime64`.
+/// Side length of the decoded faces (the tar's size).
+pub const SOURCE_SIDE: u32 = 64;
+
+/// The side lengths [`prepare`] writes: 64 (`anime64`) and 32 (`anime32`).
+pub const SIDES: [u32; 2] = [64, 32];
+
+/// The dataset name of a side length (`anime64`, `anime32`).
+pub fn name(side: u32) -> Result<&'static str> {
+    match side {
+        64 => Ok("anime64"),
+        32 => Ok("anime32"),
+        _ => Err(DataError::Config(format!(
+            "anime faces: unsupported side length {side}; expected one of {SIDES:?}"
+        ))),
+    }
+}
+
+/// Params `data.anime64` and `data.anime32` (one type; see [`Anime64Config`], [`Anime32Config`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct Anime64Config {
+pub struct AnimeConfig {
     /// Seed of the split (default 0).
     pub seed: u64,
     /// Training images (default all that is left after test and val).
@@ -31,9 +53,14 @@ pub struct Anime64Config {
     pub preview_count: usize,
 }
 
-impl Default for Anime64Config {
+/// Params `data.anime64`.
+pub type Anime64Config = AnimeConfig;
+/// Params `data.anime32` (the same fields and defaults as `data.anime64`).
+pub type Anime32Config = AnimeConfig;
+
+impl Default for AnimeConfig {
     fn default() -> Self {
-        Anime64Config {
+        AnimeConfig {
             seed: 0,
             train_size: None,
             val_size: 500,
@@ -68,13 +95,18 @@ pub fn check_blob_id(archive: &Path, m: &Member) -> Result<()> {
     Ok(())
 }
 
-/// The `prepare anime64` stage.
+/// The `prepare anime64` (`side` 64) and `prepare anime32` (`side` 32) stages.
+///
+/// Faces are decoded at 64x64 and split (seeded shuffle: test, val, train) identically for
+/// both sides; for 32 every face is then halved by an exact 2x2 box average.
 pub fn prepare(
-    cfg: &Anime64Config,
+    cfg: &AnimeConfig,
+    side: u32,
     sources: &Sources,
     locator: &Locator,
     dest: &Path,
 ) -> Result<Manifest> {
+    let name = name(side)?;
     let r = locator.resolve(sources, TAR)?;
     let bytes = read_verified(&r.file, &r.sha256)?;
     let members = read_tar_members(&bytes[..], &r.file)?;
@@ -85,7 +117,7 @@ pub fn prepare(
         });
     }
     let check = cfg.check_blob_ids;
-    let all = decode_members(&r.file, &members, (64, 64), |m| {
+    let all = decode_members(&r.file, &members, (SOURCE_SIDE, SOURCE_SIDE), |m| {
         if check {
             check_blob_id(&r.file, m)?;
         }
@@ -100,8 +132,8 @@ pub fn prepare(
             ("train", cfg.train_size),
         ],
     )
-    .map_err(|e| DataError::Config(format!("data.anime64: {e}")))?;
-    let details = serde_json::json!({
+    .map_err(|e| DataError::Config(format!("data.{name}: {e}")))?;
+    let mut details = serde_json::json!({
         "raw_count": all.len(),
         "split_rule": "seeded shuffle of all faces; test, then val, then train",
         "seed": cfg.seed,
@@ -109,11 +141,23 @@ pub fn prepare(
         "caveat": "15,000 of the 22,969 distinct faces of the upstream repository (mirror size budget); \
                    FIDs are not comparable to the full set's",
     });
+    let (all, description) = if side == SOURCE_SIDE {
+        (all, "anime faces 64x64 (unlabelled; label 0)")
+    } else {
+        details["downscale"] = serde_json::json!(format!(
+            "{SOURCE_SIDE}x{SOURCE_SIDE} -> {side}x{side}: {BOX_AVERAGE_2X2_RULE}; \
+             same split as anime64 with the same seed and sizes"
+        ));
+        (
+            all.box_average_2x2(),
+            "anime faces 32x32 (2x2 box average of the 64x64 faces)",
+        )
+    };
     write_image_dataset(
         dest,
         ImageDatasetOutput {
-            name: "anime64",
-            description: "anime faces 64x64 (unlabelled; label 0)",
+            name,
+            description,
             classes: vec!["face".to_string()],
             splits: vec![
                 ("train", all.select(&p[2])),
@@ -157,7 +201,7 @@ mod tests {
             train_size: Some(10),
             ..Default::default()
         };
-        let m = prepare(&cfg, &sources, &locator, &dir.path().join("anime64")).unwrap();
+        let m = prepare(&cfg, 64, &sources, &locator, &dir.path().join("anime64")).unwrap();
         assert_eq!(
             (
                 m.splits["train"].count,
@@ -172,10 +216,83 @@ mod tests {
         let mut bad = files.clone();
         bad[4].1 = face(99).1;
         let (sources, locator) = mirror(&dir.path().join("b"), &[(TAR, tar_of(&bad))]);
-        let e = prepare(&cfg, &sources, &locator, &dir.path().join("b/out"))
+        let e = prepare(&cfg, 64, &sources, &locator, &dir.path().join("b/out"))
             .unwrap_err()
             .to_string();
         assert!(e.contains(&bad[4].0) && e.contains("git blob id"), "{e}");
         assert!(!dir.path().join("b/out").exists());
+    }
+
+    #[test]
+    fn anime32_has_the_anime64_split_at_half_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files: Vec<(String, Vec<u8>)> = (0..20).map(face).collect();
+        files.sort();
+        let (sources, locator) = mirror(dir.path(), &[(TAR, tar_of(&files))]);
+        let cfg = Anime32Config {
+            seed: 7,
+            val_size: 3,
+            test_size: 5,
+            train_size: None,
+            ..Default::default()
+        };
+        let (d64, d32) = (dir.path().join("anime64"), dir.path().join("anime32"));
+        let m64 = prepare(&cfg, 64, &sources, &locator, &d64).unwrap();
+        let m32 = prepare(&cfg, 32, &sources, &locator, &d32).unwrap();
+        assert_eq!(
+            (m32.dataset.as_str(), m32.image_size),
+            ("anime32", [32, 32])
+        );
+        assert_eq!(m32.splits, m64.splits);
+        assert_eq!(m32.details["raw_count"], 20);
+        assert!(m32.details["downscale"]
+            .as_str()
+            .unwrap()
+            .contains("(a + b + c + d + 2) / 4"));
+        assert!(m64.details.get("downscale").is_none());
+
+        let mut distinct = std::collections::HashSet::new();
+        for split in ["train", "val", "test"] {
+            let a = crate::load_split(dir.path(), "anime64", split).unwrap();
+            let b = crate::load_split(dir.path(), "anime32", split).unwrap();
+            assert_eq!((b.height, b.width, b.len()), (32, 32, a.len()), "{split}");
+            assert_eq!(b.labels, a.labels);
+            // The same faces in the same order (the synthetic faces all differ), each exactly
+            // the box average of its 64x64 face.
+            assert_eq!(b, a.box_average_2x2(), "{split}");
+            distinct.extend((0..b.len()).map(|i| b.image(i).to_vec()));
+            // One pixel by hand: output (x, y) = (5, 3) of the first image, green channel.
+            let px = |img: &[u8], w: usize, x: usize, y: usize, c: usize| {
+                img[(y * w + x) * 3 + c] as u32
+            };
+            let (x, y) = (5, 3);
+            let sum: u32 = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                .iter()
+                .map(|(dx, dy)| px(a.image(0), 64, 2 * x + dx, 2 * y + dy, 1))
+                .sum();
+            assert_eq!(px(b.image(0), 32, x, y, 1), (sum + 2) / 4, "{split}");
+        }
+        assert_eq!(
+            distinct.len(),
+            20,
+            "every 32x32 face differs, so equal sets mean equal faces"
+        );
+
+        // A bad config keeps its clear error, naming anime32's params.
+        let too_many = Anime32Config {
+            test_size: 30,
+            ..cfg.clone()
+        };
+        let e = prepare(&too_many, 32, &sources, &locator, &dir.path().join("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.anime32") && e.contains("split test"),
+            "{e}"
+        );
+        let e = prepare(&cfg, 48, &sources, &locator, &dir.path().join("y"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("48"), "{e}");
     }
 }

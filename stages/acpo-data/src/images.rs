@@ -63,6 +63,22 @@ impl ImageSet {
         out
     }
 
+    /// The set at half the size: every image through [`box_average_2x2`], labels kept.
+    ///
+    /// # Panics
+    /// When the height or width is odd.
+    pub fn box_average_2x2(&self) -> ImageSet {
+        let mut out = ImageSet::new(self.height / 2, self.width / 2);
+        let k = out.image_bytes();
+        out.pixels = vec![0u8; self.len() * k];
+        out.pixels
+            .par_chunks_mut(k.max(1))
+            .zip(self.pixels.par_chunks(self.image_bytes().max(1)))
+            .for_each(|(dst, src)| box_average_2x2_into(src, self.width, self.height, dst));
+        out.labels = self.labels.clone();
+        out
+    }
+
     /// Writes `images` and `labels` as safetensors to `path` (to a temporary name first).
     pub fn write_safetensors(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
         let shape = vec![self.len(), self.height as usize, self.width as usize, 3];
@@ -149,6 +165,45 @@ impl ImageSet {
             image::imageops::replace(&mut grid, &img, x as i64, y as i64);
         }
         grid
+    }
+}
+
+/// The rule of [`box_average_2x2`] in words (for manifests).
+pub const BOX_AVERAGE_2X2_RULE: &str = "exact 2x2 box average of the u8 RGB values, per channel \
+     out = (a + b + c + d + 2) / 4 in integer arithmetic (mean rounded half up), no gamma";
+
+/// Halves an RGB image (`w x h`, row-major, 3 bytes a pixel) by an exact 2x2 box average:
+/// each output byte is `(a + b + c + d + 2) / 4` (integer division, i.e. the mean rounded
+/// half up) of the four input bytes of its channel. Integer arithmetic only, so the result
+/// is byte-reproducible everywhere.
+///
+/// # Panics
+/// When `w` or `h` is odd or `rgb` is not `w * h * 3` bytes.
+pub fn box_average_2x2(rgb: &[u8], w: u32, h: u32) -> Vec<u8> {
+    let mut out = vec![0u8; (w / 2) as usize * (h / 2) as usize * 3];
+    box_average_2x2_into(rgb, w, h, &mut out);
+    out
+}
+
+fn box_average_2x2_into(rgb: &[u8], w: u32, h: u32, out: &mut [u8]) {
+    assert!(
+        w.is_multiple_of(2) && h.is_multiple_of(2),
+        "2x2 box average needs an even size, got {w}x{h}"
+    );
+    let (w, h) = (w as usize, h as usize);
+    assert_eq!(rgb.len(), w * h * 3, "image bytes for {w}x{h} RGB");
+    let (ow, oh) = (w / 2, h / 2);
+    assert_eq!(out.len(), ow * oh * 3, "output bytes for {ow}x{oh} RGB");
+    for y in 0..oh {
+        let r0 = &rgb[(2 * y) * w * 3..(2 * y + 1) * w * 3];
+        let r1 = &rgb[(2 * y + 1) * w * 3..(2 * y + 2) * w * 3];
+        for x in 0..ow {
+            for c in 0..3 {
+                let i = 2 * x * 3 + c;
+                let sum = r0[i] as u16 + r0[i + 3] as u16 + r1[i] as u16 + r1[i + 3] as u16;
+                out[(y * ow + x) * 3 + c] = ((sum + 2) / 4) as u8;
+            }
+        }
     }
 }
 
@@ -340,6 +395,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cut.tar"), "{e}");
+    }
+
+    #[test]
+    fn box_average_2x2_by_hand() {
+        // A 4x2 image: two output pixels, each the rounded mean of a 2x2 block per channel.
+        #[rustfmt::skip]
+        let rgb: Vec<u8> = vec![
+            // row 0: (0,0)          (1,0)            (2,0)          (3,0)
+            0, 10, 255,      1, 20, 255,      100, 0, 7,     101, 0, 8,
+            // row 1: (0,1)          (1,1)            (2,1)          (3,1)
+            2, 30, 254,      2, 41, 255,      102, 0, 9,     104, 1, 8,
+        ];
+        let out = box_average_2x2(&rgb, 4, 2);
+        // R (0+1+2+2+2)/4=1, G (10+20+30+41+2)/4=25 (101/4=25.25), B (255+255+254+255+2)/4=255;
+        // R (100+101+102+104+2)/4=102 (407/4=101.75), G (0+0+0+1+2)/4=0, B (7+8+9+8+2)/4=8.
+        assert_eq!(out, vec![1, 25, 255, 102, 0, 8]);
+        // Ties round half up: 1+1+2+2 = 6 -> 1.5 -> 2; 0+0+0+2 = 2 -> 0.5 -> 1; 1+0+0+0 -> 0.
+        let out = box_average_2x2(&[1, 0, 1, 1, 0, 0, 2, 2, 0, 2, 0, 0], 2, 2);
+        assert_eq!(out, vec![2, 1, 0]);
+
+        let mut set = ImageSet::new(2, 4);
+        set.push(&rgb, 7);
+        set.push(&[200u8; 24], 3);
+        let half = set.box_average_2x2();
+        assert_eq!((half.height, half.width, half.len()), (1, 2, 2));
+        assert_eq!(half.image(0), &[1, 25, 255, 102, 0, 8]);
+        assert_eq!(half.image(1), &[200u8; 6]);
+        assert_eq!(half.labels, vec![7, 3]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Data stages: fetch/verify sources, prepare CIFAR-10, Anime-Faces, the 256x256 stand-in
-//! (`church256-standin`) and the prompt sets.
+//! Data stages: fetch/verify sources, prepare CIFAR-10, Anime-Faces (64x64 and 32x32), the
+//! 256x256 stand-in (`church256-standin`) and the prompt sets.
 //!
 //! Raw files are read in place from the mirror (`ACPO_MIRROR`, default `../shared/data`)
 //! and verified against `data/sources.yaml`; prepared datasets go to
@@ -32,15 +32,18 @@ pub use sources::{Locator, Sources};
 pub enum Dataset {
     Cifar10,
     Anime64,
+    /// The anime64 faces (same split) halved by a 2x2 box average.
+    Anime32,
     Church256Standin,
     Prompts,
 }
 
 impl Dataset {
     /// Every dataset.
-    pub const ALL: [Dataset; 4] = [
+    pub const ALL: [Dataset; 5] = [
         Dataset::Cifar10,
         Dataset::Anime64,
+        Dataset::Anime32,
         Dataset::Church256Standin,
         Dataset::Prompts,
     ];
@@ -50,6 +53,7 @@ impl Dataset {
         match self {
             Dataset::Cifar10 => "cifar10",
             Dataset::Anime64 => "anime64",
+            Dataset::Anime32 => "anime32",
             Dataset::Church256Standin => church::NAME,
             Dataset::Prompts => "prompts",
         }

@@ -96,7 +96,7 @@ fn anime64_from_the_mirror() {
     };
     let out = tempfile::tempdir().unwrap();
     let cfg = anime::Anime64Config::default();
-    let m = anime::prepare(&cfg, &sources, &locator, &out.path().join("anime64")).unwrap();
+    let m = anime::prepare(&cfg, 64, &sources, &locator, &out.path().join("anime64")).unwrap();
     assert_eq!(m.details["raw_count"], 15_000);
     assert_eq!(m.sources[0].items, 15_000);
     assert_eq!(
@@ -104,6 +104,17 @@ fn anime64_from_the_mirror() {
         (13_500, 500, 1_000)
     );
     assert_eq!(m.image_size, [64, 64]);
+
+    // anime32: the same faces in every split, each the 2x2 box average of its 64x64 face.
+    let cfg32 = anime::Anime32Config::default();
+    let m32 = anime::prepare(&cfg32, 32, &sources, &locator, &out.path().join("anime32")).unwrap();
+    assert_eq!(m32.image_size, [32, 32]);
+    assert_eq!(m32.splits, m.splits);
+    for split in ["train", "val", "test"] {
+        let a = acpo_data::load_split(out.path(), "anime64", split).unwrap();
+        let b = acpo_data::load_split(out.path(), "anime32", split).unwrap();
+        assert_eq!(b, a.box_average_2x2(), "{split}");
+    }
 }
 
 #[test]

@@ -152,6 +152,30 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// Learning-rate schedule after the linear warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` until the last step (DDPM).
+    Constant,
+    /// Half a cosine from `lr` down to 0 at `steps`.
+    Cosine,
+    /// A straight line from `lr` down to 0 at `steps`.
+    Linear,
+}
+
+/// Weight of each training draw's noise-prediction error, by its noise level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossWeighting {
+    /// Every draw weighs 1: the plain eps MSE of DDPM.
+    Uniform,
+    /// Min-SNR-gamma (Hang et al. 2023) for eps prediction: `min(SNR_t, gamma) / SNR_t`,
+    /// `SNR_t = alpha_bar_t / (1 - alpha_bar_t)`; low-noise draws, whose eps error is large
+    /// and says little about images, weigh less.
+    MinSnr,
+}
+
 /// The `train-base` run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -164,6 +188,9 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Linear warm-up steps from 0 to `lr`. Default 100.
     pub warmup_steps: usize,
+    /// Schedule after warm-up: `constant` (default), `cosine` or `linear` (both decay to 0 at
+    /// `steps`).
+    pub lr_schedule: LrSchedule,
     /// AdamW decoupled weight decay. Default 0.0.
     pub weight_decay: f64,
     /// Adam beta1. Default 0.9.
@@ -174,8 +201,15 @@ pub struct TrainConfig {
     pub eps: f64,
     /// Clip the global gradient norm to this value; `0` disables. Default 1.0.
     pub grad_clip: f64,
-    /// EMA decay of the weights kept for sampling. Default 0.999.
+    /// EMA decay of the weights kept for sampling, in (0, 1). Default 0.999.
     pub ema_decay: f64,
+    /// EMA warm-up: update `n` (1-based) uses `min(ema_decay, (1 + n) / (10 + n))`, so the
+    /// average forgets the random initialisation early in short runs. Default false.
+    pub ema_warmup: bool,
+    /// Noise-level weighting of the loss: `uniform` (default) or `min-snr`.
+    pub loss_weighting: LossWeighting,
+    /// `gamma` of `min-snr` weighting (> 0). Default 5 (the paper's value).
+    pub min_snr_gamma: f64,
     /// Write a checkpoint every this many steps (and at the end). Default 250.
     pub checkpoint_every: usize,
     /// Use only the first this many training images; `0` uses all. Default 0.
@@ -200,12 +234,16 @@ impl Default for TrainConfig {
             batch_size: 32,
             lr: 2e-4,
             warmup_steps: 100,
+            lr_schedule: LrSchedule::Constant,
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             grad_clip: 1.0,
             ema_decay: 0.999,
+            ema_warmup: false,
+            loss_weighting: LossWeighting::Uniform,
+            min_snr_gamma: 5.0,
             checkpoint_every: 250,
             train_subset: 0,
             random_flip: true,
@@ -229,10 +267,25 @@ impl TrainConfig {
         if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(DiffusionError::config("train.lr", "must be > 0"));
         }
-        if !(0.0..1.0).contains(&self.ema_decay) {
+        if !(self.ema_decay > 0.0 && self.ema_decay < 1.0) {
             return Err(DiffusionError::config(
                 "train.ema_decay",
-                "must be in [0, 1)",
+                format!("{} is outside (0, 1)", self.ema_decay),
+            ));
+        }
+        if !(self.min_snr_gamma > 0.0 && self.min_snr_gamma.is_finite()) {
+            return Err(DiffusionError::config(
+                "train.min_snr_gamma",
+                format!("{} must be a finite number > 0", self.min_snr_gamma),
+            ));
+        }
+        if self.lr_schedule != LrSchedule::Constant && self.warmup_steps >= self.steps {
+            return Err(DiffusionError::config(
+                "train.warmup_steps",
+                format!(
+                    "{} leaves no steps for the {:?} decay (train.steps = {})",
+                    self.warmup_steps, self.lr_schedule, self.steps
+                ),
             ));
         }
         if self.checkpoint_every == 0 {
@@ -342,6 +395,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("chanels"), "{err}");
+    }
+
+    #[test]
+    fn recipe_names_and_ranges_are_checked() {
+        let err = serde_json::from_str::<BenchmarkParams>(r#"{"train":{"lr_schedule":"cosin"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cosin") && err.contains("cosine"), "{err}");
+        let err = serde_json::from_str::<BenchmarkParams>(r#"{"train":{"loss_weighting":"snr"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("min-snr"), "{err}");
+        let p: BenchmarkParams = serde_json::from_str(
+            r#"{"train":{"lr_schedule":"cosine","loss_weighting":"min-snr","ema_warmup":true}}"#,
+        )
+        .unwrap();
+        p.validate().unwrap();
+        for (field, bad) in [
+            ("ema_decay", 1.0),
+            ("ema_decay", 0.0),
+            ("min_snr_gamma", 0.0),
+        ] {
+            let mut p = BenchmarkParams::default();
+            match field {
+                "ema_decay" => p.train.ema_decay = bad,
+                _ => p.train.min_snr_gamma = bad,
+            }
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut p = BenchmarkParams::default();
+        p.train.lr_schedule = LrSchedule::Cosine;
+        p.train.warmup_steps = p.train.steps;
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("warmup_steps"));
     }
 
     #[test]

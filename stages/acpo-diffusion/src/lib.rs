@@ -20,6 +20,7 @@ pub mod conv;
 mod cpu_op;
 pub mod data;
 pub mod error;
+pub mod flops;
 pub mod grid;
 pub mod malloc;
 pub mod metrics;
@@ -32,7 +33,9 @@ pub mod schedule;
 pub mod train;
 pub mod unet;
 
-pub use config::{BenchmarkParams, SampleConfig, ScheduleKind, TrainConfig, UNetConfig};
+pub use config::{
+    BenchmarkParams, LossWeighting, LrSchedule, SampleConfig, ScheduleKind, TrainConfig, UNetConfig,
+};
 pub use error::{DiffusionError, Result};
 pub use metrics::{heldout_mse, HeldoutMse};
 pub use schedule::NoiseSchedule;

@@ -20,7 +20,7 @@ use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BenchmarkParams, SamplerKind};
+use crate::config::{BenchmarkParams, LossWeighting, LrSchedule, SamplerKind, TrainConfig};
 use crate::data::{to_u8_hwc, ImageSet};
 use crate::error::{DiffusionError, Result};
 use crate::metrics::{heldout_mse, HeldoutMse};
@@ -109,7 +109,11 @@ pub struct TrainOutcome {
 /// Fields of the train config that may change between a checkpoint and its resumption.
 fn resume_key(p: &BenchmarkParams) -> String {
     let mut p = p.clone();
-    p.train.steps = 0;
+    // A decaying learning rate is a function of `steps`, so only a constant one may resume
+    // under another step count.
+    if p.train.lr_schedule == LrSchedule::Constant {
+        p.train.steps = 0;
+    }
     p.train.checkpoint_every = 0;
     p.train.heldout_images = 0;
     p.train.heldout_seed = 0;
@@ -182,16 +186,60 @@ fn loss_at_step(
     };
     let mut dr = SeededRng::new(tc.seed, &[KEY_DROPOUT, step as u64]);
     let pred = model.forward_train(&xt, &tt, ctx.as_ref(), Some(&mut dr))?;
-    Ok((pred - eps)?.sqr()?.mean_all()?)
+    let err = (pred - eps)?.sqr()?;
+    match tc.loss_weighting {
+        LossWeighting::Uniform => Ok(err.mean_all()?),
+        LossWeighting::MinSnr => {
+            let w: Vec<f32> = ts
+                .iter()
+                .map(|&t| loss_weight(tc, schedule, t) as f32)
+                .collect();
+            let w = Tensor::from_vec(w, b, device)?;
+            let per_image = err.flatten_from(1)?.mean(1)?;
+            Ok((per_image * w)?.mean_all()?)
+        }
+    }
 }
 
-/// Learning rate at `step` (0-based): linear warm-up to `lr`, then constant (DDPM).
+/// Weight of a training draw at timestep `t` (0-based) under `train.loss_weighting`.
+pub fn loss_weight(tc: &TrainConfig, schedule: &NoiseSchedule, t: usize) -> f64 {
+    match tc.loss_weighting {
+        LossWeighting::Uniform => 1.0,
+        LossWeighting::MinSnr => {
+            let ab = schedule.alphas_cumprod[t];
+            let snr = ab / (1.0 - ab);
+            snr.min(tc.min_snr_gamma) / snr
+        }
+    }
+}
+
+/// Learning rate at `step` (0-based): linear warm-up to `lr` over `warmup_steps`, then
+/// `train.lr_schedule`: constant (DDPM), or a cosine or linear decay whose progress
+/// `(step - warmup) / (steps - warmup)` runs from 0 at the first step after warm-up towards 1
+/// at the end, so every step has a learning rate above 0.
 pub fn lr_at(p: &BenchmarkParams, step: usize) -> f64 {
-    let w = p.train.warmup_steps;
-    if w == 0 {
-        p.train.lr
+    let tc = &p.train;
+    let w = tc.warmup_steps;
+    if step < w {
+        return tc.lr * ((step + 1) as f64 / w as f64);
+    }
+    let progress = (step - w) as f64 / (tc.steps.saturating_sub(w)).max(1) as f64;
+    let progress = progress.min(1.0);
+    match tc.lr_schedule {
+        LrSchedule::Constant => tc.lr,
+        LrSchedule::Cosine => tc.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        LrSchedule::Linear => tc.lr * (1.0 - progress),
+    }
+}
+
+/// EMA decay used by update `step + 1` (`step` 0-based): `ema_decay`, or with `ema_warmup`
+/// `min(ema_decay, (1 + n) / (10 + n))` for the `n = step + 1`-th update.
+pub fn ema_decay_at(tc: &TrainConfig, step: usize) -> f64 {
+    if tc.ema_warmup {
+        let n = (step + 1) as f64;
+        tc.ema_decay.min((1.0 + n) / (10.0 + n))
     } else {
-        p.train.lr * ((step + 1) as f64 / w as f64).min(1.0)
+        tc.ema_decay
     }
 }
 
@@ -261,7 +309,31 @@ pub fn train_loop(
     fresh: bool,
     device: &Device,
 ) -> Result<(UNet, TrainOutcome)> {
+    train_loop_until(p, data, contexts, out_dir, fresh, device, p.train.steps)
+}
+
+/// [`train_loop`] stopped after step `until` (<= `train.steps`): the checkpoint, the EMA
+/// `model.safetensors` and `loss.csv` describe the run at `until`, and the learning-rate
+/// schedule is still the one of the whole `train.steps` run, so calling it again with a later
+/// `until` continues exactly as an uninterrupted run (the base-training study evaluates its
+/// runs this way at several points).
+pub fn train_loop_until(
+    p: &BenchmarkParams,
+    data: &ImageSet,
+    contexts: Option<&Tensor>,
+    out_dir: &Path,
+    fresh: bool,
+    device: &Device,
+    until: usize,
+) -> Result<(UNet, TrainOutcome)> {
     let tc = &p.train;
+    if until > tc.steps {
+        return Err(DiffusionError::config(
+            "train.steps",
+            format!("cannot stop at step {until} of a {}-step run", tc.steps),
+        ));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| DiffusionError::io(out_dir, e))?;
     let schedule = NoiseSchedule::from_config(&p.schedule)?;
     let varmap = VarMap::new();
     let model = UNet::new_trainable(&p.model, &varmap, tc.seed, device)?;
@@ -285,19 +357,20 @@ pub fn train_loop(
     write_json(&out_dir.join("config.json"), &TrainRecord::from(p))?;
 
     let pb = progress_bar(
-        tc.steps as u64,
+        until as u64,
         "train {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
     );
-    pb.set_position(start.min(tc.steps) as u64);
+    pb.set_position(start.min(until) as u64);
     let t0 = Instant::now();
     let mut train_secs = 0f64;
     let mut done_here = 0usize;
-    for step in start..tc.steps {
+    for step in start..until {
         let ts = Instant::now();
         let loss = loss_at_step(&model, &schedule, data, contexts, p, step, device)?;
         let grads = loss.backward()?;
         let lr = lr_at(p, step);
         let gn = opt.step(&grads, lr, tc.grad_clip)?;
+        ema.decay = ema_decay_at(tc, step);
         ema.update(&vars)?;
         let lv = loss.to_scalar::<f32>()?;
         if !lv.is_finite() {
@@ -313,7 +386,7 @@ pub fn train_loop(
         pb.set_message(format!("loss {lv:.4} {ips:.1} img/s"));
         pb.inc(1);
         let n = step + 1;
-        if n.is_multiple_of(tc.checkpoint_every) || n == tc.steps {
+        if n.is_multiple_of(tc.checkpoint_every) || n == until {
             save_checkpoint(&ckpt_path, p, n, &vars, &opt, &ema, &losses)?;
             if !std::io::stderr().is_terminal() {
                 let k = losses.len().min(tc.checkpoint_every);
@@ -323,24 +396,20 @@ pub fn train_loop(
                     .sum::<f64>()
                     / k as f64;
                 eprintln!(
-                    "train-base: step {n}/{} loss(last {k}) {recent:.4} {ips:.1} img/s, {:.0}s",
-                    tc.steps,
+                    "train-base: step {n}/{until} loss(last {k}) {recent:.4} {ips:.1} img/s, {:.0}s",
                     t0.elapsed().as_secs_f64()
                 );
             }
         }
     }
     pb.finish_and_clear();
-    if start > tc.steps {
+    if start > until {
         return Err(DiffusionError::Resume {
             path: ckpt_path,
-            msg: format!(
-                "checkpoint is at step {start}, past train.steps = {}",
-                tc.steps
-            ),
+            msg: format!("checkpoint is at step {start}, past the requested step {until}"),
         });
     }
-    if start == tc.steps && !ckpt_path.exists() {
+    if start == until && !ckpt_path.exists() {
         save_checkpoint(&ckpt_path, p, start, &vars, &opt, &ema, &losses)?;
     }
     // EMA weights as the model file.
@@ -362,7 +431,7 @@ pub fn train_loop(
         .sum::<f64>()
         / k as f64;
     let outcome = TrainOutcome {
-        steps: tc.steps,
+        steps: until,
         resumed_from: start,
         final_train_loss: final_loss,
         heldout_mse: HeldoutMse {
@@ -556,4 +625,76 @@ pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Re
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LossWeighting, LrSchedule};
+
+    fn params(schedule: LrSchedule) -> BenchmarkParams {
+        let mut p = BenchmarkParams::default();
+        p.train.lr = 1e-3;
+        p.train.warmup_steps = 10;
+        p.train.steps = 110;
+        p.train.lr_schedule = schedule;
+        p
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 + 1e-9 * b.abs()
+    }
+
+    #[test]
+    fn learning_rate_schedules_match_hand_values() {
+        for s in [LrSchedule::Constant, LrSchedule::Cosine, LrSchedule::Linear] {
+            let p = params(s);
+            // Warm-up: (step + 1) / 10 of the peak, whatever the schedule.
+            assert!(close(lr_at(&p, 0), 1e-4), "{s:?}");
+            assert!(close(lr_at(&p, 4), 5e-4), "{s:?}");
+            // The first step after warm-up has the peak rate.
+            assert!(close(lr_at(&p, 10), 1e-3), "{s:?}");
+        }
+        // Half-way through the decay (step 60 of 10..110): cos(pi/2) and 1 - 1/2.
+        assert!(close(lr_at(&params(LrSchedule::Cosine), 60), 5e-4));
+        assert!(close(lr_at(&params(LrSchedule::Linear), 60), 5e-4));
+        assert!(close(lr_at(&params(LrSchedule::Constant), 60), 1e-3));
+        // Last step: progress 99/100.
+        let cos_last = 1e-3 * 0.5 * (1.0 + (0.99 * std::f64::consts::PI).cos());
+        assert!(close(lr_at(&params(LrSchedule::Cosine), 109), cos_last));
+        assert!(cos_last > 2.46e-7 && cos_last < 2.48e-7);
+        assert!(close(lr_at(&params(LrSchedule::Linear), 109), 1e-5));
+    }
+
+    #[test]
+    fn ema_warmup_ramps_the_decay() {
+        let mut tc = TrainConfig {
+            ema_decay: 0.999,
+            ..Default::default()
+        };
+        assert_eq!(ema_decay_at(&tc, 0), 0.999);
+        tc.ema_warmup = true;
+        assert!(close(ema_decay_at(&tc, 0), 2.0 / 11.0));
+        assert!(close(ema_decay_at(&tc, 89), 0.91));
+        // (1 + n) / (10 + n) reaches 0.999 at n = 8991.
+        assert!(ema_decay_at(&tc, 8988) < 0.999);
+        assert_eq!(ema_decay_at(&tc, 8990), 0.999);
+        assert_eq!(ema_decay_at(&tc, 100_000), 0.999);
+    }
+
+    #[test]
+    fn min_snr_weights_match_hand_values() {
+        let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02);
+        let mut tc = TrainConfig::default();
+        assert_eq!(loss_weight(&tc, &schedule, 0), 1.0);
+        tc.loss_weighting = LossWeighting::MinSnr;
+        // t = 0: alpha_bar = 1 - 1e-4, SNR = 9999, weight 5 / 9999.
+        assert!(close(loss_weight(&tc, &schedule, 0), 5.0 / 9999.0));
+        // Noisy draws (SNR < 5) keep weight 1.
+        assert_eq!(loss_weight(&tc, &schedule, 999), 1.0);
+        assert_eq!(loss_weight(&tc, &schedule, 500), 1.0);
+        // Every weight is in (0, 1] and grows with t.
+        let w: Vec<f64> = (0..1000).map(|t| loss_weight(&tc, &schedule, t)).collect();
+        assert!(w.windows(2).all(|p| p[0] <= p[1] && p[0] > 0.0));
+    }
 }

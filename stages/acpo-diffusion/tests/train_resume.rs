@@ -137,6 +137,64 @@ fn resume_is_bit_identical_and_outputs_are_complete() {
     sample_stage(&p3, &full, &dir.path().join("s3")).unwrap();
 }
 
+/// The recipe's levers (cosine decay, EMA warm-up, min-SNR weighting, weight decay) still
+/// resume bit-exactly, also when the run is stopped with `train_loop_until`, and a decaying
+/// schedule refuses to resume under another step count.
+#[test]
+fn recipe_run_resumes_bit_exactly_from_an_intermediate_stop() {
+    use acpo_diffusion::config::{LossWeighting, LrSchedule};
+    use acpo_diffusion::data::ImageSet;
+    use acpo_diffusion::train::train_loop_until;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_split(&data.join("train.safetensors"), 16, 1);
+    write_split(&data.join("test.safetensors"), 8, 2);
+    let mut p = tiny_params(8);
+    p.train.lr_schedule = LrSchedule::Cosine;
+    p.train.ema_warmup = true;
+    p.train.loss_weighting = LossWeighting::MinSnr;
+    p.train.weight_decay = 0.01;
+    p.schedule.kind = acpo_diffusion::ScheduleKind::Cosine;
+
+    let full = dir.path().join("full");
+    train_base(&p, &data, &full, false).unwrap();
+    let set = ImageSet::load(&data.join("train.safetensors")).unwrap();
+    let split = dir.path().join("split");
+    let (_, o) = train_loop_until(&p, &set, None, &split, false, &Device::Cpu, 5).unwrap();
+    assert_eq!(o.steps, 5);
+    let csv = String::from_utf8(bytes(&split.join("loss.csv"))).unwrap();
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+    let b = train_base(&p, &data, &split, false).unwrap();
+    assert_eq!(b.resumed_from, 5);
+    for f in ["model.safetensors", "checkpoint.safetensors", "loss.csv"] {
+        assert!(
+            bytes(&full.join(f)) == bytes(&split.join(f)),
+            "{f} differs after resume"
+        );
+    }
+    // The learning rate decays towards 0 and the last step's is the smallest after warm-up.
+    let csv = String::from_utf8(bytes(&full.join("loss.csv"))).unwrap();
+    let lrs: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert!(lrs[7] < lrs[3] && lrs[7] > 0.0, "{lrs:?}");
+
+    // Stopping past the run's steps is refused, and so is a cosine run under other steps.
+    let err = train_loop_until(&p, &set, None, &split, false, &Device::Cpu, 9)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("step 9"), "{err}");
+    let mut longer = p.clone();
+    longer.train.steps = 12;
+    let err = train_base(&longer, &data, &split, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot resume"), "{err}");
+}
+
 #[test]
 fn training_reduces_loss_on_tiny_data() {
     let dir = tempfile::tempdir().unwrap();

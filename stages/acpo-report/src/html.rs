@@ -69,6 +69,7 @@ pub fn index_html(
         esc(&spec.provenance.acpo_version),
         esc(&spec.provenance.git_revision)
     );
+    h.push_str(&study_links(&spec.out_dir));
     h.push_str("<h2>Our numbers beside the paper's</h2>\n");
     let (ph, pr) = paper_cells(paper);
     h.push_str(&table(&ph, &pr));
@@ -139,6 +140,34 @@ pub fn index_html(
     h.push_str(SELF_CHECK);
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// Links to the base-training study reports in `<reports>/study/<benchmark>/study.md`, which
+/// `just study` writes (stage study-report, not this one): listed when present, so the page
+/// links whatever study was committed beside it.
+fn study_links(out_dir: &std::path::Path) -> String {
+    let mut found: Vec<String> = std::fs::read_dir(out_dir.join("study"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("study.md").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    found.sort();
+    let mut h = String::from("<h2 id=\"study\">Base-training study</h2>\n<p>");
+    if found.is_empty() {
+        h.push_str("No study report yet: <code>just study</code> writes <code>study/&lt;benchmark&gt;/study.md</code>.");
+    } else {
+        h.push_str("Which base-training recipe buys the most quality per CPU-minute (<code>just study</code>): ");
+        let links: Vec<String> = found
+            .iter()
+            .map(|b| format!("<a href=\"study/{0}/study.md\">{0}</a> (<a href=\"study/{0}/quality_vs_cpu.png\">plot</a>)", esc(b)))
+            .collect();
+        h.push_str(&links.join(", "));
+        h.push('.');
+    }
+    h.push_str("</p>\n");
+    h
 }
 
 fn provenance(spec: &ReportSpec) -> Result<String> {

@@ -17,8 +17,12 @@ pub mod plots;
 mod progress;
 pub mod schema;
 pub mod stats;
+pub mod study;
+pub mod study_report;
 
 pub use aggregate::{aggregate, AggregateOutcome, BenchmarkSpec, Provenance, ReportSpec};
 pub use error::{ReportError, Result};
 pub use evaluate::{evaluate, evaluate_step_study, EvalConfig, EvalPaths, StepStudy};
 pub use schema::{read_metrics, EvalMetrics, SCHEMA};
+pub use study::{run_study, StudyConfig, StudyMetrics, StudyPaths, StudySettings};
+pub use study_report::{study_report, StudyReportSpec};

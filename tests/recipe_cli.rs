@@ -1,0 +1,80 @@
+//! A bad training-recipe or study param is bad input: exit 2 with the key named, before any
+//! training starts.
+
+use std::process::Command;
+
+fn run(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("params.json");
+    std::fs::write(&p, params.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
+        .arg("stage")
+        .args(args)
+        .current_dir(tmp.path())
+        .env("ACPO_PARAMS", &p)
+        .env("ACPO_STAGE", stage)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn diffusion(train: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "diffusion.cifar10.model": {},
+        "diffusion.cifar10.schedule": {},
+        "diffusion.cifar10.train": train,
+    })
+}
+
+#[test]
+fn an_ema_decay_outside_0_1_exits_2_naming_the_key() {
+    let (code, stderr) = run(
+        &diffusion(serde_json::json!({"ema_decay": 1.0})),
+        "train-base@cifar10",
+        &["diffusion", "train-base", "cifar10"],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("train.ema_decay") && stderr.contains("outside (0, 1)"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_schedule_name_exits_2_naming_the_key() {
+    let (code, stderr) = run(
+        &diffusion(serde_json::json!({"lr_schedule": "cosin"})),
+        "train-base@cifar10",
+        &["diffusion", "train-base", "cifar10"],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("diffusion.cifar10.train") && stderr.contains("cosin"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_study_configuration_with_an_unknown_param_exits_2_naming_it() {
+    let params = serde_json::json!({
+        "study.configs.x": {"benchmark": "anime32", "description": "d",
+                            "set": {"train": {"lr_sched": "cosine"}}},
+        "study.budget_tflop": 1.0,
+        "study.eval_fractions": [0.5, 1.0],
+        "study.evaluate": {},
+        "diffusion.anime32": {},
+    });
+    let (code, stderr) = run(
+        &params,
+        "base-study@x",
+        &["report", "base-study", "--config", "x"],
+    );
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("study.configs.x.set") && stderr.contains("lr_sched"),
+        "stderr: {stderr}"
+    );
+}

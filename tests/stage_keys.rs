@@ -1,0 +1,90 @@
+//! Every stage's key covers the code it runs: the real pipeline.yaml's `crate:` dependencies
+//! expand to the sources of the crate a stage runs and of every workspace crate that crate
+//! calls, so editing the guidance model (acpo-iqa) or the sampler (acpo-diffusion) makes the
+//! fine-tuning and evaluation stages stale, while plotting code (acpo-report) does not reach
+//! fine-tuning or base training.
+
+use acpo_pipeline::params::Params;
+use acpo_pipeline::pipeline::Pipeline;
+use std::path::Path;
+
+fn pipeline(profile: &str) -> Pipeline {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let params = Params::load(root, profile, &[]).unwrap();
+    Pipeline::load(root, &params).unwrap()
+}
+
+fn deps<'a>(p: &'a Pipeline, stage: &str) -> &'a [String] {
+    let i = p
+        .index_of(stage)
+        .unwrap_or_else(|| panic!("no stage {stage}"));
+    &p.stages[i].deps
+}
+
+fn has(d: &[String], path: &str) -> bool {
+    d.iter().any(|x| x == path)
+}
+
+#[test]
+fn stage_keys_cover_the_code_they_run() {
+    let p = pipeline("cpu");
+    let ft = deps(&p, "finetune@cifar10-acpo");
+    for code in [
+        "stages/acpo-finetune/src",
+        "stages/acpo-iqa/src",
+        "stages/acpo-diffusion/src",
+        "src/stages/finetune.rs",
+        "Cargo.lock",
+    ] {
+        assert!(has(ft, code), "finetune misses {code}: {ft:?}");
+    }
+    assert!(
+        !ft.iter().any(|d| d.starts_with("stages/acpo-report")),
+        "{ft:?}"
+    );
+
+    let ev = deps(&p, "evaluate@cifar10-acpo");
+    for code in [
+        "stages/acpo-report/src",
+        "stages/acpo-diffusion/src",
+        "stages/acpo-iqa/src",
+        "stages/acpo-fid/src",
+    ] {
+        assert!(has(ev, code), "evaluate misses {code}: {ev:?}");
+    }
+    let base = deps(&p, "train-base@cifar10");
+    assert!(has(base, "stages/acpo-diffusion/src"), "{base:?}");
+    assert!(
+        !base.iter().any(|d| d.starts_with("stages/acpo-report")
+            || d.starts_with("stages/acpo-iqa")
+            || d.starts_with("stages/acpo-finetune")),
+        "{base:?}"
+    );
+    // Every stage that runs acpo code names its crate: no stage lists a crate's sources by hand
+    // without the closure (a hand-written `stages/<crate>/src` would miss what it calls).
+    for s in &p.stages {
+        if s.cmd.starts_with("acpo stage") {
+            assert!(
+                has(&s.deps, "Cargo.lock"),
+                "{} has no crate: dependency",
+                s.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_study_profile_expands_its_stages_and_the_cpu_profile_has_none() {
+    let cpu = pipeline("cpu");
+    assert!(!cpu
+        .stages
+        .iter()
+        .any(|s| s.name.starts_with("base-study") || s.name.starts_with("study-report")));
+    let study = pipeline("study");
+    let d = deps(&study, "base-study@anime32-ddpm");
+    assert!(
+        has(d, "stages/acpo-diffusion/src") && has(d, "data/prepared/anime32"),
+        "{d:?}"
+    );
+    assert!(study.index_of("study-report@anime32").is_some());
+}
