@@ -1,25 +1,9 @@
 //! A bad training-recipe or study param is bad input: exit 2 with the key named, before any
 //! training starts.
 
-use std::process::Command;
+mod common;
 
-fn run(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("params.json");
-    std::fs::write(&p, params.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
-        .arg("stage")
-        .args(args)
-        .current_dir(tmp.path())
-        .env("ACPO_PARAMS", &p)
-        .env("ACPO_STAGE", stage)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::run_stage as run;
 
 fn diffusion(train: serde_json::Value) -> serde_json::Value {
     serde_json::json!({

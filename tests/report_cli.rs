@@ -1,23 +1,10 @@
 //! The binary maps bad report params to exit code 2 with a message naming the param.
 
-use std::process::Command;
+mod common;
 
 fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
-    let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("params.json");
-    std::fs::write(&p, params.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
-        .args(["stage", "report"])
-        .args(args)
-        .current_dir(tmp.path())
-        .env("ACPO_PARAMS", &p)
-        .env("ACPO_STAGE", stage)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = ["report"].iter().chain(args).copied().collect();
+    common::run_stage(params, stage, &args)
 }
 
 #[test]

@@ -278,19 +278,29 @@ pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// SHA-256 of one regular file (hex); anything else is an error naming it.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = open_regular(path)?;
+/// SHA-256 (hex) of everything `reader` (the file at `path`, named in errors) yields, in 1 MiB
+/// reads; `each` sees every chunk too (to copy while hashing).
+pub(crate) fn sha256_read(
+    reader: &mut impl Read,
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        let n = reader.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        each(&buf[..n])?;
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// SHA-256 of one regular file (hex); anything else is an error naming it.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    sha256_read(&mut open_regular(path)?, path, |_| Ok(()))
 }
 
 /// Hashes files on all cores (or `ACPO_HASH_THREADS`). Hand-written (a scoped-thread work queue) rather than

@@ -15,10 +15,9 @@ use crate::fsutil::{ensure_parent, remove_path, tmp_name, write_atomic};
 use crate::hash::{HashCache, PathHash, TreeEntry};
 use crate::key::KeyInputs;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The run cache directory, relative to the pipeline directory (versioned name).
@@ -154,19 +153,12 @@ fn copy_hashing(mut src: std::fs::File, src_path: &Path, dst: &Path) -> Result<S
         .map_err(|e| Error::io(src_path, e))?
         .permissions();
     let mut out = std::fs::File::create(dst).map_err(|e| Error::io(dst, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src.read(&mut buf).map_err(|e| Error::io(src_path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::io(dst, e))?;
-    }
+    let sha = crate::hash::sha256_read(&mut src, src_path, |chunk| {
+        out.write_all(chunk).map_err(|e| Error::io(dst, e))
+    })?;
     drop(out);
     std::fs::set_permissions(dst, perms).map_err(|e| Error::io(dst, e))?;
-    Ok(hex::encode(h.finalize()))
+    Ok(sha)
 }
 
 impl RunCache {
