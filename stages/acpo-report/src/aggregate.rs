@@ -100,6 +100,10 @@ pub fn rows_of(m: &EvalMetrics) -> Vec<Row> {
     if let Some(d) = &m.diversity.inception {
         push("diversity_inception".into(), d);
     }
+    if let Some(fk) = &m.base_quality {
+        push("base_quality.fid".into(), &fk.fid);
+        push("base_quality.kid".into(), &fk.kid);
+    }
     if let Some(fk) = &m.fid_kid {
         push("fid".into(), &fk.fid);
         push("kid".into(), &fk.kid);
@@ -806,6 +810,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
     let mut rows = Vec::new();
     let mut files = Vec::new();
     let mut bench_out = BTreeMap::new();
+    let mut bases = Vec::new();
     for bm in &spec.benchmarks {
         let mut list = Vec::new();
         for run in std::iter::once("base").chain(bm.runs.iter().map(String::as_str)) {
@@ -842,13 +847,22 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         let md = format!(
             "# {}: methods x metrics\n\nEach cell: mean [95% interval] n=samples. Intervals: t (means), bootstrap (relative improvement, FID), \
              wilson (win rates), u-statistic (diversity), subset-sd (KID), exact (zero by construction). \
-             Improvements are oriented so that positive = better than the base on the same seeds.\n\n{}",
+             Improvements are oriented so that positive = better than the base on the same seeds. \
+             `cnniqa-onnx` is the guidance network through ONNX Runtime (a consistency check, not an independent judge). \
+             The base against real data: [base.md](base.md).\n\n{}",
             bm.name,
             md_table(&h, &c)
         );
         write_atomic(&dir.join("summary.md"), md.as_bytes())?;
         files.extend([dir.join("summary.csv"), dir.join("summary.md")]);
         let mut outs = plots_for(spec, bm, &list)?;
+        bases.push(crate::base::base_summary(spec, bm, &list[0])?);
+        files.extend(
+            ["base.md", "base_samples.png", "real_test.png"]
+                .map(|f| dir.join(f))
+                .into_iter()
+                .filter(|p| p.exists()),
+        );
         let sms = steps_metrics(spec, bm, &list)?;
         if !sms.is_empty() {
             let w = wide(&steps_rows(&sms));
@@ -901,7 +915,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         ParquetWriter::new(f).finish(&mut df)?;
         Ok(())
     })?;
-    let html = crate::html::index_html(spec, &evals, &paper, &bench_out)?;
+    let html = crate::html::index_html(spec, &bases, &evals, &paper, &bench_out)?;
     write_atomic(&spec.out_dir.join("index.html"), html.as_bytes())?;
     write_json(
         &spec.out_dir.join("config.json"),

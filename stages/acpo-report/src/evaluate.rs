@@ -68,6 +68,10 @@ pub struct EvalConfig {
     /// KID subsets (default 100) and their size (default 1000, capped at the smaller set).
     pub kid_subsets: usize,
     pub kid_subset_size: usize,
+    /// The base only: FID and KID also on this many images (seeds `seed .. seed + n`, the
+    /// `samples` judged ones first), reported as `base_quality` beside the real-data floor at
+    /// the same n (default 0: off). Fine-tuned runs are compared with the base on `samples`.
+    pub base_fid_samples: usize,
 }
 
 impl Default for EvalConfig {
@@ -89,6 +93,7 @@ impl Default for EvalConfig {
             fid_bootstrap: 0,
             kid_subsets: 100,
             kid_subset_size: 1000,
+            base_fid_samples: 0,
         }
     }
 }
@@ -210,6 +215,17 @@ struct Samples {
 }
 
 impl Samples {
+    /// The pixels as a U8 `[N, 3, H, W]` tensor (what Inception and the diversity take).
+    fn u8_nchw(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.pixels.clone(),
+            (self.n, self.h, self.w, 3),
+            &Device::Cpu,
+        )?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?)
+    }
+
     fn images(&self) -> Result<Vec<RgbImage>> {
         let len = self.h * self.w * 3;
         (0..self.n)
@@ -279,13 +295,15 @@ pub fn load_sample_pixels(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)>
     Ok((s.n, s.h, s.w, s.pixels))
 }
 
+/// Images `from .. to` of the evaluation: image `i` from seed `cfg.seed + i`.
 fn draw_samples(
     model: &UNet,
     schedule: &NoiseSchedule,
     cfg: &EvalConfig,
+    (from, to): (usize, usize),
     device: &Device,
 ) -> Result<Samples> {
-    let seeds: Vec<u64> = (0..cfg.samples as u64).map(|i| cfg.seed + i).collect();
+    let seeds: Vec<u64> = (from as u64..to as u64).map(|i| cfg.seed + i).collect();
     let opts = SamplerOpts {
         kind: cfg.sampler,
         steps: cfg.steps,
@@ -448,6 +466,10 @@ pub struct StepStudy {
     pub steps: usize,
     /// Fine-tuning runs (the base is always evaluated, first).
     pub runs: Vec<String>,
+    /// Images per model (default: `report.evaluate.samples`); the first of the main
+    /// evaluation's seeds.
+    #[serde(default)]
+    pub samples: Option<usize>,
 }
 
 /// Evaluates the base and `study.runs` with `study.steps` DDIM steps and `cfg`'s other
@@ -478,6 +500,8 @@ pub fn evaluate_step_study(
     }
     let cfg = EvalConfig {
         steps: study.steps,
+        samples: study.samples.unwrap_or(cfg.samples),
+        base_fid_samples: 0,
         ..cfg.clone()
     };
     let mut out = Vec::new();
@@ -605,7 +629,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
 
     // 1. Samples from fixed seeds.
     let t0 = Instant::now();
-    let samples = draw_samples(&model, &schedule, cfg, &device)?;
+    let samples = draw_samples(&model, &schedule, cfg, (0, cfg.samples), &device)?;
     seconds.insert("sampling".into(), t0.elapsed().as_secs_f64());
     let images = samples.images()?;
 
@@ -717,19 +741,14 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
 
     // 5. Diversity, FID and KID.
     let t0 = Instant::now();
-    let u8_nchw = Tensor::from_vec(
-        samples.pixels.clone(),
-        (samples.n, samples.h, samples.w, 3),
-        &device,
-    )?
-    .permute((0, 3, 1, 2))?
-    .contiguous()?;
+    let u8_nchw = samples.u8_nchw()?;
     let pd = acpo_fid::pixel_diversity(&u8_nchw)?;
     let mut diversity = DiversityMetrics {
         pixel: from_diversity(&pd),
         inception: None,
     };
     let mut fid_kid = None;
+    let mut base_quality = None;
     match &paths.inception {
         None => notes
             .push("Inception weights not given: no FID, KID or Inception-space diversity".into()),
@@ -741,18 +760,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
                 false,
             )?;
             let inc = acpo_fid::InceptionV3::load(w, &device)?;
-            let mut feats = Vec::new();
-            let pb = crate::progress::bar(samples.n as u64, "inception");
-            for start in (0..samples.n).step_by(cfg.batch_size) {
-                let b = cfg.batch_size.min(samples.n - start);
-                feats.push(
-                    inc.features(&u8_nchw.narrow(0, start, b)?)?
-                        .to_device(&Device::Cpu)?,
-                );
-                pb.inc(b as u64);
-            }
-            pb.finish_and_clear();
-            let feats = Tensor::cat(&feats, 0)?;
+            let feats = inception_features(&inc, &u8_nchw, cfg.batch_size)?;
             diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
             match &paths.fid_ref {
                 None => notes.push("reference statistics not given: no FID or KID".into()),
@@ -764,6 +772,15 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
                         false,
                     )?;
                     fid_kid = Some(fid_and_kid(&feats, r, cfg)?);
+                    if is_base && cfg.base_fid_samples > samples.n {
+                        let t1 = Instant::now();
+                        let more = (samples.n, cfg.base_fid_samples);
+                        let extra = draw_samples(&model, &schedule, cfg, more, &device)?;
+                        let extra = inception_features(&inc, &extra.u8_nchw()?, cfg.batch_size)?;
+                        let all = Tensor::cat(&[&feats, &extra], 0)?;
+                        base_quality = Some(fid_and_kid(&all, r, cfg)?);
+                        seconds.insert("base_quality".into(), t1.elapsed().as_secs_f64());
+                    }
                 }
             }
         }
@@ -795,6 +812,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         pixel_drift,
         diversity,
         fid_kid,
+        base_quality,
         notes,
         seconds,
     };
@@ -860,6 +878,27 @@ fn from_diversity(d: &acpo_fid::Diversity) -> Estimate {
         interval: "u-statistic".into(),
         note: Some("mean pairwise distance; 1.96 * 2 sd(h_i) / sqrt(n)".into()),
     }
+}
+
+/// Inception pool features of U8 `[N, 3, H, W]` images, `batch` at a time.
+fn inception_features(
+    inc: &acpo_fid::InceptionV3,
+    u8_nchw: &Tensor,
+    batch: usize,
+) -> Result<Tensor> {
+    let n = u8_nchw.dim(0)?;
+    let mut feats = Vec::new();
+    let pb = crate::progress::bar(n as u64, "inception");
+    for start in (0..n).step_by(batch) {
+        let b = batch.min(n - start);
+        feats.push(
+            inc.features(&u8_nchw.narrow(0, start, b)?)?
+                .to_device(&Device::Cpu)?,
+        );
+        pb.inc(b as u64);
+    }
+    pb.finish_and_clear();
+    Ok(Tensor::cat(&feats, 0)?)
 }
 
 fn fid_and_kid(feats: &Tensor, ref_path: &Path, cfg: &EvalConfig) -> Result<FidKidMetrics> {

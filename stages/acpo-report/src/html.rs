@@ -54,6 +54,7 @@ document.body.setAttribute('data-checked','1');});</script>\n";
 /// Builds the page.
 pub fn index_html(
     spec: &ReportSpec,
+    bases: &[crate::base::BaseSummary],
     evals: &BTreeMap<String, Vec<EvalMetrics>>,
     paper: &[PaperRow],
     outs: &BTreeMap<String, BenchOutputs>,
@@ -69,6 +70,7 @@ pub fn index_html(
         esc(&spec.provenance.acpo_version),
         esc(&spec.provenance.git_revision)
     );
+    h.push_str(&base_section(bases));
     h.push_str(&study_links(&spec.out_dir));
     h.push_str("<h2>Our numbers beside the paper's</h2>\n");
     let (ph, pr) = paper_cells(paper);
@@ -80,7 +82,9 @@ pub fn index_html(
         let _ = writeln!(
             h,
             "<p>Tables: <a href=\"{0}/summary.csv\">summary.csv</a>, <a href=\"{0}/summary.md\">summary.md</a>. \
-             Samples per model: {1}, seeds {2}..{3}, {4} with {5} steps (same seeds and noise for every model).</p>",
+             Samples per model: {1}, seeds {2}..{3}, {4} with {5} steps (same seeds and noise for every model). \
+             <code>cnniqa-onnx</code> is the guidance network itself through ONNX Runtime (on the image resized to 32x32): \
+             a consistency check of the guidance, not an independent judge; BRISQUE and NIQE are the independent judges.</p>",
             esc(bm),
             list[0].sampling.samples,
             list[0].sampling.seed,
@@ -140,6 +144,49 @@ pub fn index_html(
     h.push_str(SELF_CHECK);
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+/// The opening: every base against real data, its samples beside real test images, its
+/// training curve.
+fn base_section(bases: &[crate::base::BaseSummary]) -> String {
+    let mut h = format!(
+        "<h2 id=\"base\">Base models</h2>\n<p>{}</p>\n",
+        esc(crate::base::BASE_CAPTION)
+    );
+    let (hd, rows) = crate::base::base_table(bases);
+    h.push_str(&table(&hd, &rows));
+    for b in bases {
+        let _ = write!(
+            h,
+            "<h3>{0}: base samples and real test images</h3><table class=\"grid\"><thead><tr><th>base samples (first 64 evaluation seeds)</th><th>real test images</th></tr></thead><tbody><tr>",
+            esc(&b.benchmark)
+        );
+        for g in [&b.base_grid, &b.real_grid] {
+            match g {
+                Some(p) => {
+                    let _ = write!(h, "<td><img src=\"{0}\" alt=\"{0}\"></td>", esc(p));
+                }
+                None => h.push_str("<td>not available</td>"),
+            }
+        }
+        h.push_str("</tr></tbody></table>\n");
+        if let Some(c) = &b.curve {
+            let _ = writeln!(
+                h,
+                "<figure><img src=\"{0}\" alt=\"{1}: base training loss\"><figcaption>{1}: base training loss</figcaption></figure>",
+                esc(c),
+                esc(&b.benchmark)
+            );
+        }
+        if !b.notes.is_empty() {
+            h.push_str("<ul>");
+            for n in &b.notes {
+                let _ = write!(h, "<li>{}</li>", esc(n));
+            }
+            h.push_str("</ul>\n");
+        }
+    }
+    h
 }
 
 /// Links to the base-training study reports in `<reports>/study/<benchmark>/study.md`, which

@@ -9,6 +9,7 @@
 //!   comparison with the paper, plots ([`plots`]) and `reports/index.html` ([`html`]).
 
 pub mod aggregate;
+pub mod base;
 pub mod error;
 pub mod evaluate;
 pub mod fsio;

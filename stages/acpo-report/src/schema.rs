@@ -98,6 +98,10 @@ pub struct EvalMetrics {
     /// Absent (with the reason in `notes`) when Inception weights or reference stats are not
     /// given.
     pub fid_kid: Option<FidKidMetrics>,
+    /// The base only, with `report.evaluate.base_fid_samples`: FID and KID on that many
+    /// images (its quality beside the real-data floor at the same n).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_quality: Option<FidKidMetrics>,
     /// What was not computed and why, and caveats.
     pub notes: Vec<String>,
     /// Wall-clock seconds per part of the evaluation.

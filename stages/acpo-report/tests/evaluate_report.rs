@@ -3,6 +3,8 @@
 //! for bad input. Real judges (CNNIQA weights from the mirror, BRISQUE from the assets of
 //! `just setup`).
 
+mod common;
+
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_report::{
     aggregate, evaluate, evaluate_step_study, read_metrics, BenchmarkSpec, EvalConfig, EvalPaths,
@@ -155,6 +157,33 @@ fn paths(root: &Path, run: &str) -> EvalPaths {
     }
 }
 
+/// The report of the `tiny` benchmark with these runs and sampler-steps studies.
+fn report_spec(
+    root: &Path,
+    runs: &[&str],
+    step_studies: std::collections::BTreeMap<String, StepStudy>,
+) -> ReportSpec {
+    ReportSpec {
+        root: root.to_path_buf(),
+        out_dir: root.join("reports"),
+        benchmarks: vec![BenchmarkSpec {
+            name: "tiny".into(),
+            dataset: "tiny".into(),
+            runs: runs.iter().map(|r| r.to_string()).collect(),
+            step_studies,
+        }],
+        provenance: Provenance {
+            git_revision: "test".into(),
+            acpo_version: "0".into(),
+            profile: "test".into(),
+            lock: "pipeline.lock".into(),
+            params: serde_json::json!({}),
+        },
+        font: env_dir("ACPO_ASSETS", ".cache/assets").join("fonts/DejaVuSans.ttf"),
+        fix_eval: "acpo repro evaluate@{benchmark}-{run}".into(),
+    }
+}
+
 #[test]
 fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     let dir = tempfile::tempdir().unwrap();
@@ -241,6 +270,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         benchmark: "tiny".into(),
         steps: 2,
         runs: vec!["same".into(), "acpo".into()],
+        samples: None,
     };
     let study_dir = root.join("results/eval-steps/tiny-few");
     let paths_for = |run: &str| paths(root, run);
@@ -272,27 +302,26 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     let d = few[2].scores["guidance"].value.mean - few[0].scores["guidance"].value.mean;
     assert!((few[2].improvement["guidance"].absolute.mean - d).abs() < 1e-9);
     assert!(study_dir.join("acpo/metrics.json").is_file());
+    // A study may use fewer images than the main evaluation: the first seeds of it.
+    let fewer = StepStudy {
+        samples: Some(4),
+        ..study.clone()
+    };
+    let four = evaluate_step_study(
+        &c,
+        &fewer,
+        &root.join("results/eval-steps/four"),
+        &paths_for,
+    )
+    .unwrap();
+    assert!(four.iter().all(|m| m.sampling.samples == 4));
 
     // The report.
-    let spec = ReportSpec {
-        root: root.to_path_buf(),
-        out_dir: root.join("reports"),
-        benchmarks: vec![BenchmarkSpec {
-            name: "tiny".into(),
-            dataset: "tiny".into(),
-            runs: vec!["same".into(), "acpo".into()],
-            step_studies: [("tiny-few".to_string(), study.clone())].into(),
-        }],
-        provenance: Provenance {
-            git_revision: "test".into(),
-            acpo_version: "0".into(),
-            profile: "test".into(),
-            lock: "pipeline.lock".into(),
-            params: serde_json::json!({}),
-        },
-        font: env_dir("ACPO_ASSETS", ".cache/assets").join("fonts/DejaVuSans.ttf"),
-        fix_eval: "acpo repro evaluate@{benchmark}-{run}".into(),
-    };
+    let spec = report_spec(
+        root,
+        &["same", "acpo"],
+        [("tiny-few".to_string(), study.clone())].into(),
+    );
     let out = aggregate(&spec).unwrap();
     assert_eq!(out.evals["tiny"].len(), 3);
     let r = root.join("reports");
@@ -329,6 +358,23 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     );
     let html = std::fs::read_to_string(r.join("index.html")).unwrap();
     assert!(html.contains("tiny/samples_acpo.png") && html.contains("0.0267"));
+    // The page opens with the base: its table comes before the paper comparison, with its
+    // samples beside real test images; without FID inputs it says so instead of a number.
+    let base_at = html.find("<h2 id=\"base\">Base models</h2>").unwrap();
+    assert!(base_at < html.find("Our numbers beside the paper").unwrap());
+    assert!(html.contains("tiny/base_samples.png") && html.contains("tiny/real_test.png"));
+    for f in [
+        "tiny/base.md",
+        "tiny/base_samples.png",
+        "tiny/real_test.png",
+    ] {
+        assert!(r.join(f).is_file(), "missing {f}");
+    }
+    let base_md = std::fs::read_to_string(r.join("tiny/base.md")).unwrap();
+    assert!(
+        base_md.contains("not computed") && base_md.contains("fid-train-vs-test@tiny"),
+        "{base_md}"
+    );
     let svg = std::fs::read_to_string(r.join("tiny/train_base.svg")).unwrap();
     assert!(svg.contains("base training loss"));
 
@@ -396,4 +442,58 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         "{e}"
     );
     assert!(read_metrics(&root.join("results/eval/tiny/acpo/metrics.json"), "x").is_ok());
+}
+
+/// The base's FID/KID on more images than are judged (`base_fid_samples`): the judged samples
+/// stay the first seeds, the larger set adds the next ones, and the report shows the larger
+/// one beside the real-data floor.
+#[test]
+fn the_base_is_also_scored_on_more_samples_beside_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fixture(root);
+    let (inception, fid_ref) = common::fid_inputs(root);
+    let with_fid = |run: &str| EvalPaths {
+        inception: Some(inception.clone()),
+        fid_ref: Some(fid_ref.clone()),
+        ..paths(root, run)
+    };
+    let c = EvalConfig {
+        base_fid_samples: 9,
+        kid_subset_size: 6,
+        ..cfg()
+    };
+    let base = evaluate(&c, &with_fid("base")).unwrap();
+    let small = base.fid_kid.as_ref().unwrap();
+    let large = base.base_quality.as_ref().unwrap();
+    assert_eq!((small.fid.n, large.fid.n), (6, 9));
+    assert_ne!(small.fid.mean, large.fid.mean);
+    assert_eq!(base.sampling.samples, 6);
+    // Without the option (or for a run) there is no second score.
+    let plain = evaluate(&cfg(), &with_fid("base")).unwrap();
+    assert!(plain.base_quality.is_none());
+    assert_eq!(plain.fid_kid.as_ref().unwrap().fid.mean, small.fid.mean);
+    // The base's evaluation as the report reads it (the plain one replaced it).
+    evaluate(&c, &with_fid("base")).unwrap();
+    fake_run(root, "acpo", 0.05, 0.1);
+    let tuned = evaluate(&c, &with_fid("acpo")).unwrap();
+    assert!(tuned.base_quality.is_none() && tuned.fid_kid.is_some());
+
+    let floor = root.join("results/fid/train-vs-test/tiny");
+    std::fs::create_dir_all(&floor).unwrap();
+    std::fs::write(
+        floor.join("metrics.json"),
+        r#"{"fid": 12.5, "kid_mean": 0.0003, "n": 9}"#,
+    )
+    .unwrap();
+    let spec = report_spec(root, &["acpo"], Default::default());
+    aggregate(&spec).unwrap();
+    let md = std::fs::read_to_string(root.join("reports/tiny/base.md")).unwrap();
+    let shown = acpo_report::aggregate::fmt_num(large.fid.mean);
+    assert!(md.contains(&format!("{shown} n=9")), "{md}");
+    assert!(
+        md.contains("12.50 n=9") && md.contains("3.000e-4 n=9"),
+        "{md}"
+    );
+    assert!(!md.contains("biased by n"), "{md}");
 }

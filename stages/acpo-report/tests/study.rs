@@ -3,6 +3,8 @@
 //! the TorchScript archive that `just setup` installs), a stopped study resumes to the same
 //! numbers, and the study report lists the runs beside the floor.
 
+mod common;
+
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::train::train_loop_until;
 use acpo_report::study::StudyEval;
@@ -12,16 +14,6 @@ use acpo_report::{
 use candle_core::{Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn assets() -> PathBuf {
-    std::env::var_os("ACPO_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/assets"))
-}
 
 fn write_split(path: &Path, n: usize, seed: u64) {
     let mut r = SeededRng::new(seed, &[]);
@@ -72,18 +64,7 @@ fn setup() -> Setup {
     std::fs::create_dir_all(&data).unwrap();
     write_split(&data.join("train.safetensors"), 16, 1);
     write_split(&data.join("test.safetensors"), 8, 2);
-    let archive = assets().join("fid/default_1.pt");
-    assert!(archive.is_file(), "{}: run `just setup`", archive.display());
-    let inception = root.join("inception.safetensors");
-    acpo_fid::torchscript::convert(&archive, &inception).unwrap();
-    // Reference statistics of random features: FID/KID are numbers to compare, not meaningful.
-    let mut r = SeededRng::new(7, &[]);
-    let feats = Tensor::from_vec(r.normal_vec(12 * 2048), (12, 2048), &Device::Cpu).unwrap();
-    let fid_ref = root.join("ref.safetensors");
-    acpo_fid::RefStats::from_features(&feats, (0..12).collect(), 0, 0, HashMap::new())
-        .unwrap()
-        .save(&fid_ref)
-        .unwrap();
+    let (inception, fid_ref) = common::fid_inputs(&root);
     Setup {
         _dir: dir,
         root,
@@ -223,7 +204,7 @@ fn study_runs_resumes_and_reports() {
         results_dir: s.root.join("study"),
         floor,
         out_dir: s.root.join("reports/study/tiny"),
-        font: assets().join("fonts/DejaVuSans.ttf"),
+        font: common::assets().join("fonts/DejaVuSans.ttf"),
     };
     let runs = study_report(&spec).unwrap();
     assert_eq!(runs.len(), 2, "only the benchmark's configurations");
