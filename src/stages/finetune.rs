@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::stage::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::Method;
 use anyhow::Context;
 use clap::Args;
@@ -74,6 +74,13 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
             .guidance
             .unwrap_or_else(|| mirror().join("iqa/CNNIQA-LIVE.safetensors")),
         judges: a.judges,
+        base_eval: Some(BaseEval {
+            metrics: PathBuf::from("results/eval")
+                .join(&a.benchmark)
+                .join("base/metrics.json"),
+            fix_eval: format!("acpo repro evaluate-base@{}", a.benchmark),
+            fix_train: format!("acpo repro train-base@{}", a.benchmark),
+        }),
     };
     let outcome = run_finetune(
         &cfg,

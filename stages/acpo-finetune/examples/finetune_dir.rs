@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir: PathBuf::from(&a[3]),
         guidance: mirror.join("iqa/CNNIQA-LIVE.safetensors"),
         judges: PathBuf::from(a.get(5).map(String::as_str).unwrap_or("judges.yaml")),
+        base_eval: None,
     };
     let out = run_finetune(&cfg, &paths, &RunOptions::default())?;
     println!("{}", serde_json::to_string_pretty(&out)?);

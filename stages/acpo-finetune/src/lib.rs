@@ -57,6 +57,29 @@ pub enum FinetuneError {
     /// A file was read but its content is not what was expected.
     #[error("{}: {msg}", path.display())]
     BadFile { path: PathBuf, msg: String },
+    /// The base model is too poor to fine-tune (`base_max_kid`), or its quality is unknown.
+    #[error(
+        "base `{base}` {what} (finetune.base_max_kid = {limit}): fine-tuning a base that does \
+         not generate images tests nothing; retrain or re-evaluate it: {fix}"
+    )]
+    BaseQuality {
+        base: String,
+        what: String,
+        limit: f64,
+        fix: String,
+    },
+}
+
+impl FinetuneError {
+    /// A config value or the base model is wrong: bad input rather than a failure (exit 2).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            FinetuneError::Config { .. }
+                | FinetuneError::BadFile { .. }
+                | FinetuneError::BaseQuality { .. }
+        )
+    }
 }
 
 impl FinetuneError {

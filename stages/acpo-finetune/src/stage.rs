@@ -127,6 +127,9 @@ pub struct FinetuneConfig {
     pub guidance_patch_mode: PatchMode,
     /// Stop when the probe's anchor distance exceeds this value (default none).
     pub drift_stop: Option<f64>,
+    /// Refuse a base whose KID (its evaluation, [`FinetunePaths::base_eval`]) is above this
+    /// (default none: no gate).
+    pub base_max_kid: Option<f64>,
     /// The held-out probe.
     pub probe: ProbeConfig,
 }
@@ -144,6 +147,7 @@ impl Default for FinetuneConfig {
             checkpoint_every: 50,
             guidance_patch_mode: PatchMode::Inclusive,
             drift_stop: None,
+            base_max_kid: None,
             probe: ProbeConfig::default(),
         }
     }
@@ -208,6 +212,14 @@ impl FinetuneConfig {
                 return Err(FinetuneError::config("drift_stop", "must be > 0 (or null)"));
             }
         }
+        if let Some(k) = self.base_max_kid {
+            if !(k.is_finite() && k > 0.0) {
+                return Err(FinetuneError::config(
+                    "base_max_kid",
+                    "must be > 0 (or null)",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -225,6 +237,19 @@ pub struct FinetunePaths {
     pub guidance: PathBuf,
     /// `judges.yaml` (needed when `probe.samples > 0` and `probe.judges` is not empty).
     pub judges: PathBuf,
+    /// The base's evaluation, read only when `base_max_kid` is set.
+    pub base_eval: Option<BaseEval>,
+}
+
+/// Where the base-quality gate reads the base's KID, and the commands named in its errors.
+#[derive(Clone, Debug)]
+pub struct BaseEval {
+    /// `results/eval/<benchmark>/base/metrics.json`.
+    pub metrics: PathBuf,
+    /// Command that evaluates the base (`acpo repro evaluate-base@<benchmark>`).
+    pub fix_eval: String,
+    /// Command that retrains it (`acpo repro train-base@<benchmark>`).
+    pub fix_train: String,
 }
 
 /// Run controls that are not part of the result.
@@ -546,6 +571,67 @@ struct Resolved<'a> {
 }
 
 /// Run (or resume) one fine-tuning run. See the module docs for inputs and outputs.
+/// The base-quality gate: with `base_max_kid` set, the base's KID (its `base_quality` at the
+/// larger sample count when the evaluation has one, else `fid_kid`) must be at most the limit.
+pub fn check_base_quality(cfg: &FinetuneConfig, paths: &FinetunePaths) -> Result<()> {
+    let Some(limit) = cfg.base_max_kid else {
+        return Ok(());
+    };
+    let base = paths.base_dir.display().to_string();
+    let refuse = |what: String, fix: &str| FinetuneError::BaseQuality {
+        base: base.clone(),
+        what,
+        limit,
+        fix: fix.to_string(),
+    };
+    let Some(BaseEval {
+        metrics: path,
+        fix_eval: fix,
+        fix_train,
+    }) = &paths.base_eval
+    else {
+        return Err(refuse(
+            "has no evaluation to read its KID from".into(),
+            "give the stage the base's evaluation",
+        ));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        refuse(
+            format!("has no readable evaluation ({}: {e})", path.display()),
+            fix,
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| FinetuneError::BadFile {
+        path: path.clone(),
+        msg: format!("line {}: {e}", e.line()),
+    })?;
+    let (kid, n) = ["base_quality", "fid_kid"]
+        .iter()
+        .find_map(|k| {
+            let kid = v.get(k)?.get("kid")?;
+            Some((
+                kid.get("mean")?.as_f64()?,
+                kid.get("n")?.as_u64().unwrap_or(0),
+            ))
+        })
+        .ok_or_else(|| {
+            refuse(
+                format!(
+                    "has no KID in {} (evaluated without Inception?)",
+                    path.display()
+                ),
+                fix,
+            )
+        })?;
+    if kid.is_nan() || kid > limit {
+        return Err(refuse(
+            format!("has KID {kid:.4} on {n} samples, above the limit"),
+            &format!("{fix_train} (with more training steps), then {fix}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn run_finetune(
     cfg: &FinetuneConfig,
     paths: &FinetunePaths,
@@ -555,6 +641,7 @@ pub fn run_finetune(
     let ns = NoiseSchedule::from_config(&bp.schedule).map_err(diffusion_err)?;
     let schedule = Schedule::from_alpha_bar(ns.alphas_cumprod.clone())?;
     cfg.validate(schedule.num_steps())?;
+    check_base_quality(cfg, paths)?;
     let resolved = json_string(&Resolved {
         finetune: cfg,
         base_model: &bp.model,
@@ -847,4 +934,86 @@ pub fn run_finetune(
     };
     write_atomic(&out.join("metrics.json"), json_string(&outcome).as_bytes())?;
     Ok(Some(outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(dir: &Path, metrics: Option<&str>) -> FinetunePaths {
+        let m = dir.join("metrics.json");
+        if let Some(text) = metrics {
+            std::fs::write(&m, text).unwrap();
+        }
+        FinetunePaths {
+            base_dir: PathBuf::from("results/base/anime32"),
+            data_dir: dir.to_path_buf(),
+            out_dir: dir.join("out"),
+            guidance: dir.join("g"),
+            judges: dir.join("j"),
+            base_eval: Some(BaseEval {
+                metrics: m,
+                fix_eval: "acpo repro evaluate-base@anime32".into(),
+                fix_train: "acpo repro train-base@anime32".into(),
+            }),
+        }
+    }
+
+    fn gated(limit: Option<f64>) -> FinetuneConfig {
+        FinetuneConfig {
+            base_max_kid: limit,
+            ..FinetuneConfig::default()
+        }
+    }
+
+    const EVAL: &str = r#"{"fid_kid": {"kid": {"mean": 0.30, "n": 256}},
+                          "base_quality": {"kid": {"mean": 0.08, "n": 1000}}}"#;
+
+    #[test]
+    fn the_gate_is_off_by_default_and_reads_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        check_base_quality(&gated(None), &paths(d.path(), None)).unwrap();
+    }
+
+    #[test]
+    fn the_gate_uses_the_larger_sample_kid_when_there_is_one() {
+        let d = tempfile::tempdir().unwrap();
+        check_base_quality(&gated(Some(0.1)), &paths(d.path(), Some(EVAL))).unwrap();
+        let only_small = r#"{"fid_kid": {"kid": {"mean": 0.30, "n": 256}}}"#;
+        let e = check_base_quality(&gated(Some(0.1)), &paths(d.path(), Some(only_small)));
+        assert!(matches!(e, Err(FinetuneError::BaseQuality { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn a_poor_base_is_refused_naming_base_kid_limit_and_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_base_quality(&gated(Some(0.05)), &paths(d.path(), Some(EVAL))).unwrap_err();
+        assert!(e.is_bad_input());
+        assert_eq!(
+            e.to_string(),
+            "base `results/base/anime32` has KID 0.0800 on 1000 samples, above the limit \
+             (finetune.base_max_kid = 0.05): fine-tuning a base that does not generate images \
+             tests nothing; retrain or re-evaluate it: acpo repro train-base@anime32 (with more \
+             training steps), then acpo repro evaluate-base@anime32"
+        );
+    }
+
+    #[test]
+    fn a_missing_evaluation_names_the_command_that_makes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_base_quality(&gated(Some(0.1)), &paths(d.path(), None)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("no readable evaluation"), "{msg}");
+        assert!(msg.ends_with("acpo repro evaluate-base@anime32"), "{msg}");
+        let no_kid = check_base_quality(&gated(Some(0.1)), &paths(d.path(), Some("{}")));
+        assert!(no_kid.unwrap_err().to_string().contains("has no KID"));
+        let bad = check_base_quality(&gated(Some(0.1)), &paths(d.path(), Some("{")));
+        assert!(matches!(bad, Err(FinetuneError::BadFile { .. })));
+    }
+
+    #[test]
+    fn the_limit_must_be_positive() {
+        let e = gated(Some(-1.0)).validate(1000).unwrap_err();
+        assert!(e.to_string().contains("base_max_kid"), "{e}");
+    }
 }

@@ -96,6 +96,7 @@ fn setup(dir: &Path, run: &str) -> FinetunePaths {
         out_dir: dir.join(run),
         guidance: mirror().join("iqa/CNNIQA-LIVE.safetensors"),
         judges: dir.join("judges.yaml"),
+        base_eval: None,
     }
 }
 
