@@ -161,9 +161,29 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
             "train_base.png",
             "train_base.svg",
             "samples_base.png",
+            "base.md",
+            "base_samples.png",
+            "real_test.png",
         ] {
             assert!(d.join(f).is_file(), "missing reports/{bm}/{f}");
         }
+        // The page opens with the base: its FID/KID at base_fid_samples beside the floor.
+        let base_m = json(&work.join("results/eval").join(bm).join("base/metrics.json"));
+        let q = &base_m["base_quality"];
+        assert!(
+            q["kid"]["n"].as_u64().is_some(),
+            "{bm}: no base_quality in the base evaluation"
+        );
+        let shown = acpo_report::aggregate::fmt_num(q["fid"]["mean"].as_f64().unwrap());
+        let base_md = read(&d.join("base.md"));
+        assert!(
+            base_md.contains(&shown),
+            "reports/{bm}/base.md lacks the base FID {shown}"
+        );
+        assert!(
+            html.find("id=\"base\"").unwrap() < html.find("beside the paper").unwrap(),
+            "index.html does not open with the base models"
+        );
         // The numbers come from this run: summary.csv and index.html carry the values of the
         // metrics.json files the evaluate stages wrote.
         let rows = csv_rows(&d.join("summary.csv"));

@@ -22,7 +22,7 @@ fn wrong_param_type_is_bad_input_exit_2() {
 fn step_study_of_unknown_benchmark_is_bad_input_exit_2() {
     let params = serde_json::json!({
         "report.benchmarks": ["cifar10"],
-        "report.evaluations": {},
+        "report.runs": [],
         "report.step_study": { "x-few": { "benchmark": "nope", "steps": 10, "runs": [] } },
     });
     let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);

@@ -82,14 +82,6 @@ pub enum ReportCommand {
     },
 }
 
-/// One entry of `report.evaluations`: a fine-tuning run of a benchmark.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Evaluation {
-    benchmark: String,
-    run: String,
-}
-
 fn git_revision() -> String {
     let out = |args: &[&str]| {
         std::process::Command::new("git")
@@ -260,9 +252,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         }
         ReportCommand::Aggregate { out, profile } => {
             let names: Vec<String> = stage_param("report.benchmarks")?;
-            let evaluations: BTreeMap<String, Evaluation> = stage_param("report.evaluations")?;
+            let runs: Vec<String> = stage_param("report.runs")?;
             let studies: BTreeMap<String, StepStudy> = stage_param("report.step_study")?;
-            known_benchmarks("report.evaluations", &evaluations, |e| &e.benchmark, &names)?;
             known_benchmarks("report.step_study", &studies, |st| &st.benchmark, &names)?;
             // A benchmark's prepared dataset has the benchmark's name (as in train-base).
             let benchmarks: Vec<BenchmarkSpec> = names
@@ -275,11 +266,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                         .collect(),
                     name: n.clone(),
                     dataset: n.clone(),
-                    runs: evaluations
-                        .values()
-                        .filter(|e| &e.benchmark == n)
-                        .map(|e| e.run.clone())
-                        .collect(),
+                    runs: runs.clone(),
                 })
                 .collect();
             let spec = ReportSpec {
@@ -292,7 +279,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     lock: PathBuf::from("pipeline.lock"),
                     params: serde_json::json!({
                         "report.benchmarks": names,
-                        "report.evaluations": evaluations,
+                        "report.runs": runs,
                         "report.step_study": studies,
                     }),
                 },
