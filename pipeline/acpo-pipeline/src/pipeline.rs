@@ -767,9 +767,20 @@ impl Ctx<'_> {
         if cmd.trim().is_empty() {
             return Err(self.err(line, format!("stage `{name}` has an empty `cmd`")));
         }
+        let mut list_params = BTreeSet::new();
         let mut paths = |list: &[String], what: &str, is_out: bool| -> Result<Vec<String>> {
             let mut v = Vec::new();
+            let mut each = Vec::new();
             for p in list {
+                match self.list_reference(name, line, p)? {
+                    Some((key, expanded)) => {
+                        list_params.insert(key);
+                        each.extend(expanded);
+                    }
+                    None => each.push(p.clone()),
+                }
+            }
+            for p in &each {
                 let s = interp(p)?;
                 if let (false, Some(krate)) = (is_out, s.strip_prefix(CRATE_DEP_PREFIX)) {
                     let expanded = self.crate_deps(krate).map_err(|m| {
@@ -826,6 +837,7 @@ impl Ctx<'_> {
         }
         let desc = b.desc.as_ref().map(|d| interp(d)).transpose()?;
         params.extend(used);
+        params.extend(list_params);
         for key in &params {
             if self.params.get(key).is_none() {
                 return Err(self.err(
@@ -860,6 +872,51 @@ impl Ctx<'_> {
             resources,
             persist: b.persist,
         })
+    }
+
+    /// A path naming a list param (`reports/${report.benchmarks}`) stands for one path per
+    /// element (`reports/anime32`, `reports/cifar10`): the param's key and those paths, with
+    /// the reference replaced by each element's text. `None` when the path has no reference to
+    /// a list param (then it is interpolated as usual); an error when the list's items are not
+    /// strings or numbers.
+    fn list_reference(
+        &self,
+        stage: &str,
+        line: u64,
+        path: &str,
+    ) -> Result<Option<(String, Vec<String>)>> {
+        let s = unmask_braces(path);
+        let Some(start) = s.find("${") else {
+            return Ok(None);
+        };
+        let Some(end) = s[start..].find('}').map(|e| start + e) else {
+            return Ok(None);
+        };
+        let key = s[start + 2..end].trim();
+        if key == "key" || key == "item" || key.starts_with("item.") {
+            return Ok(None);
+        }
+        let Some(Value::Array(items)) = self.params.get(key) else {
+            return Ok(None);
+        };
+        let texts = items
+            .iter()
+            .map(scalar_text)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                self.err(
+                    line,
+                    format!(
+                        "stage `{stage}`: path `{s}` refers to `${{{key}}}`, a list whose \
+                         items are not all strings or numbers"
+                    ),
+                )
+            })?;
+        let (head, tail) = (&s[..start], &s[end + 1..]);
+        Ok(Some((
+            key.to_string(),
+            texts.iter().map(|t| format!("{head}{t}{tail}")).collect(),
+        )))
     }
 
     /// Replaces `${item}`, `${item.a.b}`, `${key}` and `${param.key}`; `\${` stays literal.
@@ -1067,6 +1124,29 @@ mod tests {
     fn load(text: &str, params: Value) -> Result<Pipeline> {
         let p = Params::from_value(params, "cpu");
         Pipeline::from_str(Path::new("/r"), Path::new("/r/pipeline.yaml"), text, &p)
+    }
+
+    #[test]
+    fn a_path_naming_a_list_param_is_one_path_per_element() {
+        let text = "stages:\n  report:\n    cmd: make\n    deps:\n      - data/${b}/test.bin\n    outs:\n      - reports/index.html\n      - reports/${b}\n";
+        let p = load(text, json!({"b": ["anime32", "cifar10"]})).unwrap();
+        let s = &p.stages[0];
+        assert_eq!(
+            s.outs,
+            ["reports/index.html", "reports/anime32", "reports/cifar10"]
+        );
+        assert_eq!(s.deps, ["data/anime32/test.bin", "data/cifar10/test.bin"]);
+        assert_eq!(s.params, ["b"], "the list is part of the stage key");
+        // An empty list is no path; a list of mappings is not a path list.
+        let p = load(text, json!({"b": []})).unwrap();
+        assert_eq!(p.stages[0].outs, ["reports/index.html"]);
+        let e = load(text, json!({"b": [{"x": 1}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`data/${b}/test.bin`") && e.contains("not all strings"),
+            "{e}"
+        );
     }
 
     #[test]
