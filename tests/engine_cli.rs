@@ -188,3 +188,40 @@ stages:
         lock
     );
 }
+
+/// A missing pipeline file, or a pipeline or params file that is not UTF-8, is bad input
+/// (exit 2) named once, with the line and column of the first bad byte. Both exited 1 before,
+/// with the reason printed twice.
+#[test]
+fn missing_or_non_utf8_pipeline_files_are_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let o = acpo(d.path(), &["status"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(s.contains("pipeline.yaml: not found"), "{s}");
+    assert_eq!(s.matches("not found").count(), 1, "{s}");
+
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        b"stages:\n  a:\n    cmd: echo \xff\n",
+    )
+    .unwrap();
+    let o = acpo(d.path(), &["repro"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(
+        s.contains("pipeline.yaml:3:15: byte 0xff is not UTF-8"),
+        "{s}"
+    );
+
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        "stages:\n  a:\n    cmd: echo a\n",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("params.yaml"), b"a: \xc3\n").unwrap();
+    let o = acpo(d.path(), &["status"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(s.contains("params.yaml:1:4: byte 0xc3 is not UTF-8"), "{s}");
+}

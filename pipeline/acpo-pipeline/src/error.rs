@@ -39,11 +39,12 @@ pub enum Error {
     StagesFailed { failed: usize, stages: String },
     #[error("interrupted while running: {stages}")]
     Interrupted { stages: String },
-    #[error("{path}: {source}")]
+    /// The reason is part of the message and deliberately not the error's `source`, so a
+    /// printed chain (`{:#}`) does not say it twice.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
@@ -75,7 +76,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -31,7 +31,7 @@ impl Params {
     pub fn load(root: &Path, profile: &str, overrides: &[String]) -> Result<Params> {
         let file = root.join(PARAMS_FILE);
         let mut values = if file.exists() {
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+            let text = yaml::read_text(&file, Path::new(PARAMS_FILE))?;
             yaml::value_from_str(Path::new(PARAMS_FILE), &text)?
         } else {
             Value::Null
@@ -48,7 +48,7 @@ impl Params {
         let rel = PathBuf::from(PROFILES_DIR).join(format!("{profile}.yaml"));
         let overlay = root.join(&rel);
         if overlay.exists() {
-            let text = std::fs::read_to_string(&overlay).map_err(|e| Error::io(&overlay, e))?;
+            let text = yaml::read_text(&overlay, &rel)?;
             let over = yaml::value_from_str(&rel, &text)?;
             match over {
                 Value::Null => {}

@@ -192,7 +192,7 @@ impl Pipeline {
     /// Loads `root/pipeline.yaml` with the resolved `params`.
     pub fn load(root: &Path, params: &Params) -> Result<Pipeline> {
         let file = root.join(PIPELINE_FILE);
-        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let text = yaml::read_text(&file, Path::new(PIPELINE_FILE))?;
         Self::from_str(root, &file, &text, params)
     }
 

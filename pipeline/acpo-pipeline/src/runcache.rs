@@ -217,7 +217,7 @@ impl RunCache {
         let src = match crate::hash::open_regular(&obj) {
             Ok(f) => f,
             Err(Error::SpecialFile { .. }) => return Ok(Some(bad(None))),
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Some(bad(None)))
             }
             Err(e) => return Err(e),

@@ -13,8 +13,40 @@ pub fn from_str<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T> {
 
 /// Reads and parses a YAML file.
 pub fn read<T: DeserializeOwned>(file: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-    from_str(file, &text)
+    from_str(file, &read_text(file, file)?)
+}
+
+/// Reads a UTF-8 text file of the pipeline (`pipeline.yaml`, `params.yaml`, a profile). A
+/// missing file or one that is not UTF-8 is bad input (exit 2) naming `shown` and, for bad
+/// bytes, the line and column of the first one; other I/O errors stay I/O errors.
+pub fn read_text(file: &Path, shown: &Path) -> Result<String> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Usage(format!(
+                "{}: not found (run acpo in the directory that holds it, or create it)",
+                shown.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(file, e)),
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..at];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Error::Yaml {
+            file: shown.to_path_buf(),
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count() as u64,
+            column: 1 + (at - line_start) as u64,
+            message: format!(
+                "byte 0x{:02x} is not UTF-8 (the file must be UTF-8 text)",
+                e.as_bytes()[at]
+            ),
+        }
+    })
 }
 
 /// Parses a YAML document into a JSON value; an empty (or comment-only) document is `null`.
