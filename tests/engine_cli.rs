@@ -225,3 +225,92 @@ fn missing_or_non_utf8_pipeline_files_are_bad_input() {
     assert_eq!(o.status.code(), Some(2), "{s}");
     assert!(s.contains("params.yaml:1:4: byte 0xc3 is not UTF-8"), "{s}");
 }
+
+/// `kill -9` of the engine leaves its stage running in its own process group. The next
+/// `repro` stops that orphan before it restarts the stage, so the output is written by one
+/// run only. Before, the orphan kept appending into the restarted stage's output
+/// (`start|end|end`), and the result was recorded as valid.
+#[test]
+fn a_repro_after_kill_9_stops_the_orphaned_stage_first() {
+    let d = toy(
+        "stages:\n  slow:\n    cmd: printf start > o.txt && sleep 2 && printf '|end' >> o.txt\n    outs: [o.txt]\n",
+        "",
+    );
+    let mut first = Command::new(ACPO)
+        .arg("repro")
+        .current_dir(d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !d.path().join("o.txt").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap(); // SIGKILL: the engine cannot stop its stage
+    first.wait().unwrap();
+    let o = acpo(d.path(), &["repro"]);
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(
+        s.contains("slow: stopped") && s.contains("that a killed acpo left running"),
+        "{s}"
+    );
+    // Long enough for an orphan's append to land, had it survived.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("o.txt")).unwrap(),
+        "start|end"
+    );
+    let o = acpo(d.path(), &["status"]);
+    assert!(text(&o).contains("up to date"), "{}", text(&o));
+}
+
+/// A `persist` stage killed with its engine keeps its partial outputs (its checkpoint): the
+/// next `repro` resumes from them instead of starting from nothing. Before, they were
+/// discarded with the rest of the interrupted run's outputs.
+#[test]
+fn a_persist_stage_resumes_after_kill_9_of_its_engine() {
+    let d = toy(
+        "stages:\n  train:\n    cmd: if [ -f out/ck ]; then echo resumed > out/r; else mkdir -p out && touch out/ck && sleep 30; fi\n    outs: [out]\n    persist: true\n",
+        "",
+    );
+    let mut first = Command::new(ACPO)
+        .arg("repro")
+        .current_dir(d.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !d.path().join("out/ck").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let t0 = Instant::now();
+    let o = acpo(d.path(), &["repro"]);
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(s.contains("its partial outputs are kept"), "{s}");
+    assert!(
+        s.contains("resuming from the outputs its interrupted run left"),
+        "{s}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out/r")).unwrap(),
+        "resumed\n"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "the orphan's sleep was waited for"
+    );
+}

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod repro;
 pub mod runcache;
+pub mod running;
 pub mod workspace;
 pub mod yaml;
 

@@ -152,6 +152,7 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
     // another must not write back what it read before that one finished.
     let _guard = ws.lock_exclusive()?;
     let progress = Progress::new(settings.progress, sel.len() as u64);
+    stop_left_behind(&ws, &progress)?;
     recover_backups(&ws, &progress)?;
     for &i in &sel {
         ws.check_outs(i)?;
@@ -243,7 +244,13 @@ impl Executor<'_> {
             self.status.insert(i, St::Pending);
         }
         let ids: Vec<signal_hook::SigId> =
-            [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+            // SIGHUP too: a closed terminal or SSH session stops the stages cleanly instead
+            // of killing acpo and leaving them running.
+            [
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
+            ]
                 .iter()
                 .filter_map(|&s| signal_hook::flag::register(s, self.interrupted.clone()).ok())
                 .collect();
@@ -548,6 +555,18 @@ impl Executor<'_> {
             }
         };
         let pid = child.id() as i32;
+        let record = crate::running::RunRecord {
+            stage: stage.name.clone(),
+            pgid: pid,
+            key: key.clone(),
+        };
+        if let Err(e) = crate::running::write(&state, &record) {
+            // The stage runs anyway; only a later recovery from `kill -9` loses its record.
+            self.progress.line(&format!(
+                "{}: could not record the running stage: {e}",
+                stage.name
+            ));
+        }
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             readers.push(spawn_reader(i, out, tx.clone(), log.clone()));
@@ -589,6 +608,7 @@ impl Executor<'_> {
         let wall_s = run.started.elapsed().as_secs_f64();
         let root = self.ws.root.clone();
         let state = self.ws.state_dir();
+        crate::running::remove(&state, &stage.name);
         let fail = |msg: String| -> std::result::Result<(), String> {
             let msg = settle_partial(&root, &state, &stage, &run.key, msg);
             match restore_backup(&root, &state, &stage) {
@@ -697,6 +717,7 @@ impl Executor<'_> {
                 let run = self.running.remove(&i).expect("running stage");
                 let stage = self.ws.pipeline.stages[i].clone();
                 let state = self.ws.state_dir();
+                crate::running::remove(&state, &stage.name);
                 let msg = settle_partial(&self.ws.root, &state, &stage, &run.key, String::new());
                 if !msg.is_empty() {
                     self.progress.line(&format!(
@@ -1000,6 +1021,35 @@ fn take_partial(root: &Path, state: &Path, stage: &Stage, key: &str) -> Result<b
 }
 
 /// After an engine that was killed outright: put back every output left moved aside.
+/// Stops what an engine that was killed (not interrupted) left running, and keeps a persist
+/// stage's partial outputs for its key, before [`recover_backups`] puts the earlier outputs
+/// back (see [`crate::running`]).
+fn stop_left_behind(ws: &Workspace, progress: &Progress) -> Result<()> {
+    let state = ws.state_dir();
+    for rec in crate::running::left_behind(&state) {
+        let n = crate::running::stop(&rec, Duration::from_secs(5));
+        if n > 0 {
+            progress.line(&format!(
+                "{}: stopped {n} process(es) that a killed acpo left running (process group {})",
+                rec.stage, rec.pgid
+            ));
+        }
+        if let Some(i) = ws.pipeline.index_of(&rec.stage) {
+            let stage = &ws.pipeline.stages[i];
+            if stage.persist && keep_partial(&ws.root, &state, stage, &rec.key)? {
+                progress.line(&format!(
+                    "{}: its partial outputs are kept in {} and the next run with the same \
+                     inputs resumes from them",
+                    rec.stage,
+                    partial_dir(&state, stage).display()
+                ));
+            }
+        }
+        crate::running::remove(&state, &rec.stage);
+    }
+    Ok(())
+}
+
 fn recover_backups(ws: &Workspace, progress: &Progress) -> Result<()> {
     let dir = ws.state_dir().join("backup");
     let Ok(rd) = std::fs::read_dir(&dir) else {
