@@ -226,6 +226,28 @@ fn missing_or_non_utf8_pipeline_files_are_bad_input() {
     assert!(s.contains("params.yaml:1:4: byte 0xc3 is not UTF-8"), "{s}");
 }
 
+/// Starts `acpo repro` in `dir`, waits until its stage has written `marker`, and kills the
+/// engine with SIGKILL, so it cannot stop its stage.
+fn repro_then_kill_9(dir: &Path, marker: &str) {
+    let mut engine = Command::new(ACPO)
+        .arg("repro")
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !dir.join(marker).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+}
+
 /// `kill -9` of the engine leaves its stage running in its own process group. The next
 /// `repro` stops that orphan before it restarts the stage, so the output is written by one
 /// run only. Before, the orphan kept appending into the restarted stage's output
@@ -236,23 +258,7 @@ fn a_repro_after_kill_9_stops_the_orphaned_stage_first() {
         "stages:\n  slow:\n    cmd: printf start > o.txt && sleep 2 && printf '|end' >> o.txt\n    outs: [o.txt]\n",
         "",
     );
-    let mut first = Command::new(ACPO)
-        .arg("repro")
-        .current_dir(d.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !d.path().join("o.txt").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stage never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill().unwrap(); // SIGKILL: the engine cannot stop its stage
-    first.wait().unwrap();
+    repro_then_kill_9(d.path(), "o.txt");
     let o = acpo(d.path(), &["repro"]);
     let s = text(&o);
     assert!(o.status.success(), "{s}");
@@ -279,23 +285,7 @@ fn a_persist_stage_resumes_after_kill_9_of_its_engine() {
         "stages:\n  train:\n    cmd: if [ -f out/ck ]; then echo resumed > out/r; else mkdir -p out && touch out/ck && sleep 30; fi\n    outs: [out]\n    persist: true\n",
         "",
     );
-    let mut first = Command::new(ACPO)
-        .arg("repro")
-        .current_dir(d.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !d.path().join("out/ck").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "the stage never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill().unwrap();
-    first.wait().unwrap();
+    repro_then_kill_9(d.path(), "out/ck");
     let t0 = Instant::now();
     let o = acpo(d.path(), &["repro"]);
     let s = text(&o);
