@@ -55,6 +55,14 @@ pub enum Error {
          directories and symbolic links to them"
     )]
     SpecialFile { path: PathBuf, what: &'static str },
+    /// A file name that is not UTF-8 inside a dependency or output: the tree hash and the run
+    /// cache record names as text, where two such names could not be told apart (exit 2).
+    #[error(
+        "{}: the file name is not UTF-8; dependencies and outputs may hold only UTF-8 names \
+         (rename it)",
+        path.display()
+    )]
+    NonUtf8Name { path: PathBuf },
 }
 
 impl Error {
@@ -66,7 +74,8 @@ impl Error {
             | Error::Pipeline { .. }
             | Error::Cycle { .. }
             | Error::Usage(_)
-            | Error::SpecialFile { .. } => ErrorKind::BadInput,
+            | Error::SpecialFile { .. }
+            | Error::NonUtf8Name { .. } => ErrorKind::BadInput,
             Error::StageFailed { .. } | Error::StagesFailed { .. } => ErrorKind::StageFailed,
             Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::Io { .. } | Error::Corrupt { .. } => ErrorKind::Io,

@@ -163,7 +163,10 @@ impl HashCache {
                 .path()
                 .strip_prefix(path)
                 .unwrap_or(e.path())
-                .to_string_lossy()
+                .to_str()
+                .ok_or_else(|| Error::NonUtf8Name {
+                    path: e.path().to_path_buf(),
+                })?
                 .replace('\\', "/");
             let m = e
                 .metadata()

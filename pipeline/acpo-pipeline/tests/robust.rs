@@ -412,3 +412,19 @@ fn a_matrix_over_the_stage_limit_fails_fast_naming_the_stage() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Two files whose names differ only in bytes that are not UTF-8 were hashed (and cached)
+/// under the same lossy name, so the run cache could restore one as the other. Such a name is
+/// now bad input naming the file; the stage's output is not recorded.
+#[test]
+fn a_non_utf8_file_name_inside_an_out_is_refused() {
+    let pipeline = "stages:\n  s:\n    cmd: mkdir -p d && printf a > \"d/$(printf 'x\\377')\" && printf b > \"d/$(printf 'x\\376')\"\n    outs: [d]\n";
+    let t = Toy::new(pipeline, "");
+    let root = t.root().to_path_buf();
+    let e = within(30, move || {
+        acpo_pipeline::repro(&acpo_pipeline::ReproSettings::new(root))
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+    assert!(!t.path("pipeline.lock").exists());
+}
