@@ -187,7 +187,35 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         // The numbers come from this run: summary.csv and index.html carry the values of the
         // metrics.json files the evaluate stages wrote.
         let rows = csv_rows(&d.join("summary.csv"));
-        assert_eq!(rows.len(), 1 + runs.len(), "reports/{bm}/summary.csv rows");
+        // base, the real test images (scored by the base's evaluation), every run
+        assert_eq!(rows.len(), 2 + runs.len(), "reports/{bm}/summary.csv rows");
+        let real = rows
+            .iter()
+            .find(|r| r["run"] == acpo_report::aggregate::REAL_TEST_ROW)
+            .unwrap_or_else(|| panic!("{bm}: no real-test-images row"));
+        let want = base_m["real_test"]["scores"]["guidance"]["value"]["mean"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(real["score.guidance"].parse::<f64>().unwrap(), want);
+        // The experiment: a generated headline over the replicates, the methods across seeds,
+        // the Pareto plot and drift by timestep.
+        for f in [
+            "headline.json",
+            "methods.md",
+            "methods.csv",
+            "pareto.png",
+            "pareto.svg",
+            "drift_by_t.md",
+        ] {
+            assert!(d.join(f).is_file(), "missing reports/{bm}/{f}");
+        }
+        let hl = json(&d.join("headline.json"));
+        let text = hl["text"].as_str().unwrap();
+        assert!(
+            read(&d.join("summary.md")).contains(text),
+            "{bm}: summary.md lacks the headline"
+        );
+        assert!(html.find("id=\"headline\"").unwrap() < html.find("id=\"base\"").unwrap());
         for run in std::iter::once("base".to_string()).chain(runs.iter().cloned()) {
             let m = json(
                 &work

@@ -255,7 +255,9 @@ fn repro_then_kill_9(dir: &Path, marker: &str) {
 #[test]
 fn a_repro_after_kill_9_stops_the_orphaned_stage_first() {
     let d = toy(
-        "stages:\n  slow:\n    cmd: printf start > o.txt && sleep 2 && printf '|end' >> o.txt\n    outs: [o.txt]\n",
+        // 8 s: the orphan must still be running when the next repro starts, even on a loaded
+        // 2-core machine (with 2 s it sometimes finished first, and there was nothing to stop).
+        "stages:\n  slow:\n    cmd: printf start > o.txt && sleep 8 && printf '|end' >> o.txt\n    outs: [o.txt]\n",
         "",
     );
     repro_then_kill_9(d.path(), "o.txt");
@@ -267,7 +269,7 @@ fn a_repro_after_kill_9_stops_the_orphaned_stage_first() {
         "{s}"
     );
     // Long enough for an orphan's append to land, had it survived.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(8500));
     assert_eq!(
         std::fs::read_to_string(d.path().join("o.txt")).unwrap(),
         "start|end"

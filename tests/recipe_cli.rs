@@ -54,7 +54,7 @@ fn a_study_configuration_with_an_unknown_param_exits_2_naming_it() {
     let (code, stderr) = run(
         &params,
         "base-study@x",
-        &["report", "base-study", "--config", "x"],
+        &["eval", "base-study", "--config", "x"],
     );
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(

@@ -1,16 +1,24 @@
-//! The binary maps bad report params to exit code 2 with a message naming the param.
+//! The binary maps bad evaluation and report params to exit code 2 with a message naming the
+//! param.
 
 mod common;
 
+/// `acpo stage report ...` (aggregate, study-report).
 fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
     let args: Vec<&str> = ["report"].iter().chain(args).copied().collect();
+    common::run_stage(params, stage, &args)
+}
+
+/// `acpo stage eval ...` (evaluate, evaluate-steps, base-study).
+fn run_eval(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<&str> = ["eval"].iter().chain(args).copied().collect();
     common::run_stage(params, stage, &args)
 }
 
 #[test]
 fn wrong_param_type_is_bad_input_exit_2() {
     let params = serde_json::json!({ "report.evaluate": { "samples": "many" } });
-    let (code, stderr) = run_stage(&params, "evaluate", &["evaluate", "--benchmark", "cifar10"]);
+    let (code, stderr) = run_eval(&params, "evaluate", &["evaluate", "--benchmark", "cifar10"]);
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(
         stderr.contains("report.evaluate") && stderr.contains("wrong type"),
@@ -24,6 +32,7 @@ fn step_study_of_unknown_benchmark_is_bad_input_exit_2() {
         "report.benchmarks": ["cifar10"],
         "report.runs": [],
         "report.step_study": { "x-few": { "benchmark": "nope", "steps": 10, "runs": [] } },
+        "report.headline": {},
     });
     let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);
     assert_eq!(code, Some(2), "stderr: {stderr}");
@@ -36,7 +45,7 @@ fn step_study_of_unknown_benchmark_is_bad_input_exit_2() {
 #[test]
 fn undeclared_step_study_is_named() {
     let params = serde_json::json!({ "report.evaluate": {} });
-    let (code, stderr) = run_stage(
+    let (code, stderr) = run_eval(
         &params,
         "evaluate-steps",
         &["evaluate-steps", "--study", "x"],
@@ -44,6 +53,24 @@ fn undeclared_step_study_is_named() {
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(
         stderr.contains("report.step_study.x") && stderr.contains("does not declare"),
+        "stderr: {stderr}"
+    );
+}
+
+/// Intervals across seeds need two seeds: asking for fewer is bad input naming the key, found
+/// before any metrics file is read.
+#[test]
+fn a_headline_with_fewer_than_two_seeds_is_bad_input_exit_2() {
+    let params = serde_json::json!({
+        "report.benchmarks": ["cifar10"],
+        "report.runs": ["acpo-s0"],
+        "report.step_study": {},
+        "report.headline": { "min_seeds": 1 },
+    });
+    let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("report.headline.min_seeds") && stderr.contains("at least 2 seeds"),
         "stderr: {stderr}"
     );
 }

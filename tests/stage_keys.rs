@@ -28,7 +28,7 @@ fn has(d: &[String], path: &str) -> bool {
 #[test]
 fn stage_keys_cover_the_code_they_run() {
     let p = pipeline("cpu");
-    let ft = deps(&p, "finetune@cifar10-acpo");
+    let ft = deps(&p, "finetune@cifar10-acpo-0");
     for code in [
         "stages/acpo-finetune/src",
         "stages/acpo-iqa/src",
@@ -43,14 +43,22 @@ fn stage_keys_cover_the_code_they_run() {
         "{ft:?}"
     );
 
-    let ev = deps(&p, "evaluate@cifar10-acpo");
+    let ev = deps(&p, "evaluate@cifar10-acpo-s0");
     for code in [
         "stages/acpo-report/src",
+        "src/stages/eval.rs",
         "stages/acpo-diffusion/src",
         "stages/acpo-iqa/src",
         "stages/acpo-fid/src",
     ] {
         assert!(has(ev, code), "evaluate misses {code}: {ev:?}");
+    }
+    // The aggregate's glue is not evaluation's: editing how tables are assembled does not
+    // rerun every evaluation.
+    assert!(!has(ev, "src/stages/report.rs"), "{ev:?}");
+    let agg = deps(&p, "aggregate");
+    for code in ["stages/acpo-report/src", "src/stages/report.rs"] {
+        assert!(has(agg, code), "aggregate misses {code}: {agg:?}");
     }
     let base = deps(&p, "train-base@cifar10");
     assert!(has(base, "stages/acpo-diffusion/src"), "{base:?}");
@@ -106,13 +114,13 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
     profiles.push("cpu".into());
     for profile in &profiles {
         let p = pipeline(profile);
-        for s in p.stages.iter().filter(|s| s.base == "finetune") {
+        for s in p.stages.iter().filter(|s| s.base.starts_with("finetune")) {
             let bench = s
                 .deps
                 .iter()
                 .find_map(|d| d.strip_prefix("results/base/"))
                 .unwrap_or_else(|| panic!("{profile}: {} has no base", s.name));
-            let gate = format!("results/eval/{bench}/base/metrics.json");
+            let gate = format!("results/eval/{bench}/base/quality.json");
             assert!(has(&s.deps, &gate), "{profile}: {} lacks {gate}", s.name);
             assert!(
                 p.index_of(&format!("evaluate-base@{bench}")).is_some(),
@@ -126,6 +134,54 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
                 assert!(
                     has(outs, &format!("reports/{bench}")),
                     "{profile}: {outs:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A fine-tuning variant reads `finetune.variants.<name>`, so its stage must declare that
+/// param (the engine refuses an undeclared read at run time; this finds it without a run).
+/// The first run of the variants failed so: the stage declared another key.
+#[test]
+fn every_variant_stage_declares_the_params_it_reads() {
+    for profile in ["cpu", "smoke", "paper"] {
+        let p = pipeline(profile);
+        let variants: Vec<_> = p
+            .stages
+            .iter()
+            .filter(|s| s.cmd.contains("--variant "))
+            .collect();
+        assert!(!variants.is_empty(), "{profile}: no variant stages");
+        for s in variants {
+            let name = s
+                .cmd
+                .split("--variant ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            let key = format!("finetune.variants.{name}");
+            assert!(
+                s.params.contains(&key),
+                "{profile}: {} does not declare {key}: {:?}",
+                s.name,
+                s.params
+            );
+            let bench = s
+                .cmd
+                .split("--benchmark ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            for k in ["finetune.defaults".to_string(), format!("finetune.{bench}")] {
+                assert!(
+                    s.params.contains(&k),
+                    "{profile}: {} does not declare {k}",
+                    s.name
                 );
             }
         }

@@ -23,6 +23,13 @@ pub struct FinetuneArgs {
     /// Override `objective.lambda_a` (the anchor-weight sweep).
     #[arg(long)]
     lambda_a: Option<f64>,
+    /// Override `seed`, the training draws (the replicates).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Deep-merge `finetune.variants.<VARIANT>` over the benchmark's params (a variant of the
+    /// objective or optimiser, e.g. another timestep weighting).
+    #[arg(long)]
+    variant: Option<String>,
     /// Output directory (`results/finetune/<benchmark>/<run>`).
     #[arg(long)]
     out: PathBuf,
@@ -52,15 +59,21 @@ fn mirror() -> PathBuf {
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     let defaults: Value = stage_param("finetune.defaults")?;
     let bench: Value = stage_param(&format!("finetune.{}", a.benchmark))?;
-    let mut cfg = FinetuneConfig::from_layers(
-        &[defaults, bench],
-        &format!("params finetune.defaults + finetune.{}", a.benchmark),
-    )?;
+    let mut layers = vec![defaults, bench];
+    let mut what = format!("params finetune.defaults + finetune.{}", a.benchmark);
+    if let Some(v) = &a.variant {
+        layers.push(stage_param(&format!("finetune.variants.{v}"))?);
+        what.push_str(&format!(" + finetune.variants.{v}"));
+    }
+    let mut cfg = FinetuneConfig::from_layers(&layers, &what)?;
     if let Some(m) = &a.method {
         cfg.objective.method = m.parse::<Method>()?;
     }
     if let Some(la) = a.lambda_a {
         cfg.objective.lambda_a = la;
+    }
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
     }
     let paths = FinetunePaths {
         base_dir: a
@@ -77,7 +90,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         base_eval: Some(BaseEval {
             metrics: PathBuf::from("results/eval")
                 .join(&a.benchmark)
-                .join("base/metrics.json"),
+                .join("base/quality.json"),
             fix_eval: format!("acpo repro evaluate-base@{}", a.benchmark),
             fix_train: format!("acpo repro train-base@{}", a.benchmark),
         }),

@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod diffusion;
+pub mod eval;
 pub mod fid;
 pub mod finetune;
 pub mod iqa;
@@ -27,7 +28,10 @@ pub enum StageCommand {
     Fid(fid::FidCommand),
     /// ACPO fine-tuning and its baselines from a train-base model (acpo-finetune).
     Finetune(finetune::FinetuneArgs),
-    /// Evaluation and reports: evaluate, aggregate (acpo-report).
+    /// Evaluation: evaluate, evaluate-steps, base-study (acpo-report).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Reports from the evaluations: aggregate, study-report (acpo-report).
     #[command(subcommand)]
     Report(report::ReportCommand),
 }
@@ -39,6 +43,7 @@ pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
         StageCommand::Diffusion(c) => diffusion::run(c),
         StageCommand::Fid(c) => fid::run(c),
         StageCommand::Finetune(a) => finetune::run(a),
+        StageCommand::Eval(c) => eval::run(c),
         StageCommand::Report(c) => report::run(c),
     }
 }

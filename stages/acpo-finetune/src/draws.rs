@@ -23,6 +23,8 @@ pub enum Stream {
     ProbeSamples = 3,
     /// ReFL partial sampling.
     Refl = 4,
+    /// The calibration draws of `normalize: base`.
+    Calibration = 5,
 }
 
 /// SplitMix64 finaliser, to spread `(seed, stream, step)` over the seed space.

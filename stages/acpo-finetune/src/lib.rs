@@ -28,12 +28,13 @@ pub mod stage;
 pub mod train;
 
 pub use objective::{
-    acpo_loss, EpsModel, Guidance, Lambdas, LossOutput, Method, ObjectiveBatch, ObjectiveConfig,
-    Schedule, Weighting,
+    acpo_loss, Calibration, EpsModel, Guidance, Lambdas, LossOutput, Method, Normalize,
+    ObjectiveBatch, ObjectiveConfig, Schedule, Weighting,
 };
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use train::{
-    data_batch, data_batch_from, probe_metrics, train_step, ProbeMetrics, ProbeSet, Stat, StepStats,
+    calibration_batches, data_batch, data_batch_from, probe_metrics, train_step, ProbeMetrics,
+    ProbeSet, Stat, StepStats,
 };
 
 use std::path::PathBuf;

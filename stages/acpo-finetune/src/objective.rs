@@ -3,14 +3,21 @@
 //! ```text
 //! x0_hat   = clamp((x_t - sqrt(1 - ab_t) * eps_theta(x_t, t, c)) / sqrt(ab_t), -1, 1)
 //! L_perc   = - mean( w(t) * (Q(to_iqa(x0_hat)) - q_offset) / q_scale )
-//! L_anchor = mean( (eps_theta(x_t, t, c) - stopgrad(eps_ref(x_t, t, c)))^2 )
-//! L_simple = mean( (eps - eps_theta(x_t, t, c))^2 )          (only where data images exist)
+//! L_anchor = mean( (eps_theta(x_t, t, c) - stopgrad(eps_ref(x_t, t, c)))^2 ) / eps_scale
+//! L_simple = mean( (eps - eps_theta(x_t, t, c))^2 ) / eps_scale   (only where data images exist)
 //! L        = lambda_p * L_perc + lambda_a * L_anchor + lambda_d * L_simple
 //! ```
 //!
-//! Means of squared differences are per element (as in the DDPM loss), so `L_anchor` is the
-//! drift metric "anchor distance" and `L_simple` the held-out "MSE" of SPEC section 5.
-//! `to_iqa` maps `[-1, 1]` to `[0, 1]`.
+//! Means of squared differences are per element (as in the DDPM loss), so `L_anchor *
+//! eps_scale` is the drift metric "anchor distance" and `L_simple * eps_scale` the held-out
+//! "MSE" of SPEC section 5. `to_iqa` maps `[-1, 1]` to `[0, 1]`.
+//!
+//! **Normalisation** ([`Normalize::Base`], see [`Calibration`]): `q_offset`, `q_scale` are the
+//! mean and standard deviation of the frozen base's `Q(x0_hat)` and `eps_scale` the base's
+//! noise-prediction MSE, all on the same calibration draws from the training distribution. A
+//! unit of `L_perc` is then one standard deviation of the base's guidance score, and a unit of
+//! `L_anchor` a drift as large as the base's own denoising error; `lambda_a = 1` weighs the
+//! two the same, whatever the guidance model's or the dataset's scale.
 
 use crate::{FinetuneError, Result};
 use candle_core::{DType, Device, Tensor};
@@ -241,6 +248,80 @@ pub enum Weighting {
     AlphaBar,
 }
 
+/// How the terms are scaled (see the module documentation).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalize {
+    /// `q_offset`, `q_scale` and `eps_scale` as configured.
+    #[default]
+    None,
+    /// Measured on the base before the first step ([`Calibration`]); the configured
+    /// `q_offset`, `q_scale` and `eps_scale` are replaced.
+    Base,
+}
+
+/// The base model's statistics on the calibration draws, which [`Normalize::Base`] uses as
+/// the units of the loss terms.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Calibration {
+    /// Number of `(image, t, noise)` draws.
+    pub draws: usize,
+    /// Mean of the base's guidance `Q(x0_hat)` (becomes `q_offset`).
+    pub q_mean: f64,
+    /// Its standard deviation across draws (becomes `q_scale`).
+    pub q_std: f64,
+    /// The base's noise-prediction MSE, per element (becomes `eps_scale`).
+    pub eps_mse: f64,
+}
+
+impl Calibration {
+    /// Statistics of the frozen `base` on `batches` (data batches with their noise).
+    pub fn measure(
+        base: &dyn EpsModel,
+        guidance: &dyn Guidance,
+        schedule: &Schedule,
+        batches: &[ObjectiveBatch],
+    ) -> Result<Self> {
+        let (mut qs, mut sq, mut elems) = (Vec::new(), 0.0, 0usize);
+        for b in batches {
+            let eps = b.eps.as_ref().ok_or_else(|| {
+                FinetuneError::config("calibration", "calibration draws need their noise")
+            })?;
+            let t_tensor = Schedule::t_tensor(&b.t, b.x_t.device())?;
+            let e = base.eps(&b.x_t, &t_tensor, b.cond.as_ref())?.detach();
+            sq += scalar(&(eps - &e)?.sqr()?.sum_all()?)?;
+            elems += e.elem_count();
+            let x0 = schedule.x0_hat(&b.x_t, &e, &b.t, true)?;
+            let q = guidance.quality(&((x0 + 1.0)? * 0.5)?)?.detach();
+            qs.extend(q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        }
+        let n = qs.len();
+        if n < 2 || elems == 0 {
+            return Err(FinetuneError::config(
+                "objective.calibration_draws",
+                format!("need at least 2 calibration draws, got {n}"),
+            ));
+        }
+        let q_mean = qs.iter().sum::<f64>() / n as f64;
+        let q_std = (qs.iter().map(|q| (q - q_mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        let eps_mse = sq / elems as f64;
+        if !(q_std > 0.0 && q_std.is_finite() && eps_mse > 0.0 && eps_mse.is_finite()) {
+            return Err(FinetuneError::config(
+                "objective.normalize",
+                format!(
+                    "the base's calibration statistics cannot scale the loss (Q std {q_std}, eps MSE {eps_mse}); use normalize: none"
+                ),
+            ));
+        }
+        Ok(Self {
+            draws: n,
+            q_mean,
+            q_std,
+            eps_mse,
+        })
+    }
+}
+
 /// The effective weights of the three terms after the method's mask.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Lambdas {
@@ -274,6 +355,12 @@ pub struct ObjectiveConfig {
     pub q_offset: f64,
     /// See `q_offset` (default 1; must be > 0).
     pub q_scale: f64,
+    /// The unit of the anchor and data terms (default 1; must be > 0).
+    pub eps_scale: f64,
+    /// `none` (default: the scales above as configured) or `base` (measured on the base).
+    pub normalize: Normalize,
+    /// Draws from the training window that `normalize: base` measures (default 256).
+    pub calibration_draws: usize,
 }
 
 impl Default for ObjectiveConfig {
@@ -288,6 +375,9 @@ impl Default for ObjectiveConfig {
             weighting: Weighting::One,
             q_offset: 0.0,
             q_scale: 1.0,
+            eps_scale: 1.0,
+            normalize: Normalize::None,
+            calibration_draws: 256,
         }
     }
 }
@@ -310,6 +400,16 @@ impl ObjectiveConfig {
         }
     }
 
+    /// This config with the calibration's scales (`q_offset`, `q_scale`, `eps_scale`).
+    pub fn calibrated(&self, c: &Calibration) -> Self {
+        Self {
+            q_offset: c.q_mean,
+            q_scale: c.q_std,
+            eps_scale: c.eps_mse,
+            ..self.clone()
+        }
+    }
+
     /// Check ranges against a schedule of `num_steps` timesteps.
     pub fn validate(&self, num_steps: usize) -> Result<()> {
         for (name, v) in [
@@ -328,6 +428,18 @@ impl ObjectiveConfig {
             return Err(FinetuneError::config(
                 "q_scale",
                 format!("{} is not a finite number > 0", self.q_scale),
+            ));
+        }
+        if !(self.eps_scale.is_finite() && self.eps_scale > 0.0) {
+            return Err(FinetuneError::config(
+                "eps_scale",
+                format!("{} is not a finite number > 0", self.eps_scale),
+            ));
+        }
+        if self.normalize == Normalize::Base && self.calibration_draws < 2 {
+            return Err(FinetuneError::config(
+                "calibration_draws",
+                "normalize: base needs at least 2 calibration draws",
             ));
         }
         if !self.q_offset.is_finite() {
@@ -366,9 +478,9 @@ pub struct LossOutput {
     pub perceptual: Option<f64>,
     /// Mean raw guidance score `Q` of `x0_hat` (higher = better).
     pub quality: Option<f64>,
-    /// `L_anchor`.
+    /// The anchor distance, per element (`L_anchor * eps_scale`, unnormalised).
     pub anchor: Option<f64>,
-    /// `L_simple`.
+    /// The data term's MSE, per element (`L_simple * eps_scale`, unnormalised).
     pub simple: Option<f64>,
 }
 
@@ -454,7 +566,7 @@ pub fn acpo_loss(
             .detach();
         let anchor = (&eps_theta - eps_ref)?.sqr()?.mean_all()?;
         out.anchor = Some(scalar(&anchor)?);
-        loss = (loss + (anchor * lambdas.a)?)?;
+        loss = (loss + (anchor * (lambdas.a / cfg.eps_scale))?)?;
     }
     if lambdas.d > 0.0 {
         let eps = batch.eps.as_ref().ok_or_else(|| {
@@ -465,7 +577,7 @@ pub fn acpo_loss(
         })?;
         let simple = (eps - &eps_theta)?.sqr()?.mean_all()?;
         out.simple = Some(scalar(&simple)?);
-        loss = (loss + (simple * lambdas.d)?)?;
+        loss = (loss + (simple * (lambdas.d / cfg.eps_scale))?)?;
     }
     out.loss = loss;
     Ok(out)
@@ -528,5 +640,72 @@ mod tests {
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
         assert!(Schedule::from_alpha_bar(vec![0.5, 0.9]).is_err());
         assert!(s.add_noise(&x0, &eps, &[0, 1000]).is_err());
+    }
+
+    /// Two draws at t = 100 whose x0_hat is the constant 0.2 and -0.4, true noise 2 everywhere.
+    fn calibration_batch(s: &Schedule) -> ObjectiveBatch {
+        let dev = Device::Cpu;
+        let a = s.alpha_bar(100).sqrt() as f32;
+        let x_t = Tensor::from_vec(vec![0.2 * a; 4], (1, 1, 2, 2), &dev).unwrap();
+        let x_t2 = Tensor::from_vec(vec![-0.4 * a; 4], (1, 1, 2, 2), &dev).unwrap();
+        ObjectiveBatch {
+            x_t: Tensor::cat(&[x_t, x_t2], 0).unwrap(),
+            t: vec![100, 100],
+            eps: Some(Tensor::full(2f32, (2, 1, 2, 2), &dev).unwrap()),
+            cond: None,
+        }
+    }
+
+    #[test]
+    fn calibration_measures_the_base_by_hand() {
+        let s = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+        // The base predicts zero noise, so x0_hat = x_t / sqrt(ab) and its error is the noise.
+        let base = |x: &Tensor, _t: &Tensor, _c: Option<&Tensor>| x.zeros_like();
+        // Q = mean pixel in [0, 1]: (0.2 + 1) / 2 = 0.6 and (-0.4 + 1) / 2 = 0.3.
+        let q = |img: &Tensor| img.flatten_from(1)?.mean(1);
+        let c = Calibration::measure(&base, &q, &s, &[calibration_batch(&s)]).unwrap();
+        assert_eq!(c.draws, 2);
+        assert!((c.q_mean - 0.45).abs() < 1e-6, "{c:?}");
+        // Sample std of {0.6, 0.3}: sqrt((0.15^2 + 0.15^2) / 1).
+        assert!((c.q_std - 0.045f64.sqrt()).abs() < 1e-6, "{c:?}");
+        assert!((c.eps_mse - 4.0).abs() < 1e-6, "{c:?}");
+        let cfg = ObjectiveConfig::default().calibrated(&c);
+        assert_eq!(
+            (cfg.q_offset, cfg.q_scale, cfg.eps_scale),
+            (c.q_mean, c.q_std, 4.0)
+        );
+        // Identical scores cannot be a unit.
+        let flat = |img: &Tensor| img.flatten_from(1)?.mean(1)?.zeros_like();
+        assert!(Calibration::measure(&base, &flat, &s, &[calibration_batch(&s)]).is_err());
+    }
+
+    #[test]
+    fn the_anchor_and_data_terms_are_in_units_of_eps_scale() {
+        let s = Schedule::linear(1000, 1e-4, 0.02).unwrap();
+        let model = |x: &Tensor, _t: &Tensor, _c: Option<&Tensor>| x.ones_like();
+        let reference = |x: &Tensor, _t: &Tensor, _c: Option<&Tensor>| x.zeros_like();
+        let q = |img: &Tensor| img.flatten_from(1)?.mean(1);
+        let cfg = ObjectiveConfig {
+            method: Method::AcpoData,
+            lambda_p: 0.0,
+            lambda_a: 3.0,
+            lambda_d: 2.0,
+            eps_scale: 0.5,
+            ..Default::default()
+        };
+        let out = acpo_loss(&model, &reference, &q, &s, &cfg, &calibration_batch(&s)).unwrap();
+        // anchor distance (1 - 0)^2 = 1, data MSE (2 - 1)^2 = 1, each divided by 0.5.
+        assert_eq!((out.anchor, out.simple), (Some(1.0), Some(1.0)));
+        let loss = out.loss.to_scalar::<f32>().unwrap();
+        assert!((loss - (3.0 * 2.0 + 2.0 * 2.0)).abs() < 1e-5, "{loss}");
+        let bad = ObjectiveConfig {
+            eps_scale: 0.0,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate(1000)
+            .unwrap_err()
+            .to_string()
+            .contains("eps_scale"));
     }
 }

@@ -17,10 +17,14 @@
 //! every draw of step `s` comes from `(seed, s)`, so a resumed run is bit-identical on the CPU.
 
 use crate::draws::{self, Stream};
-use crate::objective::{EpsModel, Guidance, Method, ObjectiveConfig, Schedule};
+use crate::objective::{
+    Calibration, EpsModel, Guidance, Method, Normalize, ObjectiveConfig, Schedule,
+};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::refl;
-use crate::train::{data_batch_from, per_item_mean, probe_metrics, train_step, ProbeSet, Stat};
+use crate::train::{
+    calibration_batches, data_batch_from, per_item_mean, probe_metrics, train_step, ProbeSet, Stat,
+};
 use crate::{FinetuneError, Result};
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
@@ -244,7 +248,7 @@ pub struct FinetunePaths {
 /// Where the base-quality gate reads the base's KID, and the commands named in its errors.
 #[derive(Clone, Debug)]
 pub struct BaseEval {
-    /// `results/eval/<benchmark>/base/metrics.json`.
+    /// `results/eval/<benchmark>/base/quality.json` (FID/KID of the base's evaluation).
     pub metrics: PathBuf,
     /// Command that evaluates the base (`acpo repro evaluate-base@<benchmark>`).
     pub fix_eval: String,
@@ -313,6 +317,12 @@ pub struct FinetuneOutcome {
     pub device: String,
     pub num_params: usize,
     pub train_images: usize,
+    /// The loss units measured on the base (`objective.normalize: base`), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// Seed of the training draws (the replicate).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> FinetuneError {
@@ -568,9 +578,10 @@ struct Resolved<'a> {
     base_schedule: &'a acpo_diffusion::config::ScheduleConfig,
     base_dir: String,
     data_dir: String,
+    /// The base's statistics that set the loss units (`objective.normalize: base`).
+    calibration: Option<Calibration>,
 }
 
-/// Run (or resume) one fine-tuning run. See the module docs for inputs and outputs.
 /// The base-quality gate: with `base_max_kid` set, the base's KID (its `base_quality` at the
 /// larger sample count when the evaluation has one, else `fid_kid`) must be at most the limit.
 pub fn check_base_quality(cfg: &FinetuneConfig, paths: &FinetunePaths) -> Result<()> {
@@ -632,6 +643,7 @@ pub fn check_base_quality(cfg: &FinetuneConfig, paths: &FinetunePaths) -> Result
     Ok(())
 }
 
+/// Run (or resume) one fine-tuning run. See the module docs for inputs and outputs.
 pub fn run_finetune(
     cfg: &FinetuneConfig,
     paths: &FinetunePaths,
@@ -642,13 +654,6 @@ pub fn run_finetune(
     let schedule = Schedule::from_alpha_bar(ns.alphas_cumprod.clone())?;
     cfg.validate(schedule.num_steps())?;
     check_base_quality(cfg, paths)?;
-    let resolved = json_string(&Resolved {
-        finetune: cfg,
-        base_model: &bp.model,
-        base_schedule: &bp.schedule,
-        base_dir: paths.base_dir.display().to_string(),
-        data_dir: paths.data_dir.display().to_string(),
-    });
     let device = Device::cuda_if_available(0)?;
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
@@ -677,6 +682,42 @@ pub fn run_finetune(
             ),
         });
     }
+    let fetch = |idx: &[usize]| train.batch(idx, &[], &device);
+    let calibration = match cfg.objective.normalize {
+        Normalize::None => None,
+        Normalize::Base => {
+            let batches = calibration_batches(
+                train.n,
+                &fetch,
+                &schedule,
+                &cfg.objective,
+                cfg.probe.batch_size,
+                cfg.probe.seed,
+            )?;
+            Some(Calibration::measure(
+                &reference, &guidance, &schedule, &batches,
+            )?)
+        }
+    };
+    let calibrated;
+    let cfg = match &calibration {
+        Some(c) => {
+            calibrated = FinetuneConfig {
+                objective: cfg.objective.calibrated(c),
+                ..cfg.clone()
+            };
+            &calibrated
+        }
+        None => cfg,
+    };
+    let resolved = json_string(&Resolved {
+        finetune: cfg,
+        base_model: &bp.model,
+        base_schedule: &bp.schedule,
+        base_dir: paths.base_dir.display().to_string(),
+        data_dir: paths.data_dir.display().to_string(),
+        calibration,
+    });
     let val = ImageSet::load(&paths.data_dir.join("val.safetensors")).map_err(diffusion_err)?;
     let set = ProbeSet::new(
         &val.all(&device)?,
@@ -820,7 +861,6 @@ pub fn run_finetune(
         base_row = Some(row);
     }
     let n_train = train.n;
-    let fetch = |idx: &[usize]| train.batch(idx, &[], &device);
     let pb = progress_bar(cfg.steps as u64);
     pb.set_position(start as u64);
     let t0 = Instant::now();
@@ -931,6 +971,8 @@ pub fn run_finetune(
         device: format!("{device:?}"),
         num_params: model.num_params(),
         train_images: n_train,
+        calibration,
+        seed: cfg.seed,
     };
     write_atomic(&out.join("metrics.json"), json_string(&outcome).as_bytes())?;
     Ok(Some(outcome))

@@ -98,10 +98,48 @@ pub fn data_batch_from(
     seed: u64,
     step: u64,
 ) -> Result<ObjectiveBatch> {
+    draw_batch(
+        n_images,
+        fetch,
+        schedule,
+        cfg,
+        batch_size,
+        draws::rng(seed, Stream::Train, step),
+    )
+}
+
+/// The calibration draws of `normalize: base` (objective.calibration_draws of them, from the
+/// training window, `batch` at a time), seeded by `seed` alone so that every training seed of
+/// a benchmark gets the same units.
+pub fn calibration_batches(
+    n_images: usize,
+    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch: usize,
+    seed: u64,
+) -> Result<Vec<ObjectiveBatch>> {
+    let (total, batch) = (cfg.calibration_draws, batch.max(1));
+    (0..total.div_ceil(batch))
+        .map(|k| {
+            let len = batch.min(total - k * batch);
+            let rng = draws::rng(seed, Stream::Calibration, k as u64);
+            draw_batch(n_images, fetch, schedule, cfg, len, rng)
+        })
+        .collect()
+}
+
+fn draw_batch(
+    n_images: usize,
+    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch_size: usize,
+    mut rng: rand_chacha::ChaCha8Rng,
+) -> Result<ObjectiveBatch> {
     if n_images == 0 {
         return Err(FinetuneError::config("images", "no training images"));
     }
-    let mut rng = draws::rng(seed, Stream::Train, step);
     let idx = draws::indices(&mut rng, batch_size, n_images);
     let t = draws::timesteps(&mut rng, batch_size, cfg.t_min, cfg.t_max);
     let x0 = fetch(&idx)?;

@@ -5,7 +5,7 @@ use acpo_diffusion::config::ScheduleConfig;
 use acpo_diffusion::{BenchmarkParams, UNet, UNetConfig};
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
-use acpo_finetune::Method;
+use acpo_finetune::{Method, Normalize};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use std::collections::HashMap;
@@ -128,12 +128,35 @@ fn read(p: &Path) -> Vec<u8> {
 #[test]
 fn resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(Method::Acpo);
+    // The cpu profile's loss units: measured on the base before the first step.
+    let mut c = cfg(Method::Acpo);
+    c.objective.normalize = Normalize::Base;
+    c.objective.calibration_draws = 8;
     let a = setup(dir.path(), "a");
     let full = run_finetune(&c, &a, &RunOptions::default())
         .unwrap()
         .unwrap();
     assert_eq!((full.steps, full.resumed_from), (6, 0));
+    let cal = full
+        .calibration
+        .expect("normalize: base records its calibration");
+    assert_eq!(cal.draws, 8);
+    assert!(cal.q_std > 0.0 && cal.eps_mse > 0.0, "{cal:?}");
+    // The resolved config carries the measured units (so a resume compares them too).
+    let resolved: serde_json::Value =
+        serde_json::from_slice(&read(&a.out_dir.join("config.json"))).unwrap();
+    let obj = &resolved["finetune"]["objective"];
+    // (serde_json's default parser may miss the last bit of an f64)
+    let near = |k: &str, want: f64| {
+        let got = obj[k].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-12 * want.abs(),
+            "{k}: {got} vs {want}"
+        );
+    };
+    near("eps_scale", cal.eps_mse);
+    near("q_scale", cal.q_std);
+    near("q_offset", cal.q_mean);
 
     let b = setup(dir.path(), "b");
     let stopped = run_finetune(

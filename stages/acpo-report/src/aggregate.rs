@@ -9,6 +9,9 @@
 
 use crate::error::{ReportError, Result};
 use crate::evaluate::StepStudy;
+use crate::experiment::{
+    across_seeds, fmt_across, headline, methods_cells, pareto_panels, Headline, HeadlineConfig,
+};
 use crate::fsio::{read_string, write_atomic, write_json};
 use crate::plots::{plot, write_grid_png, Panel, Series};
 use crate::schema::{read_metrics, EvalMetrics};
@@ -59,6 +62,17 @@ pub struct ReportSpec {
     pub font: PathBuf,
     /// Command that regenerates one evaluation: `{benchmark}` and `{run}` are replaced.
     pub fix_eval: String,
+    /// What the generated headline tests (params `report.headline`).
+    pub headline: HeadlineConfig,
+}
+
+impl ReportSpec {
+    /// The scores that fine-tuning maximised: the guidance and the judges that run it.
+    pub fn optimised(&self) -> Vec<String> {
+        std::iter::once("guidance".to_string())
+            .chain(self.headline.not_held_out.iter().cloned())
+            .collect()
+    }
 }
 
 /// One number of the long table.
@@ -72,7 +86,12 @@ pub struct Row {
     pub estimate: Estimate,
 }
 
-/// Metrics of one evaluation in long form, in the report's column order.
+/// The row of the scores of real test images (from the base's evaluation): the reference
+/// every score is read against.
+pub const REAL_TEST_ROW: &str = "real test images";
+
+/// Metrics of one evaluation in long form, in the report's column order (the base's also
+/// give the [`REAL_TEST_ROW`] row).
 pub fn rows_of(m: &EvalMetrics) -> Vec<Row> {
     let mut out = Vec::new();
     let mut push = |metric: String, e: &Estimate| {
@@ -94,6 +113,9 @@ pub fn rows_of(m: &EvalMetrics) -> Vec<Row> {
         push(format!("win_rate_pct.{name}"), &imp.win_rate_pct);
     }
     push("heldout_mse".into(), &m.heldout_mse);
+    if let Some(d) = &m.heldout_mse_delta {
+        push("heldout_mse_delta".into(), d);
+    }
     push("anchor_distance".into(), &m.anchor_distance);
     push("pixel_drift".into(), &m.pixel_drift);
     push("diversity_pixel".into(), &m.diversity.pixel);
@@ -107,6 +129,28 @@ pub fn rows_of(m: &EvalMetrics) -> Vec<Row> {
     if let Some(fk) = &m.fid_kid {
         push("fid".into(), &fk.fid);
         push("kid".into(), &fk.kid);
+    }
+    for b in &m.by_t {
+        let bin = format!("by_t.{}-{}", b.t_lo, b.t_hi);
+        push(format!("{bin}.heldout_mse"), &b.heldout_mse);
+        if let Some(d) = &b.heldout_mse_delta {
+            push(format!("{bin}.heldout_mse_delta"), d);
+        }
+        if let Some(d) = &b.anchor_distance {
+            push(format!("{bin}.anchor_distance"), d);
+        }
+    }
+    if let Some(rt) = &m.real_test {
+        for (name, sc) in &rt.scores {
+            out.push(Row {
+                benchmark: m.benchmark.clone(),
+                run: REAL_TEST_ROW.into(),
+                method: "real".into(),
+                lambda_a: None,
+                metric: format!("score.{name}"),
+                estimate: sc.value.clone(),
+            });
+        }
     }
     out
 }
@@ -162,10 +206,14 @@ pub struct Wide {
     pub runs: Vec<WideRow>,
 }
 
-pub fn wide(rows: &[Row]) -> Wide {
+/// The wide table of runs x metrics, held-out judges first: their gains over the base, then
+/// their scores, then held-out MSE and drift, then FID/KID and diversity, and last the scores
+/// in `optimised` (the guidance and its copies: what fine-tuning maximised). The per-`t`
+/// metrics (`by_t.*`) stay in the long table only.
+pub fn wide(rows: &[Row], optimised: &[String]) -> Wide {
     let mut metrics: Vec<String> = Vec::new();
     let mut runs: Vec<WideRow> = Vec::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| !r.metric.starts_with("by_t.")) {
         if !metrics.contains(&r.metric) {
             metrics.push(r.metric.clone());
         }
@@ -181,13 +229,17 @@ pub fn wide(rows: &[Row]) -> Wide {
             )),
         }
     }
-    // Scores first, then improvements, then the rest in first-seen order.
-    let rank = |m: &str| match m.split('.').next().unwrap_or("") {
-        "score" => 0,
-        "improvement_rel_pct" => 1,
-        "improvement_abs" => 2,
-        "win_rate_pct" => 3,
-        _ => 4,
+    let rank = |m: &str| {
+        let (kind, score) = m.split_once('.').unwrap_or((m, ""));
+        let judge = !score.is_empty() && !optimised.iter().any(|o| o == score);
+        match kind {
+            "improvement_rel_pct" if judge => 0,
+            "score" if judge => 1,
+            "improvement_abs" | "win_rate_pct" if judge => 2,
+            "heldout_mse_delta" | "heldout_mse" | "anchor_distance" | "pixel_drift" => 3,
+            "improvement_rel_pct" | "score" | "improvement_abs" | "win_rate_pct" => 5,
+            _ => 4,
+        }
     };
     metrics.sort_by_key(|m| rank(m));
     Wide { metrics, runs }
@@ -295,7 +347,19 @@ pub fn paper_comparison(all: &BTreeMap<String, Vec<EvalMetrics>>) -> Vec<PaperRo
             .or_else(|| v.iter().find(|m| m.info.method == "acpo"))
     };
     let base = |bm: &str| all.get(bm).and_then(|v| v.iter().find(|m| m.run == "base"));
+    // The acpo replicates across seeds when there are any, else the one acpo run.
     let mse = |bm: &str, m: Option<&EvalMetrics>| -> String {
+        let reps: Vec<&EvalMetrics> = all
+            .get(bm)
+            .map(|v| {
+                v.iter()
+                    .filter(|m| crate::experiment::group_of(&m.run) == Some("acpo"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(a) = across_seeds(&reps, |m| Some(m.heldout_mse.clone())) {
+            return fmt_across(&a);
+        }
         match m {
             Some(m) => fmt_estimate(&m.heldout_mse),
             None if all.contains_key(bm) => "no ACPO run evaluated".into(),
@@ -495,6 +559,7 @@ fn series(name: &str, x: &[f64], y: &[f64]) -> Series {
         name: name.into(),
         points: x.iter().copied().zip(y.iter().copied()).collect(),
         labels: vec![],
+        ..Default::default()
     }
 }
 
@@ -518,6 +583,113 @@ pub struct BenchOutputs {
     pub notes: Vec<String>,
     /// The sampler-steps table, when the benchmark has a study.
     pub steps: Option<Wide>,
+    /// The generated headline.
+    pub headline: Option<Headline>,
+    /// The methods table across seeds (header, cells).
+    pub methods: (Vec<String>, Vec<Vec<String>>),
+}
+
+/// What the Pareto plot shows.
+pub const PARETO_CAPTION: &str = "Quality against drift: each held-out judge's gain over the base \
+    against the paired change of held-out MSE and against the anchor distance. The line is the \
+    anchor-weight sweep (λa = 0 is perceptual-only); the other points are the remaining methods \
+    and variants. Error bars: 95% intervals across training seeds, where a point has seeds.";
+
+/// What the across-seed methods table shows.
+pub const METHODS_CAPTION: &str = "One row per method, over its training seeds (runs \
+    `<method>-s<seed>`): mean of the runs' means [95% t-interval across seeds] (within ±: the \
+    runs' own sampling interval, averaged) seeds=n. Held-out judges first (gain over the base on \
+    the same seeds, positive = better); the guidance and its ONNX copy last, as what was \
+    optimised. Δ held-out MSE is paired with the base on the same draws.";
+
+/// The per-benchmark files of the experiment: `headline.json`, `methods.{csv,md}`,
+/// `drift_by_t.{csv,md}` and `pareto.{png,svg}`.
+fn experiment_files(
+    spec: &ReportSpec,
+    dir: &Path,
+    hl: &Headline,
+    list: &[EvalMetrics],
+) -> Result<Vec<PathBuf>> {
+    write_json(&dir.join("headline.json"), hl)?;
+    let (h, c) = methods_cells(&spec.headline, list);
+    write_atomic(&dir.join("methods.csv"), cells_csv(&h, &c).as_bytes())?;
+    let md = format!(
+        "# {}: methods across training seeds\n\n**{}**\n\n{METHODS_CAPTION}\n\n{}",
+        hl.benchmark,
+        md_escape(&hl.text),
+        md_table(&h, &c)
+    );
+    write_atomic(&dir.join("methods.md"), md.as_bytes())?;
+    let (h, c) = by_t_cells(list);
+    write_atomic(&dir.join("drift_by_t.csv"), cells_csv(&h, &c).as_bytes())?;
+    let md = format!(
+        "# {}: held-out MSE change and anchor distance by timestep\n\n{BY_T_CAPTION}\n\n{}",
+        hl.benchmark,
+        md_table(&h, &c)
+    );
+    write_atomic(&dir.join("drift_by_t.md"), md.as_bytes())?;
+    plot(
+        &dir.join("pareto"),
+        &pareto_panels(&spec.headline, &hl.benchmark, list),
+    )?;
+    Ok([
+        "headline.json",
+        "methods.csv",
+        "methods.md",
+        "drift_by_t.csv",
+        "drift_by_t.md",
+        "pareto.png",
+        "pareto.svg",
+    ]
+    .map(|f| dir.join(f))
+    .to_vec())
+}
+
+/// What the by-timestep table shows.
+pub const BY_T_CAPTION: &str = "Per run and timestep bin [t_lo, t_hi) of the held-out draws: \
+    the paired change of held-out noise-prediction MSE against the base on the same draws, and \
+    the anchor distance (mean [95% interval] n=draws). Drift at small t changes fine detail, at \
+    large t the layout.";
+
+/// Runs x timestep bins: `Δ MSE` and anchor distance per bin.
+fn by_t_cells(list: &[EvalMetrics]) -> (Vec<String>, Vec<Vec<String>>) {
+    let bins: Vec<(usize, usize)> = list
+        .iter()
+        .flat_map(|m| m.by_t.iter().map(|b| (b.t_lo, b.t_hi)))
+        .fold(Vec::new(), |mut v, b| {
+            if !v.contains(&b) {
+                v.push(b);
+            }
+            v
+        });
+    let mut header = vec!["run".to_string()];
+    for (lo, hi) in &bins {
+        header.push(format!("Δ MSE t∈[{lo},{hi})"));
+        header.push(format!("anchor t∈[{lo},{hi})"));
+    }
+    let rows = list
+        .iter()
+        .filter(|m| m.run != "base")
+        .map(|m| {
+            let mut r = vec![m.run.clone()];
+            for (lo, hi) in &bins {
+                let b = m.by_t.iter().find(|b| (b.t_lo, b.t_hi) == (*lo, *hi));
+                let cell = |e: Option<&Estimate>| e.map(fmt_estimate).unwrap_or_else(|| "–".into());
+                r.push(cell(b.and_then(|b| b.heldout_mse_delta.as_ref())));
+                r.push(cell(b.and_then(|b| b.anchor_distance.as_ref())));
+            }
+            r
+        })
+        .collect();
+    (header, rows)
+}
+
+/// A CSV of text cells.
+fn cells_csv(header: &[String], rows: &[Vec<String>]) -> String {
+    let line = |r: &[String]| r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n";
+    std::iter::once(line(header))
+        .chain(rows.iter().map(|r| line(r)))
+        .collect()
 }
 
 /// What a sampler-steps table shows (Markdown and HTML).
@@ -649,6 +821,7 @@ fn plots_for(spec: &ReportSpec, bm: &BenchmarkSpec, evals: &[EvalMetrics]) -> Re
                             name: m.info.method.clone(),
                             points: vec![],
                             labels: vec![],
+                            ..Default::default()
                         });
                     s.points.push((m.pixel_drift.mean, imp.relative_pct.mean));
                     s.labels.push(format!(
@@ -796,6 +969,7 @@ fn steps_panels(ms: &[EvalMetrics]) -> Vec<Panel> {
                         name: run.to_string(),
                         points: pts.into_iter().map(|(k, v)| (k as f64, v)).collect(),
                         labels: vec![],
+                        ..Default::default()
                     })
                     .collect(),
             }
@@ -840,17 +1014,20 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
             .filter(|r| r.benchmark == bm.name)
             .cloned()
             .collect();
-        let w = wide(&bm_rows);
+        let w = wide(&bm_rows, &spec.optimised());
         let dir = spec.out_dir.join(&bm.name);
+        let hl = headline(&spec.headline, &bm.name, &list)?;
+        files.extend(experiment_files(spec, &dir, &hl, &list)?);
         write_atomic(&dir.join("summary.csv"), summary_csv(&w).as_bytes())?;
         let (h, c) = summary_cells(&w);
         let md = format!(
-            "# {}: methods x metrics\n\nEach cell: mean [95% interval] n=samples. Intervals: t (means), bootstrap (relative improvement, FID), \
+            "# {}: methods x metrics\n\n**{}**\n\nAcross seeds: [methods.md](methods.md); by timestep: [drift_by_t.md](drift_by_t.md).\n\nEach cell: mean [95% interval] n=samples. Intervals: t (means), bootstrap (relative improvement, FID), \
              wilson (win rates), u-statistic (diversity), subset-sd (KID), exact (zero by construction). \
              Improvements are oriented so that positive = better than the base on the same seeds. \
              `cnniqa-onnx` is the guidance network through ONNX Runtime (a consistency check, not an independent judge). \
              The base against real data: [base.md](base.md).\n\n{}",
             bm.name,
+            md_escape(&hl.text),
             md_table(&h, &c)
         );
         write_atomic(&dir.join("summary.md"), md.as_bytes())?;
@@ -865,7 +1042,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         );
         let sms = steps_metrics(spec, bm, &list)?;
         if !sms.is_empty() {
-            let w = wide(&steps_rows(&sms));
+            let w = wide(&steps_rows(&sms), &spec.optimised());
             write_atomic(&dir.join("sampler_steps.csv"), summary_csv(&w).as_bytes())?;
             let (h, c) = summary_cells(&w);
             let md = format!(
@@ -885,6 +1062,10 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
                     .into(),
             ));
         }
+        outs.plots
+            .insert(0, (format!("{}/pareto", bm.name), PARETO_CAPTION.into()));
+        outs.methods = methods_cells(&spec.headline, &list);
+        outs.headline = Some(hl);
         bench_out.insert(bm.name.clone(), outs);
         evals.insert(bm.name.clone(), list);
     }
@@ -898,16 +1079,10 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         )
         .as_bytes(),
     )?;
-    let mut csv = ph
-        .iter()
-        .map(|h| csv_field(h))
-        .collect::<Vec<_>>()
-        .join(",")
-        + "\n";
-    for r in &pc {
-        csv.push_str(&(r.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n"));
-    }
-    write_atomic(&spec.out_dir.join("paper_comparison.csv"), csv.as_bytes())?;
+    write_atomic(
+        &spec.out_dir.join("paper_comparison.csv"),
+        cells_csv(&ph, &pc).as_bytes(),
+    )?;
     let mut df = long_frame(&rows)?;
     let pq = spec.out_dir.join("metrics.parquet");
     crate::fsio::with_tmp_file(&pq, |tmp| {

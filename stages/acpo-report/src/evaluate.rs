@@ -12,12 +12,14 @@
 //! Outputs in `out_dir` (`results/eval/<benchmark>/<run>/`): `metrics.json`
 //! ([`EvalMetrics`]), `scores.csv` (per seed: guidance and judge scores, pixel drift),
 //! `samples.safetensors` (`images` U8 `[N, H, W, 3]`, `x0` F32 `[N, 3, H, W]` in [-1, 1],
-//! `seeds` I64), `grid.png`, `config.json`.
+//! `seeds` I64), `grid.png`, `config.json`, and `quality.json` (FID/KID only: reproducible
+//! bytes for the base-quality gate of the fine-tuning stages).
 
 use crate::error::{ReportError, Result};
 use crate::fsio::{write_atomic, write_json};
 use crate::schema::{
-    DiversityMetrics, EvalMetrics, FidKidMetrics, RunInfo, SamplingInfo, Score, SCHEMA,
+    DiversityMetrics, EvalMetrics, FidKidMetrics, RealTest, RunInfo, SamplingInfo, Score, TBin,
+    SCHEMA,
 };
 use crate::stats::{self, Estimate};
 use acpo_diffusion::config::SamplerKind;
@@ -58,6 +60,10 @@ pub struct EvalConfig {
     pub heldout_draws: usize,
     /// Seed of the held-out draws (default 1234, as train-base's held-out MSE).
     pub heldout_seed: u64,
+    /// Edges of the timestep bins that held-out MSE, its paired difference to the base and
+    /// the anchor distance are also reported in (`by_t`; default [0, 100, 300, 600, 1000]:
+    /// bin `[e_k, e_k+1)`; the last edge at most the schedule's T).
+    pub heldout_t_bins: Vec<usize>,
     /// Bootstrap resamples of the relative improvement (default 2000).
     pub bootstrap: usize,
     /// Seed of the bootstraps (default 0).
@@ -88,6 +94,7 @@ impl Default for EvalConfig {
             heldout_images: 1000,
             heldout_draws: 1,
             heldout_seed: 1234,
+            heldout_t_bins: vec![0, 100, 300, 600, 1000],
             bootstrap: 2000,
             bootstrap_seed: 0,
             fid_bootstrap: 0,
@@ -119,6 +126,13 @@ impl EvalConfig {
             return Err(ReportError::config(
                 "report.evaluate.samples",
                 "must be >= 2 (intervals, diversity)",
+            ));
+        }
+        let e = &self.heldout_t_bins;
+        if e.len() < 2 || e.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ReportError::config(
+                "report.evaluate.heldout_t_bins",
+                format!("{e:?}: need at least two strictly increasing timestep edges"),
             ));
         }
         Ok(())
@@ -338,20 +352,76 @@ fn draw_samples(
     })
 }
 
-/// Per-draw held-out MSE and (when `reference` is given) anchor distance.
+/// Per-image values by name, in column order.
+type NamedColumns = Vec<(String, Vec<f64>)>;
+
+/// The guidance (as `guidance` = Q, higher = better) and every judge of `cfg` on `images`:
+/// the scores with their t-intervals and the per-image columns.
+fn score_images(
+    registry: &Registry,
+    cfg: &EvalConfig,
+    images: &[RgbImage],
+) -> Result<(BTreeMap<String, Score>, NamedColumns)> {
+    let mut cols: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut scores = BTreeMap::new();
+    let g = registry.load_judge(&cfg.guidance)?;
+    let raw = acpo_iqa::judge_images(&g, images)?;
+    // Q is oriented higher = better (SPEC section 3).
+    let q: Vec<f64> = raw
+        .iter()
+        .map(|s| if g.spec.higher_is_better { *s } else { -s })
+        .collect();
+    scores.insert(
+        "guidance".to_string(),
+        Score {
+            role: "guidance".into(),
+            higher_is_better: true,
+            value: stats::mean_t(&q),
+        },
+    );
+    cols.push(("guidance".into(), q));
+    for name in &cfg.judges {
+        let j = registry.load_judge(name)?;
+        let v = acpo_iqa::judge_images(&j, images)?;
+        scores.insert(
+            name.clone(),
+            Score {
+                role: "judge".into(),
+                higher_is_better: j.spec.higher_is_better,
+                value: stats::mean_t(&v),
+            },
+        );
+        cols.push((name.clone(), v));
+    }
+    Ok((scores, cols))
+}
+
+/// Per-draw values on the held-out draws.
+#[derive(Debug, Default)]
+struct Heldout {
+    t: Vec<usize>,
+    /// The model's noise-prediction MSE.
+    mse: Vec<f64>,
+    /// The reference's (base's) MSE on the same draw (empty without a reference).
+    ref_mse: Vec<f64>,
+    /// Anchor distance to the reference (empty without a reference).
+    dist: Vec<f64>,
+}
+
+/// Per-draw held-out MSE and (when `reference` is given) the base's MSE and the anchor
+/// distance on the same draws.
 fn heldout(
     model: &UNet,
     reference: Option<&UNet>,
     schedule: &NoiseSchedule,
     images: &Tensor,
     cfg: &EvalConfig,
-) -> Result<(Vec<f64>, Vec<f64>)> {
+) -> Result<Heldout> {
     let (n, c, h, w) = images.dims4()?;
     let device = images.device().clone();
     let d = c * h * w;
     let batch = cfg.batch_size.max(1);
-    let mut mse = Vec::with_capacity(n * cfg.heldout_draws);
-    let mut dist = Vec::with_capacity(n * cfg.heldout_draws);
+    let mut out = Heldout::default();
     let pb = crate::progress::bar((n * cfg.heldout_draws) as u64, "held-out");
     for j in 0..cfg.heldout_draws {
         let mut start = 0;
@@ -378,17 +448,50 @@ fn heldout(
                     .to_dtype(DType::F64)?
                     .to_vec1::<f64>()?)
             };
-            mse.extend(per(&pred, &eps)?);
+            out.mse.extend(per(&pred, &eps)?);
             if let Some(r) = reference {
                 let pref = r.forward(&xt, &tt, None)?;
-                dist.extend(per(&pred, &pref)?);
+                out.dist.extend(per(&pred, &pref)?);
+                out.ref_mse.extend(per(&pref, &eps)?);
             }
+            out.t.extend(ts);
             pb.inc(b as u64);
             start += b;
         }
     }
     pb.finish_and_clear();
-    Ok((mse, dist))
+    Ok(out)
+}
+
+/// Held-out MSE, its paired difference to the base and the anchor distance per timestep bin
+/// `[edges[k], edges[k+1])` (bins without draws are left out).
+fn by_t_bins(h: &Heldout, edges: &[usize]) -> Vec<TBin> {
+    edges
+        .windows(2)
+        .filter_map(|w| {
+            let idx: Vec<usize> = (0..h.t.len())
+                .filter(|&i| h.t[i] >= w[0] && h.t[i] < w[1])
+                .collect();
+            if idx.is_empty() {
+                return None;
+            }
+            let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let has_ref = !h.ref_mse.is_empty();
+            Some(TBin {
+                t_lo: w[0],
+                t_hi: w[1],
+                heldout_mse: stats::mean_t(&pick(&h.mse)),
+                heldout_mse_delta: has_ref.then(|| {
+                    stats::mean_t(
+                        &idx.iter()
+                            .map(|&i| h.mse[i] - h.ref_mse[i])
+                            .collect::<Vec<_>>(),
+                    )
+                }),
+                anchor_distance: has_ref.then(|| stats::mean_t(&pick(&h.dist))),
+            })
+        })
+        .collect()
 }
 
 /// Per-seed scores file: `seed,<name>...` with the guidance as `guidance` (= -score).
@@ -633,39 +736,25 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     seconds.insert("sampling".into(), t0.elapsed().as_secs_f64());
     let images = samples.images()?;
 
-    // 2. Guidance and judge scores per sample.
+    // 2. Guidance and judge scores per sample (and, for the base, of as many real test images:
+    //    the reference every score is read against).
     let t0 = Instant::now();
-    let mut cols: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut scores = BTreeMap::new();
-    let g = registry.load_judge(&cfg.guidance)?;
-    let raw = acpo_iqa::judge_images(&g, &images)?;
-    // Q is oriented higher = better (SPEC section 3).
-    let q: Vec<f64> = raw
-        .iter()
-        .map(|s| if g.spec.higher_is_better { *s } else { -s })
-        .collect();
-    scores.insert(
-        "guidance".to_string(),
-        Score {
-            role: "guidance".into(),
-            higher_is_better: true,
-            value: stats::mean_t(&q),
-        },
-    );
-    cols.push(("guidance".into(), q));
-    for name in &cfg.judges {
-        let j = registry.load_judge(name)?;
-        let v = acpo_iqa::judge_images(&j, &images)?;
-        scores.insert(
-            name.clone(),
-            Score {
-                role: "judge".into(),
-                higher_is_better: j.spec.higher_is_better,
-                value: stats::mean_t(&v),
-            },
-        );
-        cols.push((name.clone(), v));
-    }
+    let (scores, mut cols) = score_images(&registry, cfg, &images)?;
+    let real_test = if is_base {
+        let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
+        test.truncate(cfg.samples);
+        let (h, w) = (test.h, test.w);
+        let len = h * w * 3;
+        let real: Vec<RgbImage> = (0..test.n)
+            .map(|i| RgbImage::new(w, h, test.pixels[i * len..(i + 1) * len].to_vec()))
+            .collect::<std::result::Result<_, _>>()?;
+        Some(RealTest {
+            images: real.len(),
+            scores: score_images(&registry, cfg, &real)?.0,
+        })
+    } else {
+        None
+    };
     seconds.insert("scores".into(), t0.elapsed().as_secs_f64());
 
     // 3. Held-out MSE and anchor distance on the same draws.
@@ -678,13 +767,28 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     } else {
         Some(UNet::load(&bp.model, &base_model, &device)?)
     };
-    let (mse, dist) = heldout(&model, reference.as_ref(), &schedule, &test_x, cfg)?;
-    let heldout_mse = stats::mean_t(&mse);
+    let t_max = cfg.heldout_t_bins.last().copied().unwrap_or(0);
+    if t_max > schedule.timesteps() {
+        return Err(ReportError::config(
+            "report.evaluate.heldout_t_bins",
+            format!(
+                "last edge {t_max} is past the schedule's T = {}",
+                schedule.timesteps()
+            ),
+        ));
+    }
+    let h = heldout(&model, reference.as_ref(), &schedule, &test_x, cfg)?;
+    let heldout_mse = stats::mean_t(&h.mse);
     let anchor_distance = if is_base {
-        Estimate::exact(0.0, mse.len())
+        Estimate::exact(0.0, h.mse.len())
     } else {
-        stats::mean_t(&dist)
+        stats::mean_t(&h.dist)
     };
+    let heldout_mse_delta = (!is_base).then(|| {
+        let d: Vec<f64> = h.mse.iter().zip(&h.ref_mse).map(|(m, r)| m - r).collect();
+        stats::mean_t(&d)
+    });
+    let by_t = by_t_bins(&h, &cfg.heldout_t_bins);
     seconds.insert("heldout".into(), t0.elapsed().as_secs_f64());
 
     // 4. Against the base's samples from the same noise.
@@ -807,7 +911,10 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         },
         scores,
         improvement,
+        real_test,
         heldout_mse,
+        heldout_mse_delta,
+        by_t,
         anchor_distance,
         pixel_drift,
         diversity,
@@ -852,6 +959,14 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
             "judges": paths.judges, "inception": paths.inception, "fid_ref": paths.fid_ref }),
     )?;
     write_json(&tmp.join("metrics.json"), &metrics)?;
+    // FID/KID alone, without timings: the same bytes whenever the same model is evaluated
+    // again, so the fine-tuning stages' base-quality gate depends on it rather than on
+    // metrics.json (whose `seconds` change on every run).
+    write_json(
+        &tmp.join("quality.json"),
+        &serde_json::json!({ "benchmark": metrics.benchmark, "run": metrics.run,
+            "fid_kid": metrics.fid_kid, "base_quality": metrics.base_quality }),
+    )?;
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| ReportError::io(out, e))?;
     }
@@ -965,4 +1080,45 @@ fn fid_and_kid(feats: &Tensor, ref_path: &Path, cfg: &EvalConfig) -> Result<FidK
         reference: ref_path.display().to_string(),
         n_ref: fk.n_ref,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_values_are_binned_by_t_and_paired_with_the_base() {
+        let h = Heldout {
+            t: vec![10, 50, 150, 999],
+            mse: vec![0.5, 0.3, 0.2, 0.1],
+            ref_mse: vec![0.4, 0.2, 0.2, 0.1],
+            dist: vec![0.01, 0.03, 0.02, 0.0],
+        };
+        let bins = by_t_bins(&h, &[0, 100, 300, 600, 1000]);
+        // [300, 600) has no draw and is left out.
+        let spans: Vec<_> = bins.iter().map(|b| (b.t_lo, b.t_hi)).collect();
+        assert_eq!(spans, [(0, 100), (100, 300), (600, 1000)]);
+        let low = &bins[0];
+        assert!((low.heldout_mse.mean - 0.4).abs() < 1e-12);
+        assert!((low.heldout_mse_delta.as_ref().unwrap().mean - 0.1).abs() < 1e-12);
+        assert!((low.anchor_distance.as_ref().unwrap().mean - 0.02).abs() < 1e-12);
+        assert_eq!(low.heldout_mse.n, 2);
+        // The base has no reference: no delta, no anchor distance.
+        let base = Heldout {
+            ref_mse: vec![],
+            dist: vec![],
+            ..h
+        };
+        assert!(by_t_bins(&base, &[0, 1000])[0].heldout_mse_delta.is_none());
+    }
+
+    #[test]
+    fn t_bins_must_increase() {
+        let cfg = EvalConfig {
+            heldout_t_bins: vec![0, 300, 300],
+            ..Default::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("report.evaluate.heldout_t_bins"), "{e}");
+    }
 }

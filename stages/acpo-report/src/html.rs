@@ -70,6 +70,7 @@ pub fn index_html(
         esc(&spec.provenance.acpo_version),
         esc(&spec.provenance.git_revision)
     );
+    h.push_str(&headline_section(outs));
     h.push_str(&base_section(bases));
     h.push_str(&study_links(&spec.out_dir));
     h.push_str("<h2>Our numbers beside the paper's</h2>\n");
@@ -77,8 +78,19 @@ pub fn index_html(
     h.push_str(&table(&ph, &pr));
     for (bm, list) in evals {
         let _ = writeln!(h, "<h2 id=\"{0}\">Benchmark {0}</h2>", esc(bm));
+        if let Some(o) = outs.get(bm) {
+            let _ = writeln!(
+                h,
+                "<h3>Methods across training seeds</h3><p>{} Tables: <a href=\"{1}/methods.csv\">methods.csv</a>, \
+                 <a href=\"{1}/methods.md\">methods.md</a>; by timestep: <a href=\"{1}/drift_by_t.md\">drift_by_t.md</a>.</p>",
+                esc(crate::aggregate::METHODS_CAPTION),
+                esc(bm)
+            );
+            h.push_str(&table(&o.methods.0, &o.methods.1));
+            let _ = writeln!(h, "<h3>Every run</h3>");
+        }
         let rows: Vec<_> = list.iter().flat_map(crate::aggregate::rows_of).collect();
-        let (hd, cells) = summary_cells(&wide(&rows));
+        let (hd, cells) = summary_cells(&wide(&rows, &spec.optimised()));
         let _ = writeln!(
             h,
             "<p>Tables: <a href=\"{0}/summary.csv\">summary.csv</a>, <a href=\"{0}/summary.md\">summary.md</a>. \
@@ -148,6 +160,23 @@ pub fn index_html(
 
 /// The opening: every base against real data, its samples beside real test images, its
 /// training curve.
+/// The generated headline of every benchmark (experiment::headline), first on the page.
+fn headline_section(outs: &BTreeMap<String, BenchOutputs>) -> String {
+    let mut h = String::from(
+        "<h2 id=\"headline\">Does ACPO raise quality without drift?</h2>\n<p>Generated from the \
+         metrics below (report.headline: the method, the held-out judges and the drift tolerances); \
+         each number: mean [95% interval across training seeds] (within ±: one run's sampling \
+         interval) seeds=n.</p>\n<ul>",
+    );
+    for o in outs.values() {
+        if let Some(hl) = &o.headline {
+            let _ = write!(h, "<li>{}</li>", esc(&hl.text));
+        }
+    }
+    h.push_str("</ul>\n");
+    h
+}
+
 fn base_section(bases: &[crate::base::BaseSummary]) -> String {
     let mut h = format!(
         "<h2 id=\"base\">Base models</h2>\n<p>{}</p>\n",

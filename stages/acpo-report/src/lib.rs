@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod base;
 pub mod error;
 pub mod evaluate;
+pub mod experiment;
 pub mod fsio;
 pub mod html;
 pub mod plots;

@@ -37,12 +37,16 @@ pub fn register_font(path: &Path) -> Result<()> {
 }
 
 /// One line (with point markers) of a panel.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     /// Optional text next to each point (e.g. `λa=0.1`).
     pub labels: Vec<String>,
+    /// Optional error bars: half-widths `(x, y)` per point (0 = none on that axis).
+    pub err: Vec<(f64, f64)>,
+    /// Markers without the connecting line (a point of its own in a scatter).
+    pub points_only: bool,
 }
 
 /// One panel: a title, axis labels and its series.
@@ -89,9 +93,17 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
 ) -> std::result::Result<(), String> {
-    let pts = || p.series.iter().flat_map(|s| s.points.iter());
-    let (x0, x1) = range(pts().map(|q| q.0));
-    let (y0, y1) = range(pts().map(|q| q.1));
+    // The axes cover the error bars too.
+    let ends = || {
+        p.series.iter().flat_map(|s| {
+            s.points.iter().enumerate().flat_map(move |(i, q)| {
+                let (ex, ey) = s.err.get(i).copied().unwrap_or((0.0, 0.0));
+                [(q.0 - ex, q.1 - ey), (q.0 + ex, q.1 + ey)]
+            })
+        })
+    };
+    let (x0, x1) = range(ends().map(|q| q.0));
+    let (y0, y1) = range(ends().map(|q| q.1));
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FAMILY, 18))
         .margin(8)
@@ -117,12 +129,38 @@ fn draw_panel<DB: DrawingBackend>(
             .copied()
             .filter(|q| q.0.is_finite() && q.1.is_finite())
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(s.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        if pts.len() <= 60 {
+        if s.points_only {
+            chart
+                .draw_series(pts.iter().map(|&q| Circle::new(q, 5, c.filled())))
+                .map_err(|e| e.to_string())?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| Circle::new((x + 9, y), 5, c.filled()));
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+        }
+        for (q, &(ex, ey)) in s.points.iter().zip(&s.err) {
+            if !(q.0.is_finite() && q.1.is_finite()) {
+                continue;
+            }
+            let bars = [
+                (ey > 0.0).then(|| vec![(q.0, q.1 - ey), (q.0, q.1 + ey)]),
+                (ex > 0.0).then(|| vec![(q.0 - ex, q.1), (q.0 + ex, q.1)]),
+            ];
+            chart
+                .draw_series(
+                    bars.into_iter()
+                        .flatten()
+                        .map(|b| PathElement::new(b, c.stroke_width(1))),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        if !s.points_only && pts.len() <= 60 {
             chart
                 .draw_series(pts.iter().map(|&q| Circle::new(q, 3, c.filled())))
                 .map_err(|e| e.to_string())?;

@@ -88,8 +88,19 @@ pub struct EvalMetrics {
     pub scores: BTreeMap<String, Score>,
     /// Improvement over the base model on the same seeds, per score (absent for the base).
     pub improvement: BTreeMap<String, Improvement>,
+    /// The base only: the same scores of as many real test images (the reference each score
+    /// is read against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_test: Option<RealTest>,
     /// Held-out noise-prediction MSE on the test split (fixed `(x0, t, eps)` draws).
     pub heldout_mse: Estimate,
+    /// This model's held-out MSE minus the base's on the same draws (paired; absent for the
+    /// base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout_mse_delta: Option<Estimate>,
+    /// The held-out values per timestep bin (`report.evaluate.heldout_t_bins`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_t: Vec<TBin>,
     /// Anchor distance `E ||eps_theta - eps_base||^2` on the same draws (0 for the base).
     pub anchor_distance: Estimate,
     /// Pixel MSE (in [-1, 1] units) to the base's sample from the same noise (0 for the base).
@@ -106,6 +117,25 @@ pub struct EvalMetrics {
     pub notes: Vec<String>,
     /// Wall-clock seconds per part of the evaluation.
     pub seconds: BTreeMap<String, f64>,
+}
+
+/// Scores of real test images (the first `images` of the test split).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RealTest {
+    pub images: usize,
+    pub scores: BTreeMap<String, Score>,
+}
+
+/// Held-out values of the draws with `t_lo <= t < t_hi`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TBin {
+    pub t_lo: usize,
+    pub t_hi: usize,
+    pub heldout_mse: Estimate,
+    /// Paired difference to the base's MSE (absent for the base).
+    pub heldout_mse_delta: Option<Estimate>,
+    /// Anchor distance to the base (absent for the base).
+    pub anchor_distance: Option<Estimate>,
 }
 
 /// Reads a metrics file, checking its schema version before anything else.

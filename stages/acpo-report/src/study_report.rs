@@ -193,6 +193,7 @@ fn panels(b: &str, runs: &[StudyMetrics]) -> Vec<Panel> {
                     .map(|p| (p.train_cpu_s / 60.0, f(p)))
                     .collect(),
                 labels: vec![],
+                ..Default::default()
             })
             .collect()
     };

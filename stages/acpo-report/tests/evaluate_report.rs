@@ -133,6 +133,7 @@ fn cfg() -> EvalConfig {
         judges: vec!["brisque".into()],
         heldout_images: 24,
         heldout_draws: 2,
+        heldout_t_bins: vec![0, 10, 25, 50],
         bootstrap: 200,
         ..EvalConfig::default()
     }
@@ -181,6 +182,7 @@ fn report_spec(
         },
         font: env_dir("ACPO_ASSETS", ".cache/assets").join("fonts/DejaVuSans.ttf"),
         fix_eval: "acpo repro evaluate@{benchmark}-{run}".into(),
+        headline: Default::default(),
     }
 }
 
@@ -254,9 +256,20 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert_eq!(same.improvement["brisque"].win_rate_pct.mean, 0.0);
     assert_eq!(same.scores["guidance"].value, base.scores["guidance"].value);
 
-    // Perturbed weights drift.
-    fake_run(root, "acpo", 0.05, 0.1);
-    let tuned = evaluate(&c, &paths(root, "acpo")).unwrap();
+    // Perturbed weights drift (two replicates of a method: `<method>-s<seed>`).
+    fake_run(root, "acpo-s0", 0.05, 0.1);
+    let tuned = evaluate(&c, &paths(root, "acpo-s0")).unwrap();
+    fake_run(root, "acpo-s1", 0.03, 0.1);
+    let tuned1 = evaluate(&c, &paths(root, "acpo-s1")).unwrap();
+    // Held-out MSE is paired with the base on the same draws: the mean difference is the
+    // difference of the means, overall and per timestep bin.
+    let delta = tuned.heldout_mse_delta.as_ref().unwrap();
+    assert!((delta.mean - (tuned.heldout_mse.mean - base.heldout_mse.mean)).abs() < 1e-9);
+    assert!(base.heldout_mse_delta.is_none() && !base.by_t.is_empty());
+    let drawn: usize = tuned.by_t.iter().map(|b| b.heldout_mse.n).sum();
+    assert_eq!(drawn, tuned.heldout_mse.n);
+    assert!(tuned.by_t.iter().all(|b| b.anchor_distance.is_some()));
+    assert!(tuned1.anchor_distance.mean < tuned.anchor_distance.mean);
     assert!(tuned.pixel_drift.mean > 0.0 && tuned.anchor_distance.mean > 0.0);
     assert_eq!(tuned.info.lambda_a, Some(0.1));
     let imp = &tuned.improvement["guidance"];
@@ -269,7 +282,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     let study = StepStudy {
         benchmark: "tiny".into(),
         steps: 2,
-        runs: vec!["same".into(), "acpo".into()],
+        runs: vec!["same".into(), "acpo-s0".into()],
         samples: None,
     };
     let study_dir = root.join("results/eval-steps/tiny-few");
@@ -301,7 +314,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     );
     let d = few[2].scores["guidance"].value.mean - few[0].scores["guidance"].value.mean;
     assert!((few[2].improvement["guidance"].absolute.mean - d).abs() < 1e-9);
-    assert!(study_dir.join("acpo/metrics.json").is_file());
+    assert!(study_dir.join("acpo-s0/metrics.json").is_file());
     // A study may use fewer images than the main evaluation: the first seeds of it.
     let fewer = StepStudy {
         samples: Some(4),
@@ -319,11 +332,11 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     // The report.
     let spec = report_spec(
         root,
-        &["same", "acpo"],
+        &["same", "acpo-s0", "acpo-s1"],
         [("tiny-few".to_string(), study.clone())].into(),
     );
     let out = aggregate(&spec).unwrap();
-    assert_eq!(out.evals["tiny"].len(), 3);
+    assert_eq!(out.evals["tiny"].len(), 4);
     let r = root.join("reports");
     for f in [
         "index.html",
@@ -339,7 +352,13 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         "tiny/quality_vs_drift.png",
         "tiny/finetune_drift.png",
         "tiny/samples_base.png",
-        "tiny/samples_acpo.png",
+        "tiny/samples_acpo-s0.png",
+        "tiny/headline.json",
+        "tiny/methods.md",
+        "tiny/methods.csv",
+        "tiny/drift_by_t.md",
+        "tiny/pareto.png",
+        "tiny/pareto.svg",
     ] {
         assert!(r.join(f).is_file(), "missing {f}");
     }
@@ -348,7 +367,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     let col = header.iter().position(|h| *h == "heldout_mse").unwrap();
     let acpo_row: Vec<&str> = csv
         .lines()
-        .find(|l| l.starts_with("acpo,"))
+        .find(|l| l.starts_with("acpo-s0,"))
         .unwrap()
         .split(',')
         .collect();
@@ -357,7 +376,32 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         tuned.heldout_mse.mean
     );
     let html = std::fs::read_to_string(r.join("index.html")).unwrap();
-    assert!(html.contains("tiny/samples_acpo.png") && html.contains("0.0267"));
+    assert!(html.contains("tiny/samples_acpo-s0.png") && html.contains("0.0267"));
+    // The generated headline opens the page and summary.md, from the across-seed numbers.
+    let hl: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("tiny/headline.json")).unwrap())
+            .unwrap();
+    let text = hl["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("tiny: the claim ") && text.contains("acpo (2 seeds)"),
+        "{text}"
+    );
+    assert_eq!(hl["seeds"], 2);
+    let headline_at = html.find("id=\"headline\"").unwrap();
+    assert!(headline_at < html.find("id=\"base\"").unwrap());
+    assert!(html.contains(
+        &text
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    ));
+    let summary = std::fs::read_to_string(r.join("tiny/summary.md")).unwrap();
+    assert!(summary.contains(text), "{summary}");
+    let methods = std::fs::read_to_string(r.join("tiny/methods.csv")).unwrap();
+    assert!(
+        methods.lines().nth(1).unwrap().starts_with("acpo,2,"),
+        "{methods}"
+    );
     // The page opens with the base: its table comes before the paper comparison, with its
     // samples beside real test images; without FID inputs it says so instead of a number.
     let base_at = html.find("<h2 id=\"base\">Base models</h2>").unwrap();
@@ -379,6 +423,9 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert!(svg.contains("base training loss"));
 
     // The sampler-steps table: each run at 3 steps (main) then at 2 (study), same numbers.
+    // Each base evaluation also brings its real-test-images reference row (scored on as many
+    // test images as that evaluation has samples; the "@steps" suffix names the evaluation it
+    // came from, not a sampler: the images are real).
     let steps_csv = std::fs::read_to_string(r.join("tiny/sampler_steps.csv")).unwrap();
     let runs: Vec<&str> = steps_csv
         .lines()
@@ -389,11 +436,13 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         runs,
         [
             "base @3 steps",
+            "real test images @3 steps",
             "base @2 steps",
+            "real test images @2 steps",
             "same @3 steps",
             "same @2 steps",
-            "acpo @3 steps",
-            "acpo @2 steps"
+            "acpo-s0 @3 steps",
+            "acpo-s0 @2 steps"
         ]
     );
     let header: Vec<&str> = steps_csv.lines().next().unwrap().split(',').collect();
@@ -409,8 +458,11 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
             .parse()
             .unwrap()
     };
-    assert_eq!(row("acpo @2 steps"), few[2].scores["guidance"].value.mean);
-    assert_eq!(row("acpo @3 steps"), tuned.scores["guidance"].value.mean);
+    assert_eq!(
+        row("acpo-s0 @2 steps"),
+        few[2].scores["guidance"].value.mean
+    );
+    assert_eq!(row("acpo-s0 @3 steps"), tuned.scores["guidance"].value.mean);
     assert!(!header.contains(&"heldout_mse"));
     assert!(html.contains("Sampler steps") && html.contains("tiny/sampler_steps.csv"));
     assert!(html.contains("tiny/sampler_steps.png"));
@@ -441,7 +493,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         e.contains("schema 0") && e.contains("acpo repro evaluate@tiny-same"),
         "{e}"
     );
-    assert!(read_metrics(&root.join("results/eval/tiny/acpo/metrics.json"), "x").is_ok());
+    assert!(read_metrics(&root.join("results/eval/tiny/acpo-s0/metrics.json"), "x").is_ok());
 }
 
 /// The base's FID/KID on more images than are judged (`base_fid_samples`): the judged samples
@@ -475,9 +527,11 @@ fn the_base_is_also_scored_on_more_samples_beside_the_floor() {
     assert_eq!(plain.fid_kid.as_ref().unwrap().fid.mean, small.fid.mean);
     // The base's evaluation as the report reads it (the plain one replaced it).
     evaluate(&c, &with_fid("base")).unwrap();
-    fake_run(root, "acpo", 0.05, 0.1);
-    let tuned = evaluate(&c, &with_fid("acpo")).unwrap();
-    assert!(tuned.base_quality.is_none() && tuned.fid_kid.is_some());
+    for (run, scale) in [("acpo-s0", 0.05), ("acpo-s1", 0.03)] {
+        fake_run(root, run, scale, 0.1);
+        let tuned = evaluate(&c, &with_fid(run)).unwrap();
+        assert!(tuned.base_quality.is_none() && tuned.fid_kid.is_some());
+    }
 
     let floor = root.join("results/fid/train-vs-test/tiny");
     std::fs::create_dir_all(&floor).unwrap();
@@ -486,7 +540,7 @@ fn the_base_is_also_scored_on_more_samples_beside_the_floor() {
         r#"{"fid": 12.5, "kid_mean": 0.0003, "n": 9}"#,
     )
     .unwrap();
-    let spec = report_spec(root, &["acpo"], Default::default());
+    let spec = report_spec(root, &["acpo-s0", "acpo-s1"], Default::default());
     aggregate(&spec).unwrap();
     let md = std::fs::read_to_string(root.join("reports/tiny/base.md")).unwrap();
     let shown = acpo_report::aggregate::fmt_num(large.fid.mean);

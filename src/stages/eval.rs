@@ -1,0 +1,206 @@
+//! `acpo stage eval ...`: evaluation of base and fine-tuned models and the base-training
+//! study (crate `acpo-report`). The tables and plots built from them are `acpo stage report`,
+//! whose glue (src/stages/report.rs) the evaluation stages do not depend on.
+
+use std::path::PathBuf;
+
+use acpo_report::study::StudyEval;
+use acpo_report::{
+    evaluate, evaluate_step_study, run_study, EvalConfig, EvalPaths, StepStudy, StudyConfig,
+    StudyPaths, StudySettings,
+};
+use anyhow::Context;
+use clap::Subcommand;
+
+use super::params::stage_param;
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Evaluate one model of a benchmark (params `report.evaluate`) into
+    /// `results/eval/<benchmark>/<run>/`: samples from fixed seeds, scores, improvement over
+    /// the base, held-out MSE, drift, diversity, FID/KID.
+    Evaluate {
+        /// Benchmark (= its base model `results/base/<benchmark>/`).
+        #[arg(long)]
+        benchmark: String,
+        /// `base`, or a fine-tuning run in `results/finetune/<benchmark>/<run>/`.
+        #[arg(long, default_value = "base")]
+        run: String,
+        /// Prepared dataset (default: the benchmark's name).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Judge registry.
+        #[arg(long, default_value = "judges.yaml")]
+        judges: PathBuf,
+        /// Converted Inception weights (FID, KID, Inception diversity); omitted: skipped.
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Reference statistics of the test split (FID, KID); omitted: skipped.
+        #[arg(long)]
+        fid_ref: Option<PathBuf>,
+        /// Output folder (default `results/eval/<benchmark>/<run>`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sampler-steps study `report.step_study.<STUDY>`: its benchmark's base and listed runs
+    /// sampled again with the study's DDIM steps (other settings `report.evaluate`, no
+    /// FID/KID) into `results/eval-steps/<STUDY>/<run>/`.
+    EvaluateSteps {
+        /// Key of the study in `report.step_study`.
+        #[arg(long)]
+        study: String,
+        /// Judge registry.
+        #[arg(long, default_value = "judges.yaml")]
+        judges: PathBuf,
+    },
+    /// Base-training study configuration `study.configs.<CONFIG>`: its benchmark's
+    /// `diffusion.<benchmark>` params with the overrides, trained for `study.budget_tflop` and
+    /// scored (FID, KID, held-out MSE) at `study.eval_fractions` into `results/study/<CONFIG>/`.
+    BaseStudy {
+        /// Key in `study.configs`.
+        #[arg(long)]
+        config: String,
+    },
+}
+
+/// The stage that writes `results/finetune/<benchmark>/<run>` (see pipeline.yaml):
+/// `sweep-la<x>`, `variant-<name>`, or `<method>-s<seed>` of the finetune matrix.
+fn finetune_stage(benchmark: &str, run: &str) -> String {
+    if let Some(la) = run.strip_prefix("sweep-la") {
+        return format!("finetune-sweep@{benchmark}-{la}");
+    }
+    if let Some(v) = run.strip_prefix("variant-") {
+        return format!("finetune-variant@{benchmark}-{v}");
+    }
+    match run.rsplit_once("-s") {
+        Some((method, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("finetune@{benchmark}-{method}-{seed}")
+        }
+        _ => format!("finetune@{benchmark}-{run}"),
+    }
+}
+
+/// The inputs and default output of evaluating `run` of `benchmark` (see `EvalPaths`).
+fn eval_paths(benchmark: &str, dataset: Option<&str>, run: &str, judges: PathBuf) -> EvalPaths {
+    let is_base = run == "base";
+    EvalPaths {
+        base_dir: PathBuf::from("results/base").join(benchmark),
+        run_dir: (!is_base).then(|| PathBuf::from("results/finetune").join(benchmark).join(run)),
+        base_eval_dir: (!is_base)
+            .then(|| PathBuf::from("results/eval").join(benchmark).join("base")),
+        data_dir: PathBuf::from("data/prepared").join(dataset.unwrap_or(benchmark)),
+        judges,
+        inception: None,
+        fid_ref: None,
+        out_dir: PathBuf::from("results/eval").join(benchmark).join(run),
+        fix_base: format!("acpo repro train-base@{benchmark}"),
+        fix_run: format!("acpo repro {}", finetune_stage(benchmark, run)),
+        fix_base_eval: format!("acpo repro evaluate-base@{benchmark}"),
+        benchmark: benchmark.to_string(),
+        run: run.to_string(),
+    }
+}
+
+pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Evaluate {
+            benchmark,
+            run,
+            dataset,
+            judges,
+            inception,
+            fid_ref,
+            out,
+        } => {
+            let cfg: EvalConfig = stage_param("report.evaluate")?;
+            let mut paths = eval_paths(&benchmark, dataset.as_deref(), &run, judges);
+            paths.inception = inception;
+            paths.fid_ref = fid_ref;
+            if let Some(out) = out {
+                paths.out_dir = out;
+            }
+            let m =
+                evaluate(&cfg, &paths).with_context(|| format!("evaluate {benchmark}/{run}"))?;
+            eprintln!(
+                "evaluate {benchmark}/{run}: guidance {:.4}, held-out MSE {:.5}, pixel drift {:.5}{}",
+                m.scores["guidance"].value.mean,
+                m.heldout_mse.mean,
+                m.pixel_drift.mean,
+                m.fid_kid.as_ref().map(|f| format!(", FID {:.2}", f.fid.mean)).unwrap_or_default()
+            );
+        }
+        EvalCommand::EvaluateSteps { study, judges } => {
+            let cfg: EvalConfig = stage_param("report.evaluate")?;
+            let st: StepStudy = stage_param(&format!("report.step_study.{study}"))?;
+            let out = PathBuf::from("results/eval-steps").join(&study);
+            let paths_for = |run: &str| eval_paths(&st.benchmark, None, run, judges.clone());
+            let ms = evaluate_step_study(&cfg, &st, &out, &paths_for).with_context(|| {
+                format!("evaluate-steps {study} (param report.step_study.{study})")
+            })?;
+            for m in ms {
+                eprintln!(
+                    "evaluate-steps {study}: {}/{} at {} steps: guidance {:.4}, pixel drift {:.5}",
+                    m.benchmark,
+                    m.run,
+                    m.sampling.steps,
+                    m.scores["guidance"].value.mean,
+                    m.pixel_drift.mean
+                );
+            }
+        }
+        EvalCommand::BaseStudy { config } => {
+            let cfg: StudyConfig = stage_param(&format!("study.configs.{config}"))?;
+            let settings = StudySettings {
+                budget_tflop: stage_param("study.budget_tflop")?,
+                eval_fractions: stage_param("study.eval_fractions")?,
+                evaluate: stage_param::<StudyEval>("study.evaluate")?,
+            }
+            .for_config(&config, &cfg)?;
+            let diffusion: serde_json::Value =
+                stage_param(&format!("diffusion.{}", cfg.benchmark))?;
+            let p = settings.resolve(&config, &cfg, &diffusion)?;
+            let b = &cfg.benchmark;
+            let paths = StudyPaths {
+                data_dir: PathBuf::from("data/prepared").join(b),
+                inception: PathBuf::from("results/fid/inception-fid.safetensors"),
+                fid_ref: PathBuf::from("results/fid/ref").join(format!("{b}.safetensors")),
+                out_dir: PathBuf::from("results/study").join(&config),
+            };
+            let m = run_study(&config, &cfg, &p, &settings, &paths)
+                .with_context(|| format!("base-study {config} (param study.configs.{config})"))?;
+            if let Some(last) = m.last() {
+                eprintln!(
+                    "base-study {config}: {} steps x {}: FID {:.2}, KID {:.4} after {:.1} CPU-min",
+                    m.steps,
+                    m.batch_size,
+                    last.fid,
+                    last.kid,
+                    last.train_cpu_s / 60.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finetune_stage;
+
+    #[test]
+    fn every_run_name_points_at_the_stage_that_writes_it() {
+        assert_eq!(
+            finetune_stage("c", "acpo-data-s2"),
+            "finetune@c-acpo-data-2"
+        );
+        assert_eq!(finetune_stage("c", "sweep-la0.1"), "finetune-sweep@c-0.1");
+        assert_eq!(
+            finetune_stage("c", "variant-t300"),
+            "finetune-variant@c-t300"
+        );
+        assert_eq!(
+            finetune_stage("c", "perceptual-only"),
+            "finetune@c-perceptual-only"
+        );
+    }
+}
