@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use acpo_report::experiment::group_of;
 use acpo_report::study::StudyEval;
 use acpo_report::{
     evaluate, evaluate_step_study, run_study, EvalConfig, EvalPaths, StepStudy, StudyConfig,
@@ -64,19 +65,19 @@ pub enum EvalCommand {
 }
 
 /// The stage that writes `results/finetune/<benchmark>/<run>` (see pipeline.yaml):
-/// `sweep-la<x>`, `variant-<name>`, or `<method>-s<seed>` of the finetune matrix.
+/// `variant-<name>`, or a replicate `<group>-s<seed>` (the report's [`group_of`] rule) of the
+/// sweep (`sweep-la<x>`) or of the finetune matrix (`<method>`).
 fn finetune_stage(benchmark: &str, run: &str) -> String {
-    if let Some(la) = run.strip_prefix("sweep-la") {
-        return format!("finetune-sweep@{benchmark}-{la}");
-    }
     if let Some(v) = run.strip_prefix("variant-") {
         return format!("finetune-variant@{benchmark}-{v}");
     }
-    match run.rsplit_once("-s") {
-        Some((method, seed)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("finetune@{benchmark}-{method}-{seed}")
-        }
-        _ => format!("finetune@{benchmark}-{run}"),
+    let Some(group) = group_of(run) else {
+        return format!("finetune@{benchmark}-{run}");
+    };
+    let seed = &run[group.len() + 2..];
+    match group.strip_prefix("sweep-la") {
+        Some(la) => format!("finetune-sweep@{benchmark}-{la}-{seed}"),
+        None => format!("finetune@{benchmark}-{group}-{seed}"),
     }
 }
 
@@ -193,7 +194,11 @@ mod tests {
             finetune_stage("c", "acpo-data-s2"),
             "finetune@c-acpo-data-2"
         );
-        assert_eq!(finetune_stage("c", "sweep-la0.1"), "finetune-sweep@c-0.1");
+        // the sweep's replicates (finetune.sweep.seeds)
+        assert_eq!(
+            finetune_stage("c", "sweep-la0.1-s2"),
+            "finetune-sweep@c-0.1-2"
+        );
         assert_eq!(
             finetune_stage("c", "variant-t300"),
             "finetune-variant@c-t300"

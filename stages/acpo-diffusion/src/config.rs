@@ -308,6 +308,29 @@ pub enum SamplerKind {
     Ddim,
 }
 
+/// Where DDIM's steps fall in `[0, T)`. One default for every DDIM of the project (the
+/// evaluation, the `sample` stage, the fine-tuning probe and its ReFL path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    /// `[(S-1) T/S, ..., T/S, 0]` (the DDIM paper's; the default, and the spacing of every
+    /// evaluation so far).
+    #[default]
+    Leading,
+    /// `[T-1, T-1-T/S, ..., T/S-1]`: the first step starts from pure noise at `T-1`.
+    Trailing,
+}
+
+impl Spacing {
+    /// The name in params and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spacing::Leading => "leading",
+            Spacing::Trailing => "trailing",
+        }
+    }
+}
+
 /// The `sample` stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -322,6 +345,8 @@ pub struct SampleConfig {
     pub steps: usize,
     /// DDIM eta (0 = deterministic). Default 0.0.
     pub eta: f64,
+    /// DDIM timestep spacing, `leading` (default) or `trailing`.
+    pub spacing: Spacing,
     /// Classifier-free guidance scale for conditional models (1 = no guidance). Default 1.0.
     pub guidance: f64,
     /// Images per forward pass. Default 32.
@@ -338,6 +363,7 @@ impl Default for SampleConfig {
             sampler: SamplerKind::Ddim,
             steps: 100,
             eta: 0.0,
+            spacing: Spacing::Leading,
             guidance: 1.0,
             batch_size: 32,
             grid_cols: 8,

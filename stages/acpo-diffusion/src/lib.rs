@@ -34,7 +34,8 @@ pub mod train;
 pub mod unet;
 
 pub use config::{
-    BenchmarkParams, LossWeighting, LrSchedule, SampleConfig, ScheduleKind, TrainConfig, UNetConfig,
+    BenchmarkParams, LossWeighting, LrSchedule, SampleConfig, ScheduleKind, Spacing, TrainConfig,
+    UNetConfig,
 };
 pub use error::{DiffusionError, Result};
 pub use metrics::{heldout_mse, HeldoutMse};

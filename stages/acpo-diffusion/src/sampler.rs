@@ -1,12 +1,19 @@
 //! DDPM ancestral and DDIM samplers with classifier-free guidance.
 //!
+//! [`Ddim`] is the project's one DDIM: the evaluation and the `sample` stage step through it
+//! here, and the fine-tuning probe and ReFL path (acpo-finetune) step through it with their own
+//! noise predictor. The predicted `x0` is clipped to [-1, 1] and the raw predicted noise gives
+//! the direction to `x_prev` (the DDIM paper's update, eq. 12).
+//!
 //! Reproducibility: image `i` draws its initial noise and every later noise from its own stream
 //! `SeededRng::new(seeds[i], &[])`, so an image depends only on its seed (not on the batch it
 //! was generated in), and the same seeds give the same images across runs and models.
 
+use std::ops::Range;
+
 use candle_core::{Device, Tensor};
 
-use crate::config::SamplerKind;
+use crate::config::{SamplerKind, Spacing};
 use crate::error::{DiffusionError, Result};
 use crate::rng::SeededRng;
 use crate::schedule::NoiseSchedule;
@@ -23,14 +30,96 @@ pub struct SamplerOpts {
     pub eta: f64,
     /// Classifier-free guidance scale (1 = plain conditional prediction).
     pub guidance: f64,
+    /// DDIM timestep spacing (ignored for DDPM).
+    pub spacing: Spacing,
 }
 
-/// Evenly spaced DDIM timesteps, descending: `[(steps-1)*T/steps, ..., T/steps, 0]`.
-pub fn ddim_timesteps(timesteps: usize, steps: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..steps).map(|i| i * timesteps / steps).collect();
+/// Evenly spaced DDIM timesteps of `[0, timesteps)`, descending, distinct. Leading:
+/// `[(S-1) T/S, ..., T/S, 0]`; trailing: `[T-1, ..., T/S - 1]` (`S = steps`).
+pub fn ddim_timesteps(timesteps: usize, steps: usize, spacing: Spacing) -> Vec<usize> {
+    let mut v: Vec<usize> = match spacing {
+        Spacing::Leading => (0..steps).rev().map(|i| i * timesteps / steps).collect(),
+        Spacing::Trailing => (0..steps)
+            .map(|i| (timesteps * (steps - i) / steps).saturating_sub(1))
+            .collect(),
+    };
     v.dedup();
-    v.reverse();
     v
+}
+
+/// A DDIM trajectory: its timesteps (descending) and stochasticity `eta`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ddim {
+    timesteps: Vec<usize>,
+    eta: f64,
+}
+
+impl Ddim {
+    /// `steps` steps over a `num_timesteps`-step schedule. Errors name `steps` when it is not
+    /// in `1..=num_timesteps`, and `eta` when it is negative or not finite.
+    pub fn new(num_timesteps: usize, steps: usize, spacing: Spacing, eta: f64) -> Result<Self> {
+        if steps == 0 || steps > num_timesteps {
+            return Err(DiffusionError::config(
+                "steps",
+                format!("DDIM steps {steps} is not in 1..={num_timesteps}"),
+            ));
+        }
+        if !(eta.is_finite() && eta >= 0.0) {
+            return Err(DiffusionError::config(
+                "eta",
+                format!("must be a finite number >= 0, got {eta}"),
+            ));
+        }
+        Ok(Self {
+            timesteps: ddim_timesteps(num_timesteps, steps, spacing),
+            eta,
+        })
+    }
+
+    /// The trajectory's timesteps, descending.
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// Steps `steps` of the trajectory from `x` at `timesteps[steps.start]`: the state at
+    /// `timesteps[steps.end]`, or the clipped clean image when `steps.end` is the trajectory's
+    /// length. `eps(x, t)` predicts the noise of the batch at timestep `t`; `noise()` is a
+    /// standard normal draw of `x`'s shape, asked for once per stochastic step (`eta > 0`,
+    /// not the last step); `on_step` is called after every step. Every state is detached, so no
+    /// graph through the trajectory is kept.
+    pub fn run(
+        &self,
+        x: &Tensor,
+        steps: Range<usize>,
+        alpha_bar: &dyn Fn(usize) -> f64,
+        eps: &mut dyn FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+        noise: &mut dyn FnMut() -> candle_core::Result<Tensor>,
+        on_step: &mut dyn FnMut(),
+    ) -> candle_core::Result<Tensor> {
+        if steps.start > steps.end || steps.end > self.timesteps.len() {
+            candle_core::bail!(
+                "DDIM steps {steps:?} outside the {}-step trajectory",
+                self.timesteps.len()
+            );
+        }
+        let mut x = x.detach();
+        for i in steps {
+            let t = self.timesteps[i];
+            let t_prev = self.timesteps.get(i + 1).copied();
+            let e = eps(&x, t)?;
+            let z = if self.eta > 0.0 && t_prev.is_some() {
+                Some(noise()?)
+            } else {
+                None
+            };
+            let ab_prev = t_prev.map_or(1.0, alpha_bar);
+            x = ddim_update(&x, &e, alpha_bar(t), ab_prev, self.eta, z.as_ref())?
+                .x_prev
+                .detach();
+            on_step();
+        }
+        Ok(x)
+    }
 }
 
 /// The noise prediction with classifier-free guidance:
@@ -83,8 +172,20 @@ pub fn ddim_step(
     eta: f64,
     noise: Option<&Tensor>,
 ) -> candle_core::Result<ReverseStep> {
-    let ab = schedule.alpha_bar(t);
     let ab_prev = t_prev.map_or(1.0, |p| schedule.alpha_bar(p));
+    ddim_update(x_t, eps, schedule.alpha_bar(t), ab_prev, eta, noise)
+}
+
+/// The DDIM update from `x_t` (cumulative alpha `ab`) to the state at cumulative alpha
+/// `ab_prev` (1 for the clean image), given the predicted noise `eps`.
+pub fn ddim_update(
+    x_t: &Tensor,
+    eps: &Tensor,
+    ab: f64,
+    ab_prev: f64,
+    eta: f64,
+    noise: Option<&Tensor>,
+) -> candle_core::Result<ReverseStep> {
     let x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? * (1.0 / ab.sqrt()))?.clamp(-1f32, 1f32)?;
     let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).max(0.0).sqrt();
     let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
@@ -198,24 +299,15 @@ pub fn sample(
             }
         }
         SamplerKind::Ddim => {
-            if opts.steps == 0 || opts.steps > schedule.timesteps() {
-                return Err(DiffusionError::config(
-                    "sample.steps",
-                    format!("must be in 1..={}", schedule.timesteps()),
-                ));
-            }
-            let ts = ddim_timesteps(schedule.timesteps(), opts.steps);
-            for (i, &t) in ts.iter().enumerate() {
-                let t_prev = ts.get(i + 1).copied();
-                let eps = guided_eps(model, &x, &tvec(t)?, cond, opts.guidance)?;
-                let z = if opts.eta > 0.0 && t_prev.is_some() {
-                    Some(batch_noise(&mut rngs, chw, device)?)
-                } else {
-                    None
-                };
-                x = ddim_step(schedule, &x, &eps, t, t_prev, opts.eta, z.as_ref())?.x_prev;
-                on_step();
-            }
+            let ddim = Ddim::new(schedule.timesteps(), opts.steps, opts.spacing, opts.eta)?;
+            x = ddim.run(
+                &x,
+                0..ddim.timesteps().len(),
+                &|t| schedule.alpha_bar(t),
+                &mut |x, t| guided_eps(model, x, &tvec(t)?, cond, opts.guidance),
+                &mut || batch_noise(&mut rngs, chw, device),
+                &mut on_step,
+            )?;
         }
     }
     Ok(x.clamp(-1f32, 1f32)?)
@@ -226,9 +318,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ddim_timesteps_descend_to_zero() {
-        assert_eq!(ddim_timesteps(1000, 4), vec![750, 500, 250, 0]);
-        assert_eq!(ddim_timesteps(10, 10), (0..10).rev().collect::<Vec<_>>());
+    fn leading_timesteps_descend_to_zero() {
+        let l = Spacing::Leading;
+        assert_eq!(ddim_timesteps(1000, 4, l), vec![750, 500, 250, 0]);
+        assert_eq!(ddim_timesteps(10, 10, l), (0..10).rev().collect::<Vec<_>>());
+        assert_eq!(ddim_timesteps(1000, 3, l), vec![666, 333, 0]);
+    }
+
+    #[test]
+    fn trailing_timesteps_start_at_pure_noise() {
+        let tr = Spacing::Trailing;
+        assert_eq!(ddim_timesteps(1000, 4, tr), vec![999, 749, 499, 249]);
+        let ts = ddim_timesteps(1000, 40, tr);
+        assert_eq!((ts.len(), ts[0], ts[1], ts[39]), (40, 999, 974, 24));
+        assert_eq!(
+            ddim_timesteps(10, 10, tr),
+            (0..10).rev().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn bad_steps_and_eta_are_named() {
+        let msg = |e: DiffusionError| e.to_string();
+        assert!(msg(Ddim::new(10, 0, Spacing::Leading, 0.0).unwrap_err()).contains("steps"));
+        assert!(msg(Ddim::new(10, 11, Spacing::Leading, 0.0).unwrap_err()).contains("1..=10"));
+        assert!(msg(Ddim::new(10, 5, Spacing::Leading, -1.0).unwrap_err()).contains("eta"));
+    }
+
+    #[test]
+    fn the_spacing_names_parse_and_others_do_not() {
+        let s: Spacing = serde_json::from_str("\"trailing\"").unwrap();
+        assert_eq!((s, s.name()), (Spacing::Trailing, "trailing"));
+        assert_eq!(Spacing::default().name(), "leading");
+        assert!(serde_json::from_str::<Spacing>("\"middle\"").is_err());
     }
 
     #[test]

@@ -579,10 +579,13 @@ pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Re
         steps: sc.steps,
         eta: sc.eta,
         guidance: sc.guidance,
+        spacing: sc.spacing,
     };
     let per_batch = match sc.sampler {
         SamplerKind::Ddpm => schedule.timesteps(),
-        SamplerKind::Ddim => crate::sampler::ddim_timesteps(schedule.timesteps(), sc.steps).len(),
+        SamplerKind::Ddim => {
+            crate::sampler::ddim_timesteps(schedule.timesteps(), sc.steps, sc.spacing).len()
+        }
     };
     let seeds: Vec<u64> = (0..sc.num_images as u64).map(|i| sc.seed + i).collect();
     let nb = seeds.len().div_ceil(sc.batch_size);

@@ -1,7 +1,9 @@
-//! DDIM sampling over any [`EpsModel`], and the ReFL-style partial sampling path used when
-//! there are no data images (text-to-image): sample from noise with the current model, without
-//! gradient, down to a random step `t` in a late window; the objective then takes one
-//! differentiable step from that `x_t` to `x0_hat`, and the anchor uses the same `x_t`.
+//! DDIM sampling over any [`EpsModel`] through acpo-diffusion's one DDIM
+//! ([`acpo_diffusion::sampler::Ddim`]), and the ReFL-style on-policy path: sample from noise
+//! with the current model, without gradient, down to a random step `t` in a window; the
+//! objective then takes one differentiable step from that `x_t` to `x0_hat`, and the anchor
+//! uses the same `x_t`. It serves text-to-image (no data images) and the `draws: on-policy`
+//! runs of the unconditional benchmarks.
 //!
 //! candle has no global no-gradient mode: every sampling step's output is detached, so no graph
 //! through the trajectory is kept.
@@ -9,6 +11,8 @@
 use crate::draws::{self, Stream};
 use crate::objective::{EpsModel, ObjectiveBatch, Schedule};
 use crate::{FinetuneError, Result};
+use acpo_diffusion::config::Spacing;
+use acpo_diffusion::sampler::Ddim;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -19,6 +23,8 @@ use serde::{Deserialize, Serialize};
 pub struct PartialSamplingConfig {
     /// DDIM steps of the full trajectory (default 40, as in ReFL).
     pub sample_steps: usize,
+    /// DDIM timestep spacing (default `leading`, the evaluation's).
+    pub spacing: Spacing,
     /// The stop timestep is drawn uniformly among the trajectory's timesteps in
     /// `[stop_t_min, stop_t_max]` (default `[0, 249]`: the last quarter of the trajectory).
     pub stop_t_min: usize,
@@ -32,6 +38,7 @@ impl Default for PartialSamplingConfig {
     fn default() -> Self {
         Self {
             sample_steps: 40,
+            spacing: Spacing::Leading,
             stop_t_min: 0,
             stop_t_max: 249,
             eta: 0.0,
@@ -39,86 +46,60 @@ impl Default for PartialSamplingConfig {
     }
 }
 
-/// The DDIM trajectory's timesteps, descending and evenly spaced ("trailing"): for `T = 1000`
-/// and 40 steps, `999, 974, ..., 24`.
-pub fn ddim_timesteps(num_train_steps: usize, steps: usize) -> Result<Vec<usize>> {
-    if steps == 0 || steps > num_train_steps {
-        return Err(FinetuneError::config(
-            "sample_steps",
-            format!("{steps} is not in 1..={num_train_steps}"),
-        ));
-    }
-    Ok((0..steps)
-        .map(|i| num_train_steps * (steps - i) / steps - 1)
-        .collect())
-}
-
-/// One DDIM step from `x_t` at timestep `t` to timestep `t_prev` (`None` = to `x0`). `x0` is
-/// predicted, clamped to `[-1, 1]`, and the noise direction recomputed from the clamped `x0`.
-/// `noise` is needed when `eta > 0`.
-pub fn ddim_step(
+/// The DDIM trajectory of `steps` steps over `schedule` (errors name `key`).
+pub fn trajectory(
     schedule: &Schedule,
-    x_t: &Tensor,
-    eps: &Tensor,
-    t: usize,
-    t_prev: Option<usize>,
+    steps: usize,
+    spacing: Spacing,
     eta: f64,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
-    let n = x_t.dim(0)?;
-    let x0 = schedule.x0_hat(x_t, eps, &vec![t; n], true)?;
-    let Some(tp) = t_prev else {
-        return Ok(x0);
-    };
-    let ab = schedule.alpha_bar(t);
-    let ab_prev = schedule.alpha_bar(tp);
-    // eps consistent with the clamped x0
-    let eps = ((x_t - (&x0 * ab.sqrt())?)? / (1.0 - ab).sqrt())?;
-    let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
-    let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
-    let mut x = ((x0 * ab_prev.sqrt())? + (eps * dir)?)?;
-    if sigma > 0.0 {
-        let z = noise.ok_or_else(|| FinetuneError::config("eta", "eta > 0 needs noise"))?;
-        x = (x + (z * sigma)?)?;
-    }
-    Ok(x)
+    key: &str,
+) -> Result<Ddim> {
+    Ddim::new(schedule.num_steps(), steps, spacing, eta)
+        .map_err(|e| FinetuneError::config(key, e.to_string()))
 }
 
-/// Run DDIM from `x_start` (at `timesteps[0]`) for `n_steps` steps without gradient. Returns the
-/// state at `timesteps[n_steps]`, or the final `x0` when `n_steps == timesteps.len()`.
-#[allow(clippy::too_many_arguments)] // sampling inputs, each needed
+/// Checks that a `steps`-step DDIM trajectory fits a `num_timesteps`-step schedule (errors
+/// name `key`).
+pub fn trajectory_len(num_timesteps: usize, steps: usize, key: &str) -> Result<()> {
+    Ddim::new(num_timesteps, steps, Spacing::Leading, 0.0)
+        .map(|_| ())
+        .map_err(|e| FinetuneError::config(key, e.to_string()))
+}
+
+/// Run `ddim` from `x_start` (at its first timestep) for `n_steps` steps without gradient.
+/// Returns the state at `ddim.timesteps()[n_steps]`, or the final `x0` when `n_steps` is the
+/// trajectory's length. Noise for `eta > 0` comes from `rng`.
 pub fn ddim_sample(
     model: &dyn EpsModel,
     schedule: &Schedule,
+    ddim: &Ddim,
     x_start: &Tensor,
     cond: Option<&Tensor>,
-    timesteps: &[usize],
     n_steps: usize,
-    eta: f64,
     rng: &mut impl Rng,
 ) -> Result<Tensor> {
-    if n_steps > timesteps.len() {
+    let len = ddim.timesteps().len();
+    if n_steps > len {
         return Err(FinetuneError::config(
             "n_steps",
-            format!("{n_steps} > trajectory length {}", timesteps.len()),
+            format!("{n_steps} > trajectory length {len}"),
         ));
     }
     let n = x_start.dim(0)?;
     let dev = x_start.device().clone();
-    let mut x = x_start.detach();
-    for i in 0..n_steps {
-        let t = timesteps[i];
-        let t_prev = timesteps.get(i + 1).copied();
-        let t_tensor = Schedule::t_tensor(&vec![t; n], &dev)?;
-        let eps = model.eps(&x, &t_tensor, cond)?.detach();
-        let noise = if eta > 0.0 && t_prev.is_some() {
-            Some(draws::normal(rng, x.dims(), &dev)?)
-        } else {
-            None
-        };
-        x = ddim_step(schedule, &x, &eps, t, t_prev, eta, noise.as_ref())?.detach();
-    }
-    Ok(x)
+    let dims = x_start.dims().to_vec();
+    Ok(ddim.run(
+        x_start,
+        0..n_steps,
+        &|t| schedule.alpha_bar(t),
+        &mut |x, t| {
+            let t_tensor = Schedule::t_tensor(&vec![t; n], &dev)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Ok(model.eps(x, &t_tensor, cond)?.detach())
+        },
+        &mut || draws::normal(rng, &dims, &dev).map_err(|e| candle_core::Error::Msg(e.to_string())),
+        &mut || {},
+    )?)
 }
 
 /// Full DDIM sampling from Gaussian noise drawn with `rng`: images in `[-1, 1]`.
@@ -129,13 +110,15 @@ pub fn sample(
     dims: &[usize],
     cond: Option<&Tensor>,
     steps: usize,
+    spacing: Spacing,
     eta: f64,
     rng: &mut impl Rng,
     device: &Device,
 ) -> Result<Tensor> {
-    let ts = ddim_timesteps(schedule.num_steps(), steps)?;
+    let ddim = trajectory(schedule, steps, spacing, eta, "sample_steps")?;
     let x_t = draws::normal(rng, dims, device)?;
-    ddim_sample(model, schedule, &x_t, cond, &ts, ts.len(), eta, rng)
+    let len = ddim.timesteps().len();
+    ddim_sample(model, schedule, &ddim, &x_t, cond, len, rng)
 }
 
 /// One ReFL-style training batch: `x_t` sampled (without gradient) with `model` from noise down
@@ -153,7 +136,14 @@ pub fn partial_sample_batch(
     step: u64,
     device: &Device,
 ) -> Result<ObjectiveBatch> {
-    let ts = ddim_timesteps(schedule.num_steps(), cfg.sample_steps)?;
+    let ddim = trajectory(
+        schedule,
+        cfg.sample_steps,
+        cfg.spacing,
+        cfg.eta,
+        "sample_steps",
+    )?;
+    let ts = ddim.timesteps();
     let eligible: Vec<usize> = (0..ts.len())
         .filter(|&i| ts[i] >= cfg.stop_t_min && ts[i] <= cfg.stop_t_max)
         .collect();
@@ -169,16 +159,7 @@ pub fn partial_sample_batch(
     let mut rng = draws::rng(seed, Stream::Refl, step);
     let k = eligible[rng.random_range(0..eligible.len())];
     let x_start = draws::normal(&mut rng, dims, device)?;
-    let x_t = ddim_sample(
-        model,
-        schedule,
-        &x_start,
-        cond.as_ref(),
-        &ts,
-        k,
-        cfg.eta,
-        &mut rng,
-    )?;
+    let x_t = ddim_sample(model, schedule, &ddim, &x_start, cond.as_ref(), k, &mut rng)?;
     Ok(ObjectiveBatch {
         x_t,
         t: vec![ts[k]; dims[0]],
@@ -191,19 +172,7 @@ pub fn partial_sample_batch(
 mod tests {
     use super::*;
 
-    #[test]
-    fn trailing_timesteps() {
-        let ts = ddim_timesteps(1000, 40).unwrap();
-        assert_eq!(ts.len(), 40);
-        assert_eq!((ts[0], ts[1], ts[39]), (999, 974, 24));
-        assert_eq!(
-            ddim_timesteps(10, 10).unwrap(),
-            (0..10).rev().collect::<Vec<_>>()
-        );
-        assert!(ddim_timesteps(10, 11).is_err());
-    }
-
-    /// With the exact noise of a known x0, DDIM (eta = 0) lands on x0.
+    /// With the exact noise of a known x0, DDIM (eta = 0) lands on x0, for both spacings.
     #[test]
     fn ddim_with_oracle_eps_recovers_x0() {
         let dev = Device::Cpu;
@@ -217,9 +186,19 @@ mod tests {
             let ab = sc.alpha_bar(t);
             (x - (&x0c * ab.sqrt())?)? / (1.0 - ab).sqrt()
         };
-        let mut rng = draws::rng(0, Stream::Probe, 0);
-        let out = sample(&oracle, &s, &[1, 1, 2, 2], None, 20, 0.0, &mut rng, &dev).unwrap();
-        let d = (out - x0).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+        for spacing in [Spacing::Leading, Spacing::Trailing] {
+            let mut rng = draws::rng(0, Stream::Probe, 0);
+            let dims = [1, 1, 2, 2];
+            let out = sample(&oracle, &s, &dims, None, 20, spacing, 0.0, &mut rng, &dev).unwrap();
+            let d = (out - &x0).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "{spacing:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_step_count_names_the_key() {
+        let s = Schedule::linear(10, 1e-4, 0.02).unwrap();
+        let e = trajectory(&s, 11, Spacing::Leading, 0.0, "probe.sample_steps").unwrap_err();
+        assert!(e.to_string().contains("probe.sample_steps"), "{e}");
     }
 }

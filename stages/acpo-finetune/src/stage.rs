@@ -26,6 +26,7 @@ use crate::train::{
     calibration_batches, data_batch_from, per_item_mean, probe_metrics, train_step, ProbeSet, Stat,
 };
 use crate::{FinetuneError, Result};
+use acpo_diffusion::config::Spacing;
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::{Cnniqa, Judge, PatchMode, Registry, RgbImage};
@@ -88,6 +89,8 @@ pub struct ProbeConfig {
     pub samples: usize,
     /// DDIM steps of those samples (default 20).
     pub sample_steps: usize,
+    /// DDIM timestep spacing of those samples (default `leading`, the evaluation's).
+    pub spacing: Spacing,
     /// Judge names from `judges.yaml` scored on the samples (default brisque, niqe).
     pub judges: Vec<String>,
 }
@@ -101,7 +104,53 @@ impl Default for ProbeConfig {
             batch_size: 64,
             samples: 32,
             sample_steps: 20,
+            spacing: Spacing::Leading,
             judges: vec!["brisque".into(), "niqe".into()],
+        }
+    }
+}
+
+/// Where the training `x_t` of a step come from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrawSource {
+    /// Real training images noised forward to a timestep of the objective's window (default).
+    #[default]
+    Forward,
+    /// ReFL-style: the current model's own DDIM trajectory from noise, stopped (without
+    /// gradient) at a timestep of the objective's window, the same timestep for the whole batch
+    /// (see [`refl::partial_sample_batch`]). No data noise, so methods with a data term refuse it.
+    OnPolicy,
+}
+
+/// The trajectory of `draws: on-policy` (its stop window is the objective's `[t_min, t_max]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnPolicyConfig {
+    /// DDIM steps of the whole trajectory (default 20).
+    pub sample_steps: usize,
+    /// DDIM timestep spacing (default `leading`, the evaluation's).
+    pub spacing: Spacing,
+}
+
+impl Default for OnPolicyConfig {
+    fn default() -> Self {
+        Self {
+            sample_steps: 20,
+            spacing: Spacing::Leading,
+        }
+    }
+}
+
+impl OnPolicyConfig {
+    /// The partial-sampling parameters of a run whose objective window is `[t_min, t_max]`.
+    pub fn partial(&self, objective: &ObjectiveConfig) -> refl::PartialSamplingConfig {
+        refl::PartialSamplingConfig {
+            sample_steps: self.sample_steps,
+            spacing: self.spacing,
+            stop_t_min: objective.t_min,
+            stop_t_max: objective.t_max,
+            eta: 0.0,
         }
     }
 }
@@ -134,6 +183,10 @@ pub struct FinetuneConfig {
     /// Refuse a base whose KID (its evaluation, [`FinetunePaths::base_eval`]) is above this
     /// (default none: no gate).
     pub base_max_kid: Option<f64>,
+    /// Where the training `x_t` come from (default `forward`; `on-policy`: ReFL-style).
+    pub draws: DrawSource,
+    /// The trajectory of `draws: on-policy`.
+    pub on_policy: OnPolicyConfig,
     /// The held-out probe.
     pub probe: ProbeConfig,
 }
@@ -152,6 +205,8 @@ impl Default for FinetuneConfig {
             guidance_patch_mode: PatchMode::Inclusive,
             drift_stop: None,
             base_max_kid: None,
+            draws: DrawSource::Forward,
+            on_policy: OnPolicyConfig::default(),
             probe: ProbeConfig::default(),
         }
     }
@@ -204,6 +259,23 @@ impl FinetuneConfig {
         pos("probe.batch_size", self.probe.batch_size)?;
         if self.probe.samples > 0 {
             pos("probe.sample_steps", self.probe.sample_steps)?;
+            refl::trajectory_len(num_steps, self.probe.sample_steps, "probe.sample_steps")?;
+        }
+        if self.draws == DrawSource::OnPolicy {
+            if self.objective.lambdas().d != 0.0 {
+                return Err(FinetuneError::config(
+                    "draws",
+                    format!(
+                        "on-policy draws have no data noise: method {} has a data term (use forward draws)",
+                        self.objective.method
+                    ),
+                ));
+            }
+            refl::trajectory_len(
+                num_steps,
+                self.on_policy.sample_steps,
+                "on_policy.sample_steps",
+            )?;
         }
         if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) {
             return Err(FinetuneError::config("optim.lr", "must be > 0"));
@@ -482,13 +554,7 @@ impl Probe {
         let empty = Stat::of(&[]);
         let (mut gs, mut drift, mut judges) = (empty, empty, vec![]);
         if let (Some(noise), Some(base)) = (&self.noise, &self.base_samples) {
-            let x = sample_from(
-                model,
-                schedule,
-                noise,
-                cfg.probe.sample_steps,
-                cfg.probe.batch_size,
-            )?;
+            let x = sample_from(model, schedule, noise, &cfg.probe)?;
             let q = guidance.quality(&((&x + 1.0)? * 0.5)?)?;
             gs = Stat::of(&q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
             drift = Stat::of(&per_item_mean(&(&x - base)?.sqr()?)?);
@@ -517,25 +583,30 @@ fn sample_from(
     model: &dyn EpsModel,
     schedule: &Schedule,
     noise: &Tensor,
-    steps: usize,
-    batch: usize,
+    probe: &ProbeConfig,
 ) -> Result<Tensor> {
-    let ts = refl::ddim_timesteps(schedule.num_steps(), steps)?;
+    let ddim = refl::trajectory(
+        schedule,
+        probe.sample_steps,
+        probe.spacing,
+        0.0,
+        "probe.sample_steps",
+    )?;
     let n = noise.dim(0)?;
     let mut parts = vec![];
     let mut start = 0;
     // eta = 0 draws nothing from the generator
     let mut rng = draws::rng(0, Stream::ProbeSamples, 0);
+    let (batch, len_all) = (probe.batch_size, ddim.timesteps().len());
     while start < n {
         let len = batch.min(n - start);
         let x0 = refl::ddim_sample(
             model,
             schedule,
+            &ddim,
             &noise.narrow(0, start, len)?,
             None,
-            &ts,
-            ts.len(),
-            0.0,
+            len_all,
             &mut rng,
         )?;
         parts.push(x0);
@@ -732,13 +803,7 @@ pub fn run_finetune(
             &[cfg.probe.samples, m.in_channels, m.image_size, m.image_size],
             &device,
         )?;
-        let base = sample_from(
-            &reference,
-            &schedule,
-            &noise,
-            cfg.probe.sample_steps,
-            cfg.probe.batch_size,
-        )?;
+        let base = sample_from(&reference, &schedule, &noise, &cfg.probe)?;
         let judges = if cfg.probe.judges.is_empty() {
             vec![]
         } else {
@@ -861,6 +926,7 @@ pub fn run_finetune(
         base_row = Some(row);
     }
     let n_train = train.n;
+    let on_policy = cfg.on_policy.partial(&cfg.objective);
     let pb = progress_bar(cfg.steps as u64);
     pb.set_position(start as u64);
     let t0 = Instant::now();
@@ -868,15 +934,27 @@ pub fn run_finetune(
     let mut step = start;
     // a run that stopped on drift stays stopped
     while step < cfg.steps && drift_stop.is_none() {
-        let batch = data_batch_from(
-            n_train,
-            &fetch,
-            &schedule,
-            &cfg.objective,
-            cfg.batch_size,
-            cfg.seed,
-            step as u64,
-        )?;
+        let batch = match cfg.draws {
+            DrawSource::Forward => data_batch_from(
+                n_train,
+                &fetch,
+                &schedule,
+                &cfg.objective,
+                cfg.batch_size,
+                cfg.seed,
+                step as u64,
+            )?,
+            DrawSource::OnPolicy => refl::partial_sample_batch(
+                &model,
+                &schedule,
+                &on_policy,
+                &[cfg.batch_size, m.in_channels, m.image_size, m.image_size],
+                None,
+                cfg.seed,
+                step as u64,
+                &device,
+            )?,
+        };
         let st = train_step(
             &model,
             &reference,
@@ -1051,6 +1129,31 @@ mod tests {
         assert!(no_kid.unwrap_err().to_string().contains("has no KID"));
         let bad = check_base_quality(&gated(Some(0.1)), &paths(d.path(), Some("{")));
         assert!(matches!(bad, Err(FinetuneError::BadFile { .. })));
+    }
+
+    #[test]
+    fn unknown_draw_and_spacing_names_are_refused_naming_them() {
+        let bad = |v: serde_json::Value| {
+            FinetuneConfig::from_layers(&[v], "finetune.defaults")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad(serde_json::json!({"draws": "sideways"}));
+        assert!(e.contains("sideways") && e.contains("on-policy"), "{e}");
+        let e = bad(serde_json::json!({"probe": {"spacing": "middle"}}));
+        assert!(e.contains("middle") && e.contains("trailing"), "{e}");
+        let c = FinetuneConfig::from_layers(
+            &[serde_json::json!({"draws": "on-policy", "on_policy": {"spacing": "trailing"}})],
+            "finetune.defaults",
+        )
+        .unwrap();
+        assert_eq!(c.draws, DrawSource::OnPolicy);
+        assert_eq!(c.on_policy.spacing, Spacing::Trailing);
+        let mut c = FinetuneConfig::default();
+        c.on_policy.sample_steps = 2000;
+        c.draws = DrawSource::OnPolicy;
+        let e = c.validate(1000).unwrap_err().to_string();
+        assert!(e.contains("on_policy.sample_steps"), "{e}");
     }
 
     #[test]

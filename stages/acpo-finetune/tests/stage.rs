@@ -4,7 +4,7 @@
 use acpo_diffusion::config::ScheduleConfig;
 use acpo_diffusion::{BenchmarkParams, UNet, UNetConfig};
 use acpo_finetune::draws::{self, Stream};
-use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::{Method, Normalize};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -121,6 +121,18 @@ fn cfg(method: Method) -> FinetuneConfig {
     c
 }
 
+/// Largest absolute difference of two f32 tensors of one shape.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -232,15 +244,7 @@ fn lambda_p_zero_keeps_the_base_and_drift_stop_fires() {
         candle_core::safetensors::load(p.out_dir.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(base.len(), tuned.len());
     for (k, v) in &base {
-        let d = (v - &tuned[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{k} moved");
+        assert_eq!(max_diff(v, &tuned[k]), 0.0, "{k} moved");
     }
     assert_eq!(out.last.anchor_distance.mean, 0.0);
 
@@ -262,4 +266,50 @@ fn lambda_p_zero_keeps_the_base_and_drift_stop_fires() {
         .unwrap()
         .unwrap();
     assert_eq!((again.steps, again.drift_stop.unwrap().step), (2, 2));
+}
+
+/// `draws: on-policy` trains on the model's own DDIM trajectory (ReFL) instead of forward-noised
+/// training images; the config records it; methods with a data term refuse it, naming `draws`.
+#[test]
+fn on_policy_draws_train_on_the_models_own_trajectory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(Method::Acpo);
+    c.steps = 3;
+    c.probe.samples = 0;
+    c.draws = DrawSource::OnPolicy;
+    c.on_policy.sample_steps = 10;
+    let on = setup(dir.path(), "on");
+    let out = run_finetune(&c, &on, &RunOptions::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.steps, 3);
+    let resolved: serde_json::Value =
+        serde_json::from_slice(&read(&on.out_dir.join("config.json"))).unwrap();
+    assert_eq!(resolved["finetune"]["draws"], "on-policy");
+    assert_eq!(resolved["finetune"]["on_policy"]["sample_steps"], 10);
+
+    let mut f = c.clone();
+    f.draws = DrawSource::Forward;
+    let fwd = setup(dir.path(), "fwd");
+    run_finetune(&f, &fwd, &RunOptions::default())
+        .unwrap()
+        .unwrap();
+    let load = |p: &FinetunePaths| {
+        candle_core::safetensors::load(p.out_dir.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (a, b) = (load(&on), load(&fwd));
+    let moved_apart = a.iter().any(|(k, v)| max_diff(v, &b[k]) > 0.0);
+    assert!(
+        moved_apart,
+        "on-policy and forward draws gave the same model"
+    );
+
+    for method in [Method::DataAnchor, Method::AcpoData] {
+        let mut d = cfg(method);
+        d.draws = DrawSource::OnPolicy;
+        let p = setup(dir.path(), &format!("bad-{method}"));
+        let err = run_finetune(&d, &p, &RunOptions::default()).unwrap_err();
+        assert!(err.is_bad_input(), "{err}");
+        assert!(err.to_string().contains("draws"), "{err}");
+    }
 }

@@ -609,15 +609,15 @@ fn experiment_files(
     dir: &Path,
     hl: &Headline,
     list: &[EvalMetrics],
+    (h, c): &(Vec<String>, Vec<Vec<String>>),
 ) -> Result<Vec<PathBuf>> {
     write_json(&dir.join("headline.json"), hl)?;
-    let (h, c) = methods_cells(&spec.headline, list);
-    write_atomic(&dir.join("methods.csv"), cells_csv(&h, &c).as_bytes())?;
+    write_atomic(&dir.join("methods.csv"), cells_csv(h, c).as_bytes())?;
     let md = format!(
         "# {}: methods across training seeds\n\n**{}**\n\n{METHODS_CAPTION}\n\n{}",
         hl.benchmark,
         md_escape(&hl.text),
-        md_table(&h, &c)
+        md_table(h, c)
     );
     write_atomic(&dir.join("methods.md"), md.as_bytes())?;
     let (h, c) = by_t_cells(list);
@@ -921,19 +921,25 @@ fn steps_metrics(
     Ok(out)
 }
 
-/// The sampler-steps table's rows: run names suffixed with their steps.
+/// The sampler-steps table's rows: run names suffixed with their steps. The real test images
+/// are no samples: their row appears once, unsuffixed, from the first evaluation that has it
+/// (the main one, with the most images).
 fn steps_rows(ms: &[EvalMetrics]) -> Vec<Row> {
-    ms.iter()
-        .flat_map(|m| {
-            rows_of(m)
-                .into_iter()
-                .filter(|r| in_steps_table(&r.metric))
-                .map(move |mut r| {
-                    r.run = format!("{} @{} steps", r.run, m.sampling.steps);
-                    r
-                })
-        })
-        .collect()
+    let mut real_seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for m in ms {
+        for mut r in rows_of(m).into_iter().filter(|r| in_steps_table(&r.metric)) {
+            if r.run == REAL_TEST_ROW {
+                if !real_seen.insert(r.metric.clone()) {
+                    continue;
+                }
+            } else {
+                r.run = format!("{} @{} steps", r.run, m.sampling.steps);
+            }
+            out.push(r);
+        }
+    }
+    out
 }
 
 /// One panel per score (guidance, then the judges): the score's mean against the number of
@@ -1017,7 +1023,8 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         let w = wide(&bm_rows, &spec.optimised());
         let dir = spec.out_dir.join(&bm.name);
         let hl = headline(&spec.headline, &bm.name, &list)?;
-        files.extend(experiment_files(spec, &dir, &hl, &list)?);
+        let methods = methods_cells(&spec.headline, &list);
+        files.extend(experiment_files(spec, &dir, &hl, &list, &methods)?);
         write_atomic(&dir.join("summary.csv"), summary_csv(&w).as_bytes())?;
         let (h, c) = summary_cells(&w);
         let md = format!(
@@ -1064,7 +1071,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         }
         outs.plots
             .insert(0, (format!("{}/pareto", bm.name), PARETO_CAPTION.into()));
-        outs.methods = methods_cells(&spec.headline, &list);
+        outs.methods = methods;
         outs.headline = Some(hl);
         bench_out.insert(bm.name.clone(), outs);
         evals.insert(bm.name.clone(), list);

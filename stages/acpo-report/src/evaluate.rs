@@ -22,7 +22,7 @@ use crate::schema::{
     SCHEMA,
 };
 use crate::stats::{self, Estimate};
-use acpo_diffusion::config::SamplerKind;
+use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::sampler::{sample, SamplerOpts};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
@@ -48,6 +48,8 @@ pub struct EvalConfig {
     pub steps: usize,
     /// DDIM eta (default 0: deterministic given the initial noise).
     pub eta: f64,
+    /// DDIM timestep spacing, `leading` (default) or `trailing`.
+    pub spacing: Spacing,
     /// Images per sampler batch (default 32).
     pub batch_size: usize,
     /// Registry name of the guidance model; reported as `guidance` = -score (default `cnniqa`).
@@ -88,6 +90,7 @@ impl Default for EvalConfig {
             sampler: SamplerKind::Ddim,
             steps: 50,
             eta: 0.0,
+            spacing: Spacing::Leading,
             batch_size: 32,
             guidance: "cnniqa".into(),
             judges: vec!["brisque".into(), "niqe".into(), "cnniqa-onnx".into()],
@@ -323,6 +326,7 @@ fn draw_samples(
         steps: cfg.steps,
         eta: cfg.eta,
         guidance: 1.0,
+        spacing: cfg.spacing,
     };
     let per_batch = match cfg.sampler {
         SamplerKind::Ddpm => schedule.timesteps(),
@@ -740,12 +744,11 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     //    the reference every score is read against).
     let t0 = Instant::now();
     let (scores, mut cols) = score_images(&registry, cfg, &images)?;
+    let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
     let real_test = if is_base {
-        let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
-        test.truncate(cfg.samples);
         let (h, w) = (test.h, test.w);
         let len = h * w * 3;
-        let real: Vec<RgbImage> = (0..test.n)
+        let real: Vec<RgbImage> = (0..test.n.min(cfg.samples))
             .map(|i| RgbImage::new(w, h, test.pixels[i * len..(i + 1) * len].to_vec()))
             .collect::<std::result::Result<_, _>>()?;
         Some(RealTest {
@@ -759,7 +762,6 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
 
     // 3. Held-out MSE and anchor distance on the same draws.
     let t0 = Instant::now();
-    let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
     test.truncate(cfg.heldout_images);
     let test_x = test.all(&device)?;
     let reference = if is_base {
@@ -908,6 +910,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
             sampler: format!("{:?}", cfg.sampler).to_lowercase(),
             steps: cfg.steps,
             eta: cfg.eta,
+            spacing: cfg.spacing.name().into(),
         },
         scores,
         improvement,

@@ -79,6 +79,16 @@ impl HeadlineConfig {
         m.scores.get(name).is_some_and(|s| s.role != "guidance")
             && !self.not_held_out.iter().any(|n| n == name)
     }
+
+    /// The held-out judges of `m`'s scores (or, with `held_out` false, the rest: the guidance
+    /// and the judges that run the guidance network), in the scores' order.
+    pub fn judges(&self, m: &EvalMetrics, held_out: bool) -> Vec<String> {
+        m.scores
+            .keys()
+            .filter(|n| self.is_held_out(m, n) == held_out)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The replicate group of a run name: `acpo-s2` -> `acpo`; other names have none.
@@ -147,13 +157,7 @@ type Column = (String, Box<dyn Fn(&EvalMetrics) -> Option<Estimate>>);
 
 fn columns(cfg: &HeadlineConfig, sample: &EvalMetrics) -> Vec<Column> {
     let mut cols: Vec<Column> = Vec::new();
-    let held: Vec<String> = sample
-        .scores
-        .keys()
-        .filter(|n| cfg.is_held_out(sample, n))
-        .cloned()
-        .collect();
-    for j in held {
+    for j in cfg.judges(sample, true) {
         let k = j.clone();
         cols.push((
             format!("{j} gain %"),
@@ -180,13 +184,7 @@ fn columns(cfg: &HeadlineConfig, sample: &EvalMetrics) -> Vec<Column> {
         "KID".into(),
         Box::new(|m| m.fid_kid.as_ref().map(|f| f.kid.clone())),
     ));
-    let optimised: Vec<String> = sample
-        .scores
-        .keys()
-        .filter(|n| !cfg.is_held_out(sample, n))
-        .cloned()
-        .collect();
-    for g in optimised {
+    for g in cfg.judges(sample, false) {
         let k = g.clone();
         cols.push((
             format!("{g} gain % (optimised)"),
@@ -307,13 +305,8 @@ pub fn headline(cfg: &HeadlineConfig, benchmark: &str, evals: &[EvalMetrics]) ->
             )
         })
     };
-    let held: Vec<String> = runs[0]
-        .scores
-        .keys()
-        .filter(|n| cfg.is_held_out(runs[0], n))
-        .cloned()
-        .collect();
-    let judges = held
+    let judges = cfg
+        .judges(runs[0], true)
         .iter()
         .map(|j| {
             let a = across_seeds(&runs, |m| {
@@ -379,7 +372,7 @@ fn sentence(cfg: &HeadlineConfig, h: &Headline) -> String {
     let judges = h
         .judges
         .iter()
-        .map(|(j, a)| format!("{j} {}%", fmt_across(a)))
+        .map(|(j, a)| format!("{j} gain (%) {}", fmt_across(a)))
         .collect::<Vec<_>>()
         .join("; ");
     let rose = |a: &AcrossSeeds| a.across.lo.is_some_and(|lo| lo > 0.0);
@@ -473,12 +466,7 @@ pub fn pareto_panels(cfg: &HeadlineConfig, benchmark: &str, evals: &[EvalMetrics
         let kind = m.info.method == cfg.method || m.info.method == cfg.baseline;
         (!variant && kind).then_some(m.info.lambda_a).flatten()
     };
-    let held: Vec<String> = sample
-        .scores
-        .keys()
-        .filter(|n| cfg.is_held_out(sample, n))
-        .cloned()
-        .collect();
+    let held = cfg.judges(sample, true);
     type Getter = Box<dyn Fn(&EvalMetrics) -> Option<Estimate>>;
     let xs: [(&str, Getter); 2] = [
         (
@@ -606,6 +594,7 @@ mod tests {
                 sampler: "ddim".into(),
                 steps: 25,
                 eta: 0.0,
+                spacing: "leading".into(),
             },
             scores,
             improvement,

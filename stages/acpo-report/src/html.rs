@@ -94,7 +94,7 @@ pub fn index_html(
         let _ = writeln!(
             h,
             "<p>Tables: <a href=\"{0}/summary.csv\">summary.csv</a>, <a href=\"{0}/summary.md\">summary.md</a>. \
-             Samples per model: {1}, seeds {2}..{3}, {4} with {5} steps (same seeds and noise for every model). \
+             Samples per model: {1}, seeds {2}..{3}, {4} with {5} steps, {6} spacing (same seeds and noise for every model). \
              <code>cnniqa-onnx</code> is the guidance network itself through ONNX Runtime (on the image resized to 32x32): \
              a consistency check of the guidance, not an independent judge; BRISQUE and NIQE are the independent judges.</p>",
             esc(bm),
@@ -102,7 +102,8 @@ pub fn index_html(
             list[0].sampling.seed,
             list[0].sampling.seed + list[0].sampling.samples as u64 - 1,
             esc(&list[0].sampling.sampler),
-            list[0].sampling.steps
+            list[0].sampling.steps,
+            esc(&list[0].sampling.spacing)
         );
         h.push_str(&table(&hd, &cells));
         if let Some(w) = outs.get(bm).and_then(|o| o.steps.as_ref()) {

@@ -72,6 +72,13 @@ pub struct SamplingInfo {
     pub sampler: String,
     pub steps: usize,
     pub eta: f64,
+    /// DDIM timestep spacing (`leading` when absent: every evaluation before it was recorded).
+    #[serde(default = "leading")]
+    pub spacing: String,
+}
+
+fn leading() -> String {
+    "leading".into()
 }
 
 /// The whole metrics file.

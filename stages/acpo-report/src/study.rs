@@ -21,7 +21,7 @@
 use crate::error::{ReportError, Result};
 use crate::fsio::{read_string, write_json};
 use crate::plots::write_grid_png;
-use acpo_diffusion::config::SamplerKind;
+use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::flops::{train_step_flops, unet_forward_flops};
 use acpo_diffusion::sampler::{sample, SamplerOpts};
@@ -44,6 +44,8 @@ pub struct StudyEval {
     pub sampler: SamplerKind,
     /// DDIM steps (default 25, the evaluation's).
     pub steps: usize,
+    /// DDIM timestep spacing (default `leading`, the evaluation's).
+    pub spacing: Spacing,
     /// Images per sampler and Inception batch (default 50).
     pub batch_size: usize,
     /// Test images for the held-out MSE (default 500; 0 = all).
@@ -62,6 +64,7 @@ impl Default for StudyEval {
             seed: 2_000_000,
             sampler: SamplerKind::Ddim,
             steps: 25,
+            spacing: Spacing::Leading,
             batch_size: 50,
             heldout_images: 500,
             heldout_seed: 1234,
@@ -318,6 +321,7 @@ fn score(
         steps: ev.steps,
         eta: 0.0,
         guidance: 1.0,
+        spacing: ev.spacing,
     };
     let seeds: Vec<u64> = (0..ev.samples as u64).map(|i| ev.seed + i).collect();
     let pb = crate::progress::bar(seeds.len() as u64, "study sample+inception");

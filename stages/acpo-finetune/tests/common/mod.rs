@@ -39,8 +39,13 @@ impl EpsModel for TinyEps {
     }
 }
 
-/// Seeded base weights of [`TinyEps`].
+/// Seeded base weights of [`TinyEps`] (normal, sd 0.3).
 pub fn base_weights(dtype: DType, seed: u64) -> HashMap<String, Tensor> {
+    base_weights_sd(dtype, seed, 0.3)
+}
+
+/// Seeded base weights of [`TinyEps`] with standard deviation `sd`.
+pub fn base_weights_sd(dtype: DType, seed: u64, sd: f64) -> HashMap<String, Tensor> {
     let vm = VarMap::new();
     TinyEps::new(VarBuilder::from_varmap(&vm, dtype, &Device::Cpu)).unwrap();
     let mut names: Vec<(String, Vec<usize>)> = vm
@@ -55,7 +60,7 @@ pub fn base_weights(dtype: DType, seed: u64) -> HashMap<String, Tensor> {
     names
         .into_iter()
         .map(|(k, dims)| {
-            let t = (draws::normal(&mut rng, &dims, &Device::Cpu).unwrap() * 0.3)
+            let t = (draws::normal(&mut rng, &dims, &Device::Cpu).unwrap() * sd)
                 .unwrap()
                 .to_dtype(dtype)
                 .unwrap();
