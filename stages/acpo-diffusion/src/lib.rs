@@ -16,8 +16,8 @@
 //! candle's global RNG, so results are reproducible and training resumes bit-exactly.
 
 pub mod config;
-pub mod conv;
-mod cpu_op;
+/// The hand-written CPU ops (acpo-ops), re-exported where the UNet's layers call them.
+pub use acpo_ops::{conv, norm};
 pub mod data;
 pub mod error;
 pub mod flops;
@@ -25,7 +25,6 @@ pub mod grid;
 pub mod malloc;
 pub mod metrics;
 pub mod nn;
-pub mod norm;
 pub mod optim;
 pub mod rng;
 pub mod sampler;

@@ -22,6 +22,7 @@
 
 use crate::error::{FidError, Result};
 use crate::io::ImageSet;
+use acpo_ops::conv::conv2d_bias;
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ impl ConvBn {
         };
         let scale = (var + BN_EPS)?.sqrt()?.recip()?;
         let weight = w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let bias = (beta - mean.mul(&scale)?)?.reshape((1, c_out, 1, 1))?;
+        let bias = (beta - mean.mul(&scale)?)?;
         Ok(Self {
             weight,
             bias,
@@ -131,16 +132,18 @@ impl ConvBn {
         })
     }
 
+    /// The convolution with the folded batch norm as its bias (acpo-ops' fused-bias conv:
+    /// about 2.4x candle's conv2d on these shapes, README "Speed"), then ReLU.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (ph, pw) = self.pad;
         let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
+            conv2d_bias(x, &self.weight, &self.bias, ph, self.stride)?
         } else {
-            // candle's conv2d takes one padding for both axes (1x7 / 7x1 convs).
+            // the conv takes one padding for both axes (1x7 / 7x1 convs)
             let xp = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
-            xp.conv2d(&self.weight, 0, self.stride, 1, 1)?
+            conv2d_bias(&xp, &self.weight, &self.bias, 0, self.stride)?
         };
-        Ok(y.broadcast_add(&self.bias)?.relu()?)
+        Ok(y.relu()?)
     }
 }
 

@@ -1,0 +1,12 @@
+//! Hand-written candle ops for the CPU, shared by the stage crates that run convolutions: the
+//! diffusion UNet (acpo-diffusion: training, sampling, fine-tuning) and the FID Inception
+//! network (acpo-fid). Each op falls back to candle's own on other devices and dtypes.
+//!
+//! - [`conv`]: 2-D convolution with a fused bias, forward and backward (why hand-written: its
+//!   module docs; how fast: README "Speed").
+//! - [`norm`]: group normalisation, optionally fused with SiLU, forward and backward.
+//! - `cpu_op`: what they share: the f32/f64 dispatch, host buffers, fixed-order reductions.
+
+pub mod conv;
+mod cpu_op;
+pub mod norm;
