@@ -62,3 +62,36 @@ fn a_study_configuration_with_an_unknown_param_exits_2_naming_it() {
         "stderr: {stderr}"
     );
 }
+
+/// Fine-tuning params: an unknown draw source or DDIM spacing exits 2 naming the value, before
+/// any model is read.
+#[test]
+fn unknown_finetune_draws_and_spacing_exit_2_naming_them() {
+    for (defaults, bad) in [
+        (serde_json::json!({"draws": "sideways"}), "sideways"),
+        (
+            serde_json::json!({"probe": {"spacing": "middle"}}),
+            "middle",
+        ),
+    ] {
+        let params = serde_json::json!({
+            "finetune.defaults": defaults,
+            "finetune.cifar10": {},
+        });
+        let (code, stderr) = run(
+            &params,
+            "finetune@cifar10-acpo-0",
+            &[
+                "finetune",
+                "--benchmark",
+                "cifar10",
+                "--method",
+                "acpo",
+                "--out",
+                "out",
+            ],
+        );
+        assert_eq!(code, Some(2), "stderr: {stderr}");
+        assert!(stderr.contains(bad), "stderr: {stderr}");
+    }
+}

@@ -74,3 +74,14 @@ fn a_headline_with_fewer_than_two_seeds_is_bad_input_exit_2() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn an_unknown_ddim_spacing_is_bad_input_exit_2() {
+    let params = serde_json::json!({ "report.evaluate": { "spacing": "middle" } });
+    let (code, stderr) = run_eval(&params, "evaluate", &["evaluate", "--benchmark", "cifar10"]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("report.evaluate") && stderr.contains("middle"),
+        "stderr: {stderr}"
+    );
+}
