@@ -209,6 +209,8 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         ] {
             assert!(d.join(f).is_file(), "missing reports/{bm}/{f}");
         }
+        // the smoke profile tests no further groups (report.headline.also: [])
+        assert_eq!(json(&d.join("headline_also.json")), serde_json::json!([]));
         let hl = json(&d.join("headline.json"));
         let text = hl["text"].as_str().unwrap();
         assert!(

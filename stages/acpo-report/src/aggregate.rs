@@ -10,7 +10,8 @@
 use crate::error::{ReportError, Result};
 use crate::evaluate::StepStudy;
 use crate::experiment::{
-    across_seeds, fmt_across, headline, methods_cells, pareto_panels, Headline, HeadlineConfig,
+    across_seeds, also_headlines, fmt_across, headline, headline_text, methods_cells,
+    pareto_panels, Headline, HeadlineConfig,
 };
 use crate::fsio::{read_string, write_atomic, write_json};
 use crate::plots::{plot, write_grid_png, Panel, Series};
@@ -585,6 +586,8 @@ pub struct BenchOutputs {
     pub steps: Option<Wide>,
     /// The generated headline.
     pub headline: Option<Headline>,
+    /// The headlines of `report.headline.also`, after it.
+    pub also: Vec<Headline>,
     /// The methods table across seeds (header, cells).
     pub methods: (Vec<String>, Vec<Vec<String>>),
 }
@@ -602,21 +605,30 @@ pub const METHODS_CAPTION: &str = "One row per method, over its training seeds (
     the same seeds, positive = better); the guidance and its ONNX copy last, as what was \
     optimised. Δ held-out MSE is paired with the base on the same draws.";
 
+/// Each paragraph of `text` in bold, markdown-escaped.
+fn bold_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| format!("**{}**", md_escape(p)))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// The per-benchmark files of the experiment: `headline.json`, `methods.{csv,md}`,
 /// `drift_by_t.{csv,md}` and `pareto.{png,svg}`.
 fn experiment_files(
     spec: &ReportSpec,
     dir: &Path,
-    hl: &Headline,
+    (hl, also): (&Headline, &[Headline]),
     list: &[EvalMetrics],
     (h, c): &(Vec<String>, Vec<Vec<String>>),
 ) -> Result<Vec<PathBuf>> {
     write_json(&dir.join("headline.json"), hl)?;
+    write_json(&dir.join("headline_also.json"), &also)?;
     write_atomic(&dir.join("methods.csv"), cells_csv(h, c).as_bytes())?;
     let md = format!(
-        "# {}: methods across training seeds\n\n**{}**\n\n{METHODS_CAPTION}\n\n{}",
+        "# {}: methods across training seeds\n\n{}\n\n{METHODS_CAPTION}\n\n{}",
         hl.benchmark,
-        md_escape(&hl.text),
+        bold_paragraphs(&headline_text(hl, also)),
         md_table(h, c)
     );
     write_atomic(&dir.join("methods.md"), md.as_bytes())?;
@@ -634,6 +646,7 @@ fn experiment_files(
     )?;
     Ok([
         "headline.json",
+        "headline_also.json",
         "methods.csv",
         "methods.md",
         "drift_by_t.csv",
@@ -1023,18 +1036,19 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         let w = wide(&bm_rows, &spec.optimised());
         let dir = spec.out_dir.join(&bm.name);
         let hl = headline(&spec.headline, &bm.name, &list)?;
+        let also = also_headlines(&spec.headline, &bm.name, &list)?;
         let methods = methods_cells(&spec.headline, &list);
-        files.extend(experiment_files(spec, &dir, &hl, &list, &methods)?);
+        files.extend(experiment_files(spec, &dir, (&hl, &also), &list, &methods)?);
         write_atomic(&dir.join("summary.csv"), summary_csv(&w).as_bytes())?;
         let (h, c) = summary_cells(&w);
         let md = format!(
-            "# {}: methods x metrics\n\n**{}**\n\nAcross seeds: [methods.md](methods.md); by timestep: [drift_by_t.md](drift_by_t.md).\n\nEach cell: mean [95% interval] n=samples. Intervals: t (means), bootstrap (relative improvement, FID), \
+            "# {}: methods x metrics\n\n{}\n\nAcross seeds: [methods.md](methods.md); by timestep: [drift_by_t.md](drift_by_t.md).\n\nEach cell: mean [95% interval] n=samples. Intervals: t (means), bootstrap (relative improvement, FID), \
              wilson (win rates), u-statistic (diversity), subset-sd (KID), exact (zero by construction). \
              Improvements are oriented so that positive = better than the base on the same seeds. \
              `cnniqa-onnx` is the guidance network through ONNX Runtime (a consistency check, not an independent judge). \
              The base against real data: [base.md](base.md).\n\n{}",
             bm.name,
-            md_escape(&hl.text),
+            bold_paragraphs(&headline_text(&hl, &also)),
             md_table(&h, &c)
         );
         write_atomic(&dir.join("summary.md"), md.as_bytes())?;
@@ -1073,6 +1087,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
             .insert(0, (format!("{}/pareto", bm.name), PARETO_CAPTION.into()));
         outs.methods = methods;
         outs.headline = Some(hl);
+        outs.also = also;
         bench_out.insert(bm.name.clone(), outs);
         evals.insert(bm.name.clone(), list);
     }

@@ -33,6 +33,9 @@ pub struct HeadlineConfig {
     pub anchor_tolerance: f64,
     /// Fewest seeds a group needs for intervals across seeds (default 2; at least 2).
     pub min_seeds: usize,
+    /// Further replicate groups tested with the same criteria, each with its own sentence after
+    /// the main one (default none; cpu: the sweep's `sweep-la<x>` groups).
+    pub also: Vec<String>,
 }
 
 impl Default for HeadlineConfig {
@@ -44,6 +47,7 @@ impl Default for HeadlineConfig {
             mse_tolerance_pct: 5.0,
             anchor_tolerance: 0.1,
             min_seeds: 2,
+            also: vec![],
         }
     }
 }
@@ -266,6 +270,33 @@ pub struct Headline {
     pub baseline_anchor: Option<AcrossSeeds>,
     /// The sentence, built from the fields above.
     pub text: String,
+}
+
+/// The headlines of `cfg.also`: each group tested as `cfg.method` is, in the order given.
+pub fn also_headlines(
+    cfg: &HeadlineConfig,
+    benchmark: &str,
+    evals: &[EvalMetrics],
+) -> Result<Vec<Headline>> {
+    cfg.also
+        .iter()
+        .map(|g| {
+            let c = HeadlineConfig {
+                method: g.clone(),
+                ..cfg.clone()
+            };
+            headline(&c, benchmark, evals)
+        })
+        .collect()
+}
+
+/// The main headline's sentence followed by those of the `also` groups (one paragraph each).
+pub fn headline_text(main: &Headline, also: &[Headline]) -> String {
+    std::iter::once(main)
+        .chain(also)
+        .map(|h| h.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The headline of one benchmark from its evaluations (`evals[0]` may be the base; the base
@@ -699,6 +730,43 @@ mod tests {
             "{}",
             h.text
         );
+    }
+
+    /// `also` groups (the sweep's replicates) get their own verdicts, after the main one; a group
+    /// with too few seeds is an error naming the key.
+    #[test]
+    fn also_groups_are_tested_like_the_method() {
+        let mut v = world([10.0, 4.0], 0.0005, 0.001);
+        for s in 0..2 {
+            let g = [-1.0 - s as f64, 2.0];
+            v.push(eval(
+                &format!("sweep-la10-s{s}"),
+                "acpo",
+                10.0,
+                g,
+                0.0001,
+                0.0001,
+            ));
+        }
+        let cfg = HeadlineConfig {
+            also: vec!["sweep-la10".into()],
+            ..Default::default()
+        };
+        let main = headline(&cfg, "b", &v).unwrap();
+        let also = also_headlines(&cfg, "b", &v).unwrap();
+        assert_eq!(main.verdict, Verdict::Holds);
+        assert_eq!(also.len(), 1);
+        assert_eq!((also[0].method.as_str(), also[0].seeds), ("sweep-la10", 2));
+        assert_eq!(also[0].verdict, Verdict::FailsOnQuality, "{}", also[0].text);
+        let text = headline_text(&main, &also);
+        assert!(text.starts_with(&main.text) && text.ends_with(&also[0].text));
+        assert!(text.contains("\n\nb: the claim fails on quality — sweep-la10 (2 seeds)"));
+        let few = HeadlineConfig {
+            also: vec!["sweep-la30".into()],
+            ..Default::default()
+        };
+        let e = also_headlines(&few, "b", &v).unwrap_err().to_string();
+        assert!(e.contains("report.runs") && e.contains("sweep-la30"), "{e}");
     }
 
     #[test]

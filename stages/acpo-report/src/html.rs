@@ -170,7 +170,7 @@ fn headline_section(outs: &BTreeMap<String, BenchOutputs>) -> String {
          interval) seeds=n.</p>\n<ul>",
     );
     for o in outs.values() {
-        if let Some(hl) = &o.headline {
+        for hl in o.headline.iter().chain(&o.also) {
             let _ = write!(h, "<li>{}</li>", esc(&hl.text));
         }
     }
