@@ -160,22 +160,6 @@ pub struct ReverseStep {
     pub x0_pred: Tensor,
 }
 
-/// One DDIM step from timestep `t` to `t_prev` (`None`: to the clean image) given the
-/// predicted noise `eps`; `noise` (standard normal, same shape) is used when `std > 0`.
-/// The predicted `x0` is clipped to [-1, 1].
-pub fn ddim_step(
-    schedule: &NoiseSchedule,
-    x_t: &Tensor,
-    eps: &Tensor,
-    t: usize,
-    t_prev: Option<usize>,
-    eta: f64,
-    noise: Option<&Tensor>,
-) -> candle_core::Result<ReverseStep> {
-    let ab_prev = t_prev.map_or(1.0, |p| schedule.alpha_bar(p));
-    ddim_update(x_t, eps, schedule.alpha_bar(t), ab_prev, eta, noise)
-}
-
 /// The DDIM update from `x_t` (cumulative alpha `ab`) to the state at cumulative alpha
 /// `ab_prev` (1 for the clean image), given the predicted noise `eps`.
 pub fn ddim_update(
@@ -362,7 +346,7 @@ mod tests {
         let x0 = (r.normal(&[2, 3, 4, 4], &dev).unwrap() * 0.3).unwrap();
         let eps = r.normal(&[2, 3, 4, 4], &dev).unwrap();
         let xt = s.q_sample(&x0, &[40, 40], &eps).unwrap();
-        let st = ddim_step(&s, &xt, &eps, 40, None, 0.0, None).unwrap();
+        let st = ddim_update(&xt, &eps, s.alpha_bar(40), 1.0, 0.0, None).unwrap();
         let d = (st.x_prev - x0).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
     }

@@ -259,7 +259,14 @@ impl FinetuneConfig {
         pos("probe.batch_size", self.probe.batch_size)?;
         if self.probe.samples > 0 {
             pos("probe.sample_steps", self.probe.sample_steps)?;
-            refl::trajectory_len(num_steps, self.probe.sample_steps, "probe.sample_steps")?;
+            let p = &self.probe;
+            refl::trajectory(
+                num_steps,
+                p.sample_steps,
+                p.spacing,
+                0.0,
+                "probe.sample_steps",
+            )?;
         }
         if self.draws == DrawSource::OnPolicy {
             if self.objective.lambdas().d != 0.0 {
@@ -271,9 +278,12 @@ impl FinetuneConfig {
                     ),
                 ));
             }
-            refl::trajectory_len(
+            let o = &self.on_policy;
+            refl::trajectory(
                 num_steps,
-                self.on_policy.sample_steps,
+                o.sample_steps,
+                o.spacing,
+                0.0,
                 "on_policy.sample_steps",
             )?;
         }
@@ -586,7 +596,7 @@ fn sample_from(
     probe: &ProbeConfig,
 ) -> Result<Tensor> {
     let ddim = refl::trajectory(
-        schedule,
+        schedule.num_steps(),
         probe.sample_steps,
         probe.spacing,
         0.0,
