@@ -244,16 +244,7 @@ impl Samples {
     }
 
     fn images(&self) -> Result<Vec<RgbImage>> {
-        let len = self.h * self.w * 3;
-        (0..self.n)
-            .map(|i| {
-                Ok(RgbImage::new(
-                    self.w,
-                    self.h,
-                    self.pixels[i * len..(i + 1) * len].to_vec(),
-                )?)
-            })
-            .collect()
+        rgb_images(&self.pixels, self.n, self.h, self.w)
     }
 
     fn save(&self, path: &Path) -> Result<()> {
@@ -357,6 +348,20 @@ fn draw_samples(
 }
 
 /// Per-image values by name, in column order.
+/// The first `n` images of `h x w` RGB pixels stored image after image (HWC, u8).
+fn rgb_images(pixels: &[u8], n: usize, h: usize, w: usize) -> Result<Vec<RgbImage>> {
+    let len = h * w * 3;
+    (0..n)
+        .map(|i| {
+            Ok(RgbImage::new(
+                w,
+                h,
+                pixels[i * len..(i + 1) * len].to_vec(),
+            )?)
+        })
+        .collect()
+}
+
 type NamedColumns = Vec<(String, Vec<f64>)>;
 
 /// The guidance (as `guidance` = Q, higher = better) and every judge of `cfg` on `images`:
@@ -410,6 +415,17 @@ struct Heldout {
     ref_mse: Vec<f64>,
     /// Anchor distance to the reference (empty without a reference).
     dist: Vec<f64>,
+}
+
+impl Heldout {
+    /// The paired MSE change against the reference, per draw (empty without a reference).
+    fn mse_delta(&self) -> Vec<f64> {
+        self.mse
+            .iter()
+            .zip(&self.ref_mse)
+            .map(|(m, r)| m - r)
+            .collect()
+    }
 }
 
 /// Per-draw held-out MSE and (when `reference` is given) the base's MSE and the anchor
@@ -470,6 +486,8 @@ fn heldout(
 /// Held-out MSE, its paired difference to the base and the anchor distance per timestep bin
 /// `[edges[k], edges[k+1])` (bins without draws are left out).
 fn by_t_bins(h: &Heldout, edges: &[usize]) -> Vec<TBin> {
+    let delta = h.mse_delta();
+    let has_ref = !h.ref_mse.is_empty();
     edges
         .windows(2)
         .filter_map(|w| {
@@ -480,18 +498,11 @@ fn by_t_bins(h: &Heldout, edges: &[usize]) -> Vec<TBin> {
                 return None;
             }
             let pick = |v: &[f64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
-            let has_ref = !h.ref_mse.is_empty();
             Some(TBin {
                 t_lo: w[0],
                 t_hi: w[1],
                 heldout_mse: stats::mean_t(&pick(&h.mse)),
-                heldout_mse_delta: has_ref.then(|| {
-                    stats::mean_t(
-                        &idx.iter()
-                            .map(|&i| h.mse[i] - h.ref_mse[i])
-                            .collect::<Vec<_>>(),
-                    )
-                }),
+                heldout_mse_delta: has_ref.then(|| stats::mean_t(&pick(&delta))),
                 anchor_distance: has_ref.then(|| stats::mean_t(&pick(&h.dist))),
             })
         })
@@ -746,11 +757,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     let (scores, mut cols) = score_images(&registry, cfg, &images)?;
     let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
     let real_test = if is_base {
-        let (h, w) = (test.h, test.w);
-        let len = h * w * 3;
-        let real: Vec<RgbImage> = (0..test.n.min(cfg.samples))
-            .map(|i| RgbImage::new(w, h, test.pixels[i * len..(i + 1) * len].to_vec()))
-            .collect::<std::result::Result<_, _>>()?;
+        let real = rgb_images(&test.pixels, test.n.min(cfg.samples), test.h, test.w)?;
         Some(RealTest {
             images: real.len(),
             scores: score_images(&registry, cfg, &real)?.0,
@@ -786,10 +793,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     } else {
         stats::mean_t(&h.dist)
     };
-    let heldout_mse_delta = (!is_base).then(|| {
-        let d: Vec<f64> = h.mse.iter().zip(&h.ref_mse).map(|(m, r)| m - r).collect();
-        stats::mean_t(&d)
-    });
+    let heldout_mse_delta = (!is_base).then(|| stats::mean_t(&h.mse_delta()));
     let by_t = by_t_bins(&h, &cfg.heldout_t_bins);
     seconds.insert("heldout".into(), t0.elapsed().as_secs_f64());
 
