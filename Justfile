@@ -52,6 +52,16 @@ study *args="": build
 bench: build
     scripts/bench.sh
 
+# The engine's kill soak at length (`just test` runs 4 trials): `trials` interrupted-and-resumed
+# runs of a toy pipeline, each checked against an uninterrupted run; prints the count.
+soak trials="200" seed="20261201": setup
+    ACPO_SOAK_TRIALS={{trials}} ACPO_SOAK_SEED={{seed}} cargo test --release --test engine_soak -- --nocapture
+
+# The engine's loader fuzz at length (`just test` runs 1,500 cases): mutated params and
+# pipeline files must load or fail with a message, never panic or hang.
+fuzz cases="20000" seed="20261201": setup
+    ACPO_FUZZ_CASES={{cases}} ACPO_FUZZ_SEED={{seed}} cargo test --release --test engine_fuzz -- --nocapture
+
 # Formatting, lints, tests: what every commit must pass.
 check: setup
     cargo fmt --all -- --check

@@ -306,3 +306,42 @@ fn a_persist_stage_resumes_after_kill_9_of_its_engine() {
         "the orphan's sleep was waited for"
     );
 }
+
+/// Whether process `pid` still runs (a zombie waiting for its reaper does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')').and_then(|r| {
+                r.1.split_whitespace()
+                    .next()
+                    .map(|st| st != "Z" && st != "X")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A stage command that is one program dies with its engine: `kill -9` of acpo (or an
+/// out-of-memory kill) reaches it through the parent-death signal, without waiting for the
+/// next `repro`. Before, it ran on until that repro stopped it (or to its end).
+#[test]
+fn a_stage_dies_with_its_engine_killed_by_sigkill() {
+    let d = toy(
+        "stages:\n  slow:\n    cmd: echo $$ > p.tmp && mv p.tmp pid.txt && exec sleep 30\n    outs: [o.txt]\n",
+        "",
+    );
+    repro_then_kill_9(d.path(), "pid.txt");
+    let pid: i32 = std::fs::read_to_string(d.path().join("pid.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "stage process {pid} outlived its engine"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,4 +1,6 @@
-//! Shared by the CLI tests: run `acpo stage ...` as the engine does, with declared params.
+//! Shared by the CLI tests: run `acpo stage ...` as the engine does, with declared params; a
+//! seeded generator for the soak and fuzz tests.
+#![allow(dead_code)]
 
 use std::process::Command;
 
@@ -20,4 +22,33 @@ pub fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Opt
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// splitmix64: the seeded generator of the soak's kill schedule and the fuzz's mutations (a
+/// test needs no crate for this, and the sequence never changes under a dependency update).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// The whole number in environment variable `name`, else `default`.
+    pub fn env_u64(name: &str, default: u64) -> u64 {
+        match std::env::var(name) {
+            Ok(v) => v
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: expected a whole number")),
+            Err(_) => default,
+        }
+    }
 }

@@ -547,6 +547,7 @@ impl Executor<'_> {
             // Own process group: Ctrl-C reaches acpo only, which then stops the whole
             // stage (sh and everything it started) and restores the outputs.
             .process_group(0);
+        die_with_this_thread(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -744,6 +745,31 @@ impl Executor<'_> {
                 stopped.join(", ")
             },
         }
+    }
+}
+
+/// Makes the stage's `sh` get SIGKILL when the engine dies (Linux's parent-death signal), so a
+/// `kill -9` of acpo or an out-of-memory kill does not leave the command running. A stage
+/// command that is one program (`acpo stage ...`: `sh -c` execs it) dies outright; what a
+/// compound command started in the background of its `sh` is stopped by the next `repro`
+/// from the running record ([`crate::running`]). The signal follows the death of the thread
+/// that spawned the child, which is the one running [`repro`] and outlives every stage.
+fn die_with_this_thread(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid before the fork; the closure calls only async-signal-safe functions
+    // (prctl, getppid) between fork and exec.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The engine died between fork and prctl: nothing would signal us, so stop now.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 
