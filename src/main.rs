@@ -5,7 +5,7 @@
 
 mod stages;
 
-use acpo_pipeline::commands;
+use acpo_pipeline::{commands, metrics, table};
 use acpo_pipeline::{ErrorKind, ReproSettings, Workspace};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -80,9 +80,12 @@ enum Command {
         #[command(flatten)]
         pipeline: PipelineArgs,
     },
-    /// Show metrics files, or compare them with each stage's previous run.
+    /// Show metrics files, or compare them with a git revision or each stage's previous run.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// Compare params with a git revision.
+    #[command(subcommand)]
+    Params(ParamsCommand),
     /// Remove run-cache entries not used by pipeline.lock, and unused objects.
     Gc {
         #[command(flatten)]
@@ -109,17 +112,79 @@ enum CacheCommand {
     },
 }
 
+/// How a table is printed (default: aligned text).
+#[derive(Debug, Clone, Args)]
+#[group(multiple = false)]
+struct TableArgs {
+    /// Print a Markdown table.
+    #[arg(long)]
+    md: bool,
+    /// Print CSV.
+    #[arg(long)]
+    csv: bool,
+    /// Print JSON (an array of rows).
+    #[arg(long)]
+    json: bool,
+    /// Every value, not only numbers (metrics) or changes (diffs).
+    #[arg(long, short = 'a')]
+    all: bool,
+}
+
+/// Which metrics files.
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
+    /// Only these metrics files, or those under these directories (repeatable).
+    #[arg(long = "targets", short = 't', value_name = "PATH", num_args = 1..)]
+    targets: Vec<String>,
+}
+
+impl TableArgs {
+    fn format(&self) -> table::Format {
+        match (self.md, self.csv, self.json) {
+            (true, _, _) => table::Format::Markdown,
+            (_, true, _) => table::Format::Csv,
+            (_, _, true) => table::Format::Json,
+            _ => table::Format::Text,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum MetricsCommand {
-    /// Every declared metrics file, flattened to `key: value`.
+    /// The declared metrics files as a table (path, metric, value): numbers only unless --all.
     Show {
         #[command(flatten)]
         pipeline: PipelineArgs,
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        table: TableArgs,
     },
-    /// Workspace metrics against the previous run of the same stage (from the run cache).
+    /// Metrics that changed: against a git revision's results (its pipeline.lock, outputs from
+    /// the run cache), or without one against each stage's previous run in the run cache.
     Diff {
+        /// A git revision (`HEAD`, `HEAD~1`, a tag or commit).
+        rev: Option<String>,
         #[command(flatten)]
         pipeline: PipelineArgs,
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[command(flatten)]
+        table: TableArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ParamsCommand {
+    /// Params that differ between a git revision and the workspace (profile and -S applied to both).
+    Diff {
+        /// A git revision (default `HEAD`).
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        table: TableArgs,
     },
 }
 
@@ -197,11 +262,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain { stage, pipeline } => {
             print!("{}", commands::explain(&mut open(&pipeline)?, &stage)?);
         }
-        Command::Metrics(MetricsCommand::Show { pipeline }) => {
-            print!("{}", commands::metrics_show(&open(&pipeline)?)?);
+        Command::Metrics(MetricsCommand::Show {
+            pipeline,
+            targets,
+            table,
+        }) => {
+            let t = metrics::metrics_show(&open(&pipeline)?, &targets.targets, table.all)?;
+            print_table(&t, &table, "no metrics files yet");
         }
-        Command::Metrics(MetricsCommand::Diff { pipeline }) => {
-            print!("{}", commands::metrics_diff(&open(&pipeline)?)?);
+        Command::Metrics(MetricsCommand::Diff {
+            rev,
+            pipeline,
+            targets,
+            table,
+        }) => {
+            let baseline = match rev {
+                Some(r) => metrics::Baseline::Revision(r),
+                None => metrics::Baseline::PreviousRun,
+            };
+            let (t, missing) =
+                metrics::metrics_diff(&open(&pipeline)?, &baseline, &targets.targets, table.all)?;
+            print_table(&t, &table, "no metric changed");
+            for m in missing {
+                eprintln!("{m}: no earlier version found (not run then, or its run-cache entry was collected)");
+            }
+        }
+        Command::Params(ParamsCommand::Diff {
+            rev,
+            pipeline,
+            table,
+        }) => {
+            let t = metrics::params_diff(&open(&pipeline)?, &rev, table.all)?;
+            print_table(&t, &table, "no param changed");
         }
         Command::Gc { pipeline, dry_run } => {
             print!("{}", commands::gc(&mut open(&pipeline)?, dry_run)?);
@@ -219,6 +311,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stages::run(cmd).context("stage failed")?,
     }
     Ok(())
+}
+
+/// Prints a table in the chosen format; an empty one as `empty` on stderr in text form (a
+/// machine format still gets its header or `[]`).
+fn print_table(t: &table::Table, args: &TableArgs, empty: &str) {
+    let format = args.format();
+    if t.is_empty() && format == table::Format::Text {
+        eprintln!("{empty}");
+    } else {
+        print!("{}", t.render(format));
+    }
 }
 
 /// Puts the directory of this executable first on PATH, so stage commands that say

@@ -134,10 +134,19 @@ stages:
         "{s}"
     );
     assert!(acpo(d.path(), &["repro", "-S", "p.a=3"]).status.success());
-    let s = text(&acpo(d.path(), &["metrics", "diff", "-S", "p.a=3"]));
-    assert!(s.contains("score: 1 -> 3  (+2.000000)"), "{s}");
-    let s = text(&acpo(d.path(), &["metrics", "show", "-S", "p.a=3"]));
-    assert!(s.contains("score: 3"), "{s}");
+    let s = text(&acpo(
+        d.path(),
+        &["metrics", "diff", "-S", "p.a=3", "--csv"],
+    ));
+    assert_eq!(
+        s,
+        "path,metric,previous run,workspace,change\nm.json,score,1,3,+2\n"
+    );
+    let s = text(&acpo(
+        d.path(),
+        &["metrics", "show", "-S", "p.a=3", "--csv"],
+    ));
+    assert_eq!(s, "path,metric,value\nm.json,score,3\n");
     let s = text(&acpo(d.path(), &["gc", "-S", "p.a=3"]));
     assert!(s.contains("2 cached run(s)"), "{s}");
     // After gc the old params are no longer in the run cache: they run again.
@@ -344,4 +353,76 @@ fn a_stage_dies_with_its_engine_killed_by_sigkill() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "git {args:?}: {}", text(&st));
+}
+
+/// `metrics show`, `metrics diff` (against a git revision and against the previous run) and
+/// `params diff` print tables in each format; `status` names only the leaf of a section param
+/// that changed. Before, `metrics show` was a flat `key: value` dump with strings and hashes,
+/// `metrics diff` knew only the previous run, there was no `params diff`, and a section
+/// param's change printed both whole mappings.
+#[test]
+fn metrics_and_params_tables_against_a_git_revision() {
+    let d = toy(
+        "stages:\n  train:\n    cmd: >-\n      printf '{\"loss\": %s, \"acc\": 0.5, \"note\": \"x\"}' ${p.loss} > m.json\n    params: [p]\n    metrics: [m.json]\n",
+        "p:\n  loss: 0.5\n  other: [1, 2, 3, 4, 5, 6, 7, 8]\n",
+    );
+    let dir = d.path();
+    assert!(acpo(dir, &["repro"]).status.success());
+    git(dir, &["init", "-q"]);
+    git(
+        dir,
+        &["add", "pipeline.yaml", "params.yaml", "pipeline.lock"],
+    );
+    git(dir, &["commit", "-q", "-m", "first"]);
+    std::fs::write(
+        dir.join("params.yaml"),
+        "p:\n  loss: 0.25\n  other: [1, 2, 3, 4, 5, 6, 7, 8]\n",
+    )
+    .unwrap();
+    let s = text(&acpo(dir, &["status"]));
+    assert!(s.contains("param p.loss: 0.5 -> 0.25\n"), "{s}");
+    assert!(!s.contains("other"), "{s}");
+    let s = text(&acpo(dir, &["params", "diff", "--csv"]));
+    assert_eq!(s, "param,HEAD,workspace\np.loss,0.5,0.25\n");
+    assert!(acpo(dir, &["repro"]).status.success());
+
+    let o = acpo(dir, &["metrics", "show", "--md"]);
+    assert_eq!(
+        text(&o),
+        "| path | metric | value |\n|---|---|---|\n| m.json | acc | 0.5 |\n| m.json | loss | 0.25 |\n"
+    );
+    let s = text(&acpo(dir, &["metrics", "show", "--all"]));
+    assert_eq!(
+        s,
+        "path    metric  value\nm.json  acc     0.5\nm.json  loss    0.25\nm.json  note    x\n"
+    );
+    let s = text(&acpo(dir, &["metrics", "diff", "HEAD", "--md"]));
+    assert_eq!(
+        s,
+        "| path | metric | HEAD | workspace | change |\n|---|---|---|---|---|\n| m.json | loss | 0.5 | 0.25 | -0.25 |\n"
+    );
+    let s = text(&acpo(dir, &["metrics", "diff", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"path": "m.json", "metric": "loss", "previous run": 0.5,
+                            "workspace": 0.25, "change": -0.25}])
+    );
+    let o = acpo(dir, &["metrics", "diff", "no-such-rev"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("git revision `no-such-rev`"),
+        "{}",
+        text(&o)
+    );
 }

@@ -1,12 +1,11 @@
-//! The read-only engine commands (`status`, `dag`, `explain`, `metrics`, `cache verify`)
-//! and `gc`.
+//! The read-only engine commands (`status`, `dag`, `explain`, `cache verify`) and `gc`;
+//! `metrics` and `params diff` are [`crate::metrics`].
 //! Each returns text for the CLI to print.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::params::canonical_json;
 use crate::workspace::{Reason, Workspace};
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -178,168 +177,6 @@ pub fn explain(ws: &mut Workspace, name: &str) -> Result<String> {
         );
     }
     Ok(s)
-}
-
-/// Reads a metrics file (JSON, YAML or CSV) into flat `dotted.key -> value` pairs.
-/// CSV: the last row, by column name.
-pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let v: Value = match ext {
-        "json" => serde_json::from_str(&text).map_err(|e| Error::Corrupt {
-            path: path.to_path_buf(),
-            message: format!("line {} column {}: {e}", e.line(), e.column()),
-        })?,
-        "csv" | "tsv" => {
-            let sep = if ext == "csv" { ',' } else { '\t' };
-            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-            let header: Vec<&str> = lines.next().unwrap_or("").split(sep).collect();
-            let last: Vec<&str> = lines.next_back().unwrap_or("").split(sep).collect();
-            let mut m = serde_json::Map::new();
-            for (h, x) in header.iter().zip(last) {
-                let x = x.trim();
-                let v = x
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .map(Value::Number)
-                    .unwrap_or_else(|| Value::String(x.to_string()));
-                m.insert(h.trim().to_string(), v);
-            }
-            Value::Object(m)
-        }
-        _ => crate::yaml::value_from_str(path, &text)?,
-    };
-    let mut out = BTreeMap::new();
-    flatten("", &v, &mut out);
-    Ok(out)
-}
-
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
-}
-
-/// `metrics show`: every declared metrics file that exists, flattened.
-pub fn metrics_show(ws: &Workspace) -> Result<String> {
-    let mut s = String::new();
-    for st in &ws.pipeline.stages {
-        for m in &st.metrics {
-            let path = ws.root.join(m);
-            if !path.exists() {
-                continue;
-            }
-            let _ = writeln!(s, "{m} ({})", st.name);
-            for (k, v) in read_metrics(&path)? {
-                let _ = writeln!(s, "    {k}: {}", canonical_json(&v));
-            }
-        }
-    }
-    if s.is_empty() {
-        s.push_str("no metrics files yet\n");
-    }
-    Ok(s)
-}
-
-/// `metrics diff`: the workspace's metrics against the previous run of the same stage in
-/// the run cache (the most recent cached run with a different key), with deltas.
-pub fn metrics_diff(ws: &Workspace) -> Result<String> {
-    let entries = ws.runcache.entries();
-    let tmp = tempdir_in(&ws.state_dir())?;
-    let mut s = String::new();
-    for st in &ws.pipeline.stages {
-        if st.metrics.is_empty() {
-            continue;
-        }
-        let Some(cur) = ws.lock.stages.get(&st.name) else {
-            continue;
-        };
-        let prev = entries
-            .iter()
-            .rev()
-            .find(|e| e.stage == st.name && e.key != cur.key);
-        for m in &st.metrics {
-            let path = ws.root.join(m);
-            if !path.exists() {
-                continue;
-            }
-            let new = read_metrics(&path)?;
-            let old = match prev.and_then(|p| old_metrics_file(ws, p, m, &tmp)) {
-                Some(f) => read_metrics(&f)?,
-                None => BTreeMap::new(),
-            };
-            let _ = writeln!(
-                s,
-                "{m} ({}): previous run {}",
-                st.name,
-                prev.map(|p| &p.key[..12]).unwrap_or("(none)")
-            );
-            let keys: BTreeSet<&String> = new.keys().chain(old.keys()).collect();
-            for k in keys {
-                let (a, b) = (old.get(k), new.get(k));
-                let delta = match (a.and_then(Value::as_f64), b.and_then(Value::as_f64)) {
-                    (Some(x), Some(y)) => format!("  ({:+.6})", y - x),
-                    _ => String::new(),
-                };
-                let show = |v: Option<&Value>| v.map(canonical_json).unwrap_or_else(|| "-".into());
-                let _ = writeln!(s, "    {k}: {} -> {}{delta}", show(a), show(b));
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&tmp);
-    if s.is_empty() {
-        s.push_str("no metrics to compare\n");
-    }
-    Ok(s)
-}
-
-fn tempdir_in(state: &Path) -> Result<std::path::PathBuf> {
-    let d = state.join(format!("metrics-diff.{}", std::process::id()));
-    std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-    Ok(d)
-}
-
-/// Copies one metrics file of a cached run into `tmp` (keeping its extension).
-fn old_metrics_file(
-    ws: &Workspace,
-    run: &crate::runcache::RunEntry,
-    metric: &str,
-    tmp: &Path,
-) -> Option<std::path::PathBuf> {
-    for (out, co) in &run.outs {
-        let rel = if out == metric {
-            String::new()
-        } else if crate::pipeline::is_within(metric, out) {
-            metric[out.len() + 1..].to_string()
-        } else {
-            continue;
-        };
-        let e = co
-            .entries
-            .iter()
-            .find(|e| e.path == rel && e.kind == "file")?;
-        let name = Path::new(metric).file_name()?;
-        let dst = tmp.join(name);
-        // A corrupt object gives no previous value rather than a wrong one.
-        return match ws.runcache.copy_verified(&e.hash, &dst) {
-            Ok(None) => Some(dst),
-            _ => None,
-        };
-    }
-    None
 }
 
 /// `gc`: keeps the run-cache entries of the current lock, removes the rest and every

@@ -6,22 +6,26 @@
 //! - [`hash`], [`key`]: content hashes (with a stat cache) and the stage key.
 //! - [`lock`], [`runcache`]: `pipeline.lock` and the content-addressed run cache.
 //! - [`workspace`]: what is up to date and why; [`repro`]: the executor;
-//!   [`commands`]: `status`, `dag`, `explain`, `metrics`, `gc`.
+//!   [`commands`]: `status`, `dag`, `explain`, `gc`; [`metrics`]: `metrics show/diff`,
+//!   `params diff` (against a git revision through [`git`]), printed as [`table`]s.
 
 pub mod commands;
 pub mod confine;
 pub mod crates;
 pub mod error;
 pub mod fsutil;
+pub mod git;
 pub mod hash;
 pub mod key;
 pub mod lock;
+pub mod metrics;
 pub mod params;
 pub mod pipeline;
 pub mod progress;
 pub mod repro;
 pub mod runcache;
 pub mod running;
+pub mod table;
 pub mod workspace;
 pub mod yaml;
 

@@ -30,11 +30,32 @@ impl Params {
     /// Resolves the params of `root` for `profile` with `overrides` (`key=value` strings).
     pub fn load(root: &Path, profile: &str, overrides: &[String]) -> Result<Params> {
         let file = root.join(PARAMS_FILE);
-        let mut values = if file.exists() {
-            let text = yaml::read_text(&file, Path::new(PARAMS_FILE))?;
-            yaml::value_from_str(Path::new(PARAMS_FILE), &text)?
+        let text = if file.exists() {
+            Some(yaml::read_text(&file, Path::new(PARAMS_FILE))?)
         } else {
-            Value::Null
+            None
+        };
+        let rel = overlay_path(profile);
+        let overlay = root.join(&rel);
+        let overlay = if overlay.exists() {
+            Some(yaml::read_text(&overlay, &rel)?)
+        } else {
+            None
+        };
+        Self::from_texts(text.as_deref(), overlay.as_deref(), profile, overrides)
+    }
+
+    /// [`Params::load`] from the texts of `params.yaml` and of the profile's overlay (`None`:
+    /// the file does not exist), e.g. as a git revision has them.
+    pub fn from_texts(
+        params: Option<&str>,
+        overlay: Option<&str>,
+        profile: &str,
+        overrides: &[String],
+    ) -> Result<Params> {
+        let mut values = match params {
+            Some(text) => yaml::value_from_str(Path::new(PARAMS_FILE), text)?,
+            None => Value::Null,
         };
         if values.is_null() {
             values = Value::Object(Map::new());
@@ -45,11 +66,9 @@ impl Params {
                 message: "expected a mapping of params at the top level".into(),
             });
         }
-        let rel = PathBuf::from(PROFILES_DIR).join(format!("{profile}.yaml"));
-        let overlay = root.join(&rel);
-        if overlay.exists() {
-            let text = yaml::read_text(&overlay, &rel)?;
-            let over = yaml::value_from_str(&rel, &text)?;
+        let rel = overlay_path(profile);
+        if let Some(text) = overlay {
+            let over = yaml::value_from_str(&rel, text)?;
             match over {
                 Value::Null => {}
                 Value::Object(_) => merge(&mut values, over, "", &rel)?,
@@ -133,6 +152,47 @@ impl Params {
         *slot = value;
         Ok(())
     }
+}
+
+/// `profiles/<profile>.yaml`, relative to the pipeline directory.
+pub fn overlay_path(profile: &str) -> PathBuf {
+    PathBuf::from(PROFILES_DIR).join(format!("{profile}.yaml"))
+}
+
+/// A tree flattened to its leaves: `dotted.key -> value` (list elements stay one value, as
+/// a param or metric that is a list is one thing to compare).
+pub fn flatten(v: &Value) -> std::collections::BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut std::collections::BTreeMap<String, Value>) {
+        match v {
+            Value::Object(m) if !m.is_empty() || prefix.is_empty() => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&p, x, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk("", v, &mut out);
+    out
+}
+
+/// The leaves (dotted keys under the compared values) whose values differ between `old` and
+/// `new`, each with its old and new value (`None`: absent on that side).
+pub fn changed_leaves(old: &Value, new: &Value) -> Vec<(String, Option<Value>, Option<Value>)> {
+    let (a, b) = (flatten(old), flatten(new));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| (k.clone(), a.get(k).cloned(), b.get(k).cloned()))
+        .collect()
 }
 
 /// Looks up a dotted key in a JSON tree.
@@ -273,6 +333,33 @@ mod tests {
         write(d.path(), "profiles/smoke.yaml", "b: 2\n");
         let e = Params::load(d.path(), "smoke", &[]).unwrap_err();
         assert!(e.to_string().contains("sets `b`"), "{e}");
+    }
+
+    #[test]
+    fn changed_leaves_name_only_what_changed() {
+        let old = json!({"a": {"lr": 1, "steps": 2, "names": [1, 2]}, "b": 1});
+        let new = json!({"a": {"lr": 3, "steps": 2, "names": [1]}, "c": 1});
+        assert_eq!(
+            changed_leaves(&old, &new),
+            vec![
+                ("a.lr".to_string(), Some(json!(1)), Some(json!(3))),
+                ("a.names".to_string(), Some(json!([1, 2])), Some(json!([1]))),
+                ("b".to_string(), Some(json!(1)), None),
+                ("c".to_string(), None, Some(json!(1))),
+            ]
+        );
+    }
+
+    #[test]
+    fn from_texts_matches_load() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "params.yaml", "a:\n  b: 1\n");
+        write(d.path(), "profiles/smoke.yaml", "a:\n  b: 2\n");
+        let on_disk = Params::load(d.path(), "smoke", &[]).unwrap();
+        let texts =
+            Params::from_texts(Some("a:\n  b: 1\n"), Some("a:\n  b: 2\n"), "smoke", &[]).unwrap();
+        assert_eq!(on_disk.values(), texts.values());
+        assert!(Params::from_texts(None, None, "smoke", &[]).is_err());
     }
 
     #[test]

@@ -76,6 +76,9 @@ fn short(h: &Option<PathHash>) -> String {
     }
 }
 
+/// The most changed leaves of a section param that `status` lists.
+const MAX_LEAVES_SHOWN: usize = 6;
+
 fn val(v: &Option<Value>) -> String {
     v.as_ref()
         .map(crate::params::canonical_json)
@@ -89,6 +92,24 @@ impl fmt::Display for Reason {
             Reason::Forced => write!(f, "forced"),
             Reason::Version { old, new } => write!(f, "acpo version: {old} -> {new}"),
             Reason::Cmd { old, new } => write!(f, "cmd: `{old}` -> `{new}`"),
+            Reason::Param {
+                key,
+                old: Some(old @ Value::Object(_)),
+                new: Some(new @ Value::Object(_)),
+            } => {
+                // A section param (`finetune.defaults`): only the leaves that changed.
+                let changed = crate::params::changed_leaves(old, new);
+                let shown: Vec<String> = changed
+                    .iter()
+                    .take(MAX_LEAVES_SHOWN)
+                    .map(|(k, a, b)| format!("{key}.{k}: {} -> {}", val(a), val(b)))
+                    .collect();
+                write!(f, "param {}", shown.join(", "))?;
+                if changed.len() > MAX_LEAVES_SHOWN {
+                    write!(f, " (and {} more)", changed.len() - MAX_LEAVES_SHOWN)?;
+                }
+                Ok(())
+            }
             Reason::Param { key, old, new } => {
                 write!(f, "param {key}: {} -> {}", val(old), val(new))
             }
