@@ -426,3 +426,60 @@ fn metrics_and_params_tables_against_a_git_revision() {
         text(&o)
     );
 }
+
+/// Without a terminal, every stage start and finish line carries a counter, the elapsed time
+/// and (from the lock's last wall times) an estimate of what is left, and a stage silent for
+/// `ACPO_HEARTBEAT_S` gets a "still running" line. Before, a stage that printed nothing left
+/// the log quiet for its whole run (384 s for fid-ref@cifar10), with no count of stages.
+#[test]
+fn progress_lines_count_stages_estimate_the_rest_and_never_go_quiet() {
+    let d = toy(
+        "stages:\n  a:\n    cmd: echo ${p.v} > a.txt\n    outs: [a.txt]\n  slow:\n    cmd: sleep 2.5 && cat a.txt > b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n",
+        "p:\n  v: 1\n",
+    );
+    let run = |v: &str| {
+        let o = Command::new(ACPO)
+            .args(["repro", "-S", &format!("p.v={v}")])
+            .current_dir(d.path())
+            .env("ACPO_HEARTBEAT_S", "1")
+            .env_remove("ACPO_PROFILE")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let line = |s: &str, what: &str| -> String {
+        s.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with `{what}` in:\n{s}"))
+            .to_string()
+    };
+    let s = run("1");
+    // First run: nothing timed yet.
+    let l = line(&s, "a: running");
+    assert!(
+        l.starts_with("[0/2 ") && l.contains("+2 untimed] a: running"),
+        "{l}"
+    );
+    let l = line(&s, "a: done in");
+    assert!(
+        l.starts_with("[1/2 ") && l.contains("+1 untimed] a: done"),
+        "{l}"
+    );
+    let l = line(&s, "[slow] still running (");
+    assert!(
+        l.ends_with("; no output for 1s)") && !l.contains("last time"),
+        "{l}"
+    );
+    assert!(line(&s, "slow: done in").starts_with("[2/2 "), "{s}");
+    // Second run: the lock's wall times give the estimate (slow took about 2.5 s).
+    let s = run("2");
+    let l = line(&s, "a: running");
+    assert!(
+        l.starts_with("[0/2 ") && l.contains(" left] a: running"),
+        "{l}"
+    );
+    assert!(!l.contains("untimed") && !l.contains("~0s left"), "{l}");
+    let l = line(&s, "[slow] still running (");
+    assert!(l.contains("s last time; no output for 1s)"), "{l}");
+}

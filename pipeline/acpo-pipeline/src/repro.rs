@@ -151,7 +151,15 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
     // The lock first, then pipeline.lock (read again under it): a repro that waited for
     // another must not write back what it read before that one finished.
     let _guard = ws.lock_exclusive()?;
-    let progress = Progress::new(settings.progress, sel.len() as u64);
+    let expected = sel
+        .iter()
+        .map(|&i| {
+            let name = ws.pipeline.stages[i].name.clone();
+            let last = ws.lock.stages.get(&name).map(|e| e.wall_s);
+            (name, last)
+        })
+        .collect();
+    let progress = Progress::with_estimates(settings.progress, expected, sel.len(), settings.jobs);
     stop_left_behind(&ws, &progress)?;
     recover_backups(&ws, &progress)?;
     for &i in &sel {
@@ -292,7 +300,8 @@ impl Executor<'_> {
                 Ok(Event::Exit(i, info)) => {
                     if let Err(msg) = self.finish(i, info) {
                         let name = self.ws.pipeline.stages[i].name.clone();
-                        self.progress.line(&format!("{name}: FAILED: {msg}"));
+                        self.progress
+                            .settled(&name, Some(&format!("{name}: FAILED: {msg}")));
                         self.failures.push((name, msg));
                         self.status.insert(i, St::Failed);
                         if !self.settings.keep_going {
@@ -303,6 +312,7 @@ impl Executor<'_> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.progress.heartbeat();
         }
         for (&i, &st) in &self.status {
             if st == St::Pending || st == St::Skipped {
@@ -358,7 +368,7 @@ impl Executor<'_> {
                 let name = &self.ws.pipeline.stages[i].name;
                 self.progress
                     .line(&format!("{name}: skipped (an upstream stage failed)"));
-                self.progress.inc();
+                self.progress.settled(name, None);
                 continue;
             }
             if !ready {
@@ -371,7 +381,7 @@ impl Executor<'_> {
                     self.status.insert(i, St::Done);
                     self.summary.up_to_date.push(name.clone());
                     self.progress.line(&format!("{name}: up to date"));
-                    self.progress.inc();
+                    self.progress.settled(&name, None);
                     continue;
                 }
                 // Checked again before anything is written: an upstream stage may have made a
@@ -389,7 +399,7 @@ impl Executor<'_> {
                             "{name}: restored from the run cache ({})",
                             reasons_text(&st.reasons)
                         ));
-                        self.progress.inc();
+                        self.progress.settled(&name, None);
                         continue;
                     }
                 }
@@ -522,17 +532,20 @@ impl Executor<'_> {
         ensure_parent(&log_path)?;
         let log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
         let log = Arc::new(Mutex::new(log));
-        self.progress.line(&format!(
-            "{}: running ({}){}: {}",
-            stage.name,
-            reasons_text(&reasons),
-            if resumed {
-                ", resuming from the outputs its interrupted run left"
-            } else {
-                ""
-            },
-            stage.cmd
-        ));
+        self.progress.started(
+            &stage.name,
+            &format!(
+                "{}: running ({}){}: {}",
+                stage.name,
+                reasons_text(&reasons),
+                if resumed {
+                    ", resuming from the outputs its interrupted run left"
+                } else {
+                    ""
+                },
+                stage.cmd
+            ),
+        );
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
@@ -683,12 +696,14 @@ impl Executor<'_> {
         let _ = remove_path(&partial_dir(&state, &stage));
         self.status.insert(i, St::Done);
         self.summary.ran.push(stage.name.clone());
-        self.progress.line(&format!(
-            "{}: done in {wall_s:.2} s, peak memory {:.1} MiB",
-            stage.name,
-            info.maxrss_kib as f64 / 1024.0
-        ));
-        self.progress.inc();
+        self.progress.settled(
+            &stage.name,
+            Some(&format!(
+                "{}: done in {wall_s:.2} s, peak memory {:.1} MiB",
+                stage.name,
+                info.maxrss_kib as f64 / 1024.0
+            )),
+        );
         Ok(())
     }
 
