@@ -31,6 +31,27 @@ struct PipelineArgs {
     /// Directory of `pipeline.yaml` (default: the current directory).
     #[arg(long, short = 'C', value_name = "DIR", default_value = ".")]
     dir: PathBuf,
+    /// The pipeline file (default: `pipeline.yaml`, else `dvc.yaml`); a path sets the
+    /// directory too. Its lock is `pipeline.lock`, or `<stem>.acpo.lock` for another file.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl PipelineArgs {
+    /// The pipeline directory and the file name in it (`--file dir/dvc.yaml` is `-C dir`).
+    fn location(&self) -> (PathBuf, Option<String>) {
+        match &self.file {
+            None => (self.dir.clone(), None),
+            Some(f) => {
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+                let dir = match f.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => self.dir.join(p),
+                    _ => self.dir.clone(),
+                };
+                (dir, name)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,7 +210,13 @@ enum ParamsCommand {
 }
 
 fn open(p: &PipelineArgs) -> anyhow::Result<Workspace> {
-    Ok(Workspace::open(&p.dir, &p.profile, &p.set)?)
+    let (dir, file) = p.location();
+    Ok(Workspace::open_file(
+        &dir,
+        file.as_deref(),
+        &p.profile,
+        &p.set,
+    )?)
 }
 
 /// The command line, shell-quoted, that repeats this run (and so resumes it).
@@ -221,8 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             jobs,
             keep_going,
         } => {
+            let (root, file) = pipeline.location();
             let settings = ReproSettings {
-                root: pipeline.dir,
+                root,
+                file,
                 profile: pipeline.profile,
                 overrides: pipeline.set,
                 targets: stages,
@@ -257,7 +286,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", commands::format_status(&st));
         }
         Command::Dag { pipeline, mermaid } => {
-            print!("{}", commands::dag(&open(&pipeline)?, mermaid));
+            let ws = open(&pipeline)?;
+            print!("{}", commands::dag(&ws, mermaid));
+            // Fields read but not acted on go to stderr, so a Mermaid chart stays clean.
+            eprint!("{}", commands::ignored(&ws));
         }
         Command::Explain { stage, pipeline } => {
             print!("{}", commands::explain(&mut open(&pipeline)?, &stage)?);

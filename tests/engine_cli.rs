@@ -483,3 +483,153 @@ fn progress_lines_count_stages_estimate_the_rest_and_never_go_quiet() {
     let l = line(&s, "[slow] still running (");
     assert!(l.contains("s last time; no output for 1s)"), "{l}");
 }
+
+/// A pipeline in DVC 3's `dvc.yaml` format, using the forms its reference documents: `vars`
+/// (a file and a mapping), stage `wdir`, `frozen`, `always_changed` and `meta`, params from
+/// other files (listed keys, and all keys), outputs, metrics and plots with flags, and the
+/// top-level `metrics`, `plots`, `params` and `artifacts`. acpo finds `dvc.yaml` when there is
+/// no `pipeline.yaml`, keeps its own lock in `dvc.acpo.lock` (DVC's `dvc.lock` untouched),
+/// acts on what it supports and names the rest. Before, the file did not load: no `--file`,
+/// and `vars`, `artifacts`, `metrics`, `plots`, `wdir`, `frozen`, `always_changed`, the dict
+/// forms and params of other files were unknown fields.
+#[test]
+fn dvc_yaml_files_load_and_run_as_dvc_documents_them() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let w = |rel: &str, text: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("data/raw.txt", "raw\n");
+    w("src/.keep", "");
+    w("config.yaml", "model:\n  width: 8\n");
+    w("params.yaml", "lr: 0.1\n");
+    w("train.yaml", "epochs: 3\nbatch: 16\n");
+    w("extra.yaml", "tag: a\n");
+    w(
+        "dvc.yaml",
+        r#"vars:
+  - config.yaml
+  - seed: 7
+stages:
+  prepare:
+    wdir: src
+    cmd: cat ../data/raw.txt > ../prepared.txt && echo ${seed} ${model.width} >> ../prepared.txt
+    deps:
+      - ../data/raw.txt
+    outs:
+      - ../prepared.txt
+  train:
+    cmd: >-
+      cat prepared.txt > model.txt && cat "$ACPO_PARAMS" > used-params.json &&
+      echo '{"acc": 0.75}' > metrics.json && printf 'step,loss\n1,0.5\n' > loss.csv
+    deps:
+      - prepared.txt
+    params:
+      - lr
+      - train.yaml:
+          - epochs
+      - extra.yaml:
+    outs:
+      - model.txt:
+          cache: false
+          remote: myremote
+      - used-params.json
+    metrics:
+      - metrics.json:
+          cache: false
+    plots:
+      - loss.csv:
+          x: step
+          y: loss
+    meta:
+      owner: someone
+  report:
+    cmd: cat model.txt > report.txt
+    deps:
+      - model.txt
+    outs:
+      - report.txt
+    always_changed: true
+  old:
+    cmd: echo old > old.txt
+    outs:
+      - old.txt
+    frozen: true
+metrics:
+  - metrics.json
+plots:
+  - loss.csv:
+      x: step
+artifacts:
+  model:
+    path: model.txt
+    type: model
+params:
+  - train.yaml
+"#,
+    );
+    w("dvc.lock", "schema: '2.0'\n");
+    let o = acpo(dir, &["repro"]);
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(s.contains("old: frozen (not checked)"), "{s}");
+    assert!(!dir.join("old.txt").exists(), "a frozen stage ran");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prepared.txt")).unwrap(),
+        "raw\n7 8\n",
+        "wdir and vars"
+    );
+    let used: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("used-params.json")).unwrap()).unwrap();
+    assert_eq!(
+        used,
+        serde_json::json!({"lr": 0.1, "train.yaml:epochs": 3, "extra.yaml:tag": "a"})
+    );
+    assert!(dir.join("dvc.acpo.lock").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("dvc.lock")).unwrap(),
+        "schema: '2.0'\n"
+    );
+
+    // always_changed runs every time; the rest is up to date.
+    let s = text(&acpo(dir, &["repro"]));
+    assert!(
+        s.contains("1 ran, 0 restored from the run cache, 3 up to date"),
+        "{s}"
+    );
+    let s = text(&acpo(dir, &["status", "--file", "dvc.yaml"]));
+    assert!(s.contains("report: changed\n    always changed"), "{s}");
+    assert!(s.contains("old: frozen (not checked)"), "{s}");
+
+    // A param of another file enters the key; `cache: false` keeps train out of the run
+    // cache, so going back runs it again instead of restoring it.
+    w("train.yaml", "epochs: 5\nbatch: 16\n");
+    let s = text(&acpo(dir, &["status"]));
+    assert!(s.contains("param train.yaml:epochs: 3 -> 5"), "{s}");
+    assert!(acpo(dir, &["repro"]).status.success());
+    w("train.yaml", "epochs: 3\nbatch: 16\n");
+    let s = text(&acpo(dir, &["repro"]));
+    assert!(s.contains("train: running"), "{s}");
+
+    let s = text(&acpo(dir, &["metrics", "show", "--csv"]));
+    assert_eq!(s, "path,metric,value\nmetrics.json,acc,0.75\n");
+    let o = acpo(dir, &["dag"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        "read from dvc.yaml but not acted on:",
+        "artifacts: model",
+        "plots: 1 top-level plot(s)",
+        "params: 1 top-level params file(s)",
+        "stage train: outs[model.txt]: remote",
+        "stage train: plots[loss.csv]: x, y",
+        "stage train: meta",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "prepare\ntrain <- prepare\nreport <- train\nold\n"
+    );
+}

@@ -15,6 +15,8 @@ pub struct StageStatus {
     pub name: String,
     /// Empty when up to date.
     pub reasons: Vec<Reason>,
+    /// DVC `frozen: true`: not checked.
+    pub frozen: bool,
 }
 
 /// Status of the selected stages (all when `targets` is empty), in topological order.
@@ -26,6 +28,14 @@ pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>
     let mut stale = vec![false; ws.pipeline.stages.len()];
     let mut out = Vec::new();
     for &i in &sel {
+        if ws.pipeline.stages[i].frozen {
+            out.push(StageStatus {
+                name: ws.pipeline.stages[i].name.clone(),
+                reasons: Vec::new(),
+                frozen: true,
+            });
+            continue;
+        }
         let mut st = ws.state(i)?;
         for &u in &ws.pipeline.upstream[i] {
             if stale[u] {
@@ -38,6 +48,7 @@ pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>
         out.push(StageStatus {
             name: ws.pipeline.stages[i].name.clone(),
             reasons: st.reasons,
+            frozen: false,
         });
     }
     let _ = ws.hashes.save();
@@ -49,7 +60,9 @@ pub fn format_status(stages: &[StageStatus]) -> String {
     let mut s = String::new();
     let changed = stages.iter().filter(|x| !x.reasons.is_empty()).count();
     for st in stages {
-        if st.reasons.is_empty() {
+        if st.frozen {
+            let _ = writeln!(s, "{}: frozen (not checked)", st.name);
+        } else if st.reasons.is_empty() {
             let _ = writeln!(s, "{}: up to date", st.name);
         } else {
             let _ = writeln!(s, "{}: changed", st.name);
@@ -64,6 +77,30 @@ pub fn format_status(stages: &[StageStatus]) -> String {
         stages.len(),
         stages.len() - changed
     );
+    s
+}
+
+/// What the pipeline file sets that acpo reads but does not act on (DVC fields), one line
+/// each; empty when nothing is.
+pub fn ignored(ws: &Workspace) -> String {
+    let p = &ws.pipeline;
+    let mut lines: Vec<String> = p.ignored.clone();
+    for st in &p.stages {
+        lines.extend(st.ignored.iter().map(|x| format!("stage {}: {x}", st.name)));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "read from {} but not acted on:\n",
+        p.file
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
+    for l in lines {
+        let _ = writeln!(s, "    {l}");
+    }
     s
 }
 

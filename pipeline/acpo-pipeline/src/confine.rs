@@ -74,6 +74,9 @@ pub fn is_reserved(rel: &str) -> bool {
         || rel == crate::lock::LOCK_FILE
         || rel == crate::pipeline::PIPELINE_FILE
         || rel == crate::params::PARAMS_FILE
+        || rel == crate::pipeline::DVC_FILE
+        || rel == "dvc.lock"
+        || (!rel.contains('/') && rel.ends_with(".acpo.lock"))
 }
 
 /// Whether `rel` is a plain relative path: not empty, not absolute, `/`-separated names
@@ -169,6 +172,8 @@ fn is_reserved_prefix(rel: &str) -> bool {
         crate::lock::LOCK_FILE,
         crate::pipeline::PIPELINE_FILE,
         crate::params::PARAMS_FILE,
+        crate::pipeline::DVC_FILE,
+        "dvc.lock",
     ]
     .iter()
     .any(|p| crate::pipeline::is_within(p, rel))

@@ -12,6 +12,7 @@
 pub mod commands;
 pub mod confine;
 pub mod crates;
+pub mod dvc;
 pub mod error;
 pub mod fsutil;
 pub mod git;

@@ -6,10 +6,23 @@ use crate::hash::PathHash;
 use crate::key::KeyInputs;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The lock file next to `pipeline.yaml`.
 pub const LOCK_FILE: &str = "pipeline.lock";
+
+/// The lock of a pipeline file: `pipeline.lock` for `pipeline.yaml`, `<stem>.acpo.lock` for
+/// any other (`dvc.yaml` -> `dvc.acpo.lock`, so DVC's own `dvc.lock` is never touched).
+pub fn lock_name(pipeline_file: &str) -> String {
+    if pipeline_file == crate::pipeline::PIPELINE_FILE {
+        return LOCK_FILE.to_string();
+    }
+    let stem = Path::new(pipeline_file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| pipeline_file.to_string());
+    format!("{stem}.acpo.lock")
+}
 /// Version of the lock format.
 pub const LOCK_VERSION: u32 = 1;
 
@@ -53,14 +66,9 @@ impl Default for Lock {
 }
 
 impl Lock {
-    /// Path of the lock of a pipeline directory.
-    pub fn path(root: &Path) -> PathBuf {
-        root.join(LOCK_FILE)
-    }
-
-    /// Reads the lock (an absent lock is empty).
-    pub fn load(root: &Path) -> Result<Lock> {
-        let path = Self::path(root);
+    /// Reads the lock file `path` (an absent lock is empty).
+    pub fn load(path: &Path) -> Result<Lock> {
+        let path = path.to_path_buf();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::default()),
@@ -82,9 +90,9 @@ impl Lock {
         Ok(lock)
     }
 
-    /// Writes the lock atomically.
-    pub fn save(&self, root: &Path) -> Result<()> {
-        let path = Self::path(root);
+    /// Writes the lock file `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let path = path.to_path_buf();
         let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Corrupt {
             path: path.clone(),
             message: e.to_string(),

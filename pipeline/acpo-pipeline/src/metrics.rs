@@ -5,7 +5,7 @@
 //! revision, each stage's previous run in the run cache.
 
 use crate::error::{Error, Result};
-use crate::lock::{Lock, LOCK_FILE};
+use crate::lock::Lock;
 use crate::params::{canonical_json, changed_leaves, flatten, overlay_path, Params, PARAMS_FILE};
 use crate::runcache::RunEntry;
 use crate::table::Table;
@@ -104,6 +104,17 @@ fn declared(ws: &Workspace, targets: &[String]) -> Vec<(String, String)> {
             if wanted(m) && seen.insert(m.clone()) {
                 out.push((st.name.clone(), m.clone()));
             }
+        }
+    }
+    // Top-level metrics (DVC): attributed to the stage that writes them, if any.
+    for m in &ws.pipeline.metrics {
+        if wanted(m) && seen.insert(m.clone()) {
+            let by = ws.pipeline.stages.iter().find(|s| {
+                s.outs
+                    .iter()
+                    .any(|o| o == m || crate::pipeline::is_within(m, o))
+            });
+            out.push((by.map(|s| s.name.clone()).unwrap_or_default(), m.clone()));
         }
     }
     out
@@ -240,10 +251,15 @@ pub fn params_diff(ws: &Workspace, rev: &str, all: bool) -> Result<Table> {
 /// The commit `rev` names and the `pipeline.lock` it holds (empty when it has none).
 fn lock_at(ws: &Workspace, rev: &str) -> Result<(String, Lock)> {
     let commit = crate::git::resolve(&ws.root, rev)?;
-    let lock = match crate::git::show(&ws.root, &commit, LOCK_FILE)? {
+    let name = ws
+        .lock_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock = match crate::git::show(&ws.root, &commit, &name)? {
         None => Lock::default(),
         Some(text) => serde_json::from_str(&text).map_err(|e| Error::Corrupt {
-            path: PathBuf::from(format!("{rev}:{LOCK_FILE}")),
+            path: PathBuf::from(format!("{rev}:{name}")),
             message: format!("line {} column {}: {e}", e.line(), e.column()),
         })?,
     };

@@ -195,6 +195,19 @@ pub fn changed_leaves(old: &Value, new: &Value) -> Vec<(String, Option<Value>, O
         .collect()
 }
 
+/// [`lookup`] in a mapping (the first part of `dotted` is a key of `map`).
+pub fn lookup_map<'a>(map: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
+    let (head, tail) = match dotted.split_once('.') {
+        Some((h, t)) => (h, Some(t)),
+        None => (dotted, None),
+    };
+    let v = map.get(head)?;
+    match tail {
+        None => Some(v),
+        Some(t) => lookup(v, t),
+    }
+}
+
 /// Looks up a dotted key in a JSON tree.
 pub fn lookup<'a>(root: &'a Value, dotted: &str) -> Option<&'a Value> {
     let mut cur = root;

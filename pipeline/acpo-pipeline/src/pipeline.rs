@@ -2,6 +2,7 @@
 //! interpolation, and the stage graph (cycles, overlapping outputs, selection).
 
 use crate::crates::CrateGraph;
+use crate::dvc::{RawOut, RawParam};
 use crate::error::{Error, Result};
 use crate::params::{Params, PARAMS_FILE};
 use crate::yaml;
@@ -15,6 +16,28 @@ use std::path::{Component, Path, PathBuf};
 
 /// The pipeline file next to `params.yaml`.
 pub const PIPELINE_FILE: &str = "pipeline.yaml";
+/// The pipeline file read when there is no `pipeline.yaml`: DVC's.
+pub const DVC_FILE: &str = "dvc.yaml";
+
+/// The pipeline file of `root`: `explicit` (a file name in `root`), else `pipeline.yaml`, else
+/// `dvc.yaml` when only that exists.
+pub fn pipeline_file(root: &Path, explicit: Option<&str>) -> Result<String> {
+    match explicit {
+        Some(f) => {
+            if f.is_empty() || f.contains('/') || f == "." || f == ".." {
+                return Err(Error::Usage(format!(
+                    "--file `{f}`: expected a file name in the pipeline directory (use -C DIR for \
+                     another directory)"
+                )));
+            }
+            Ok(f.to_string())
+        }
+        None if !root.join(PIPELINE_FILE).exists() && root.join(DVC_FILE).exists() => {
+            Ok(DVC_FILE.to_string())
+        }
+        None => Ok(PIPELINE_FILE.to_string()),
+    }
+}
 
 /// The most stages a pipeline may expand to unless `ACPO_MAX_STAGES` says otherwise.
 pub const DEFAULT_MAX_STAGES: usize = 10_000;
@@ -70,13 +93,18 @@ struct RawBody {
     desc: Option<String>,
     cmd: Option<Value>,
     deps: Vec<String>,
-    params: Vec<String>,
-    outs: Vec<String>,
-    metrics: Vec<String>,
-    plots: Vec<String>,
+    params: Vec<RawParam>,
+    outs: Vec<RawOut>,
+    metrics: Vec<RawOut>,
+    plots: Vec<RawOut>,
     env: Vec<String>,
     resources: Option<Resources>,
     persist: bool,
+    wdir: Option<String>,
+    frozen: bool,
+    always_changed: bool,
+    meta: Option<Value>,
+    vars: Vec<Value>,
 }
 
 /// A stage entry: plain, `foreach`/`do`, or `matrix`.
@@ -86,13 +114,18 @@ struct RawStage {
     desc: Option<String>,
     cmd: Option<Value>,
     deps: Vec<String>,
-    params: Vec<String>,
-    outs: Vec<String>,
-    metrics: Vec<String>,
-    plots: Vec<String>,
+    params: Vec<RawParam>,
+    outs: Vec<RawOut>,
+    metrics: Vec<RawOut>,
+    plots: Vec<RawOut>,
     env: Vec<String>,
     resources: Option<Resources>,
     persist: bool,
+    wdir: Option<String>,
+    frozen: bool,
+    always_changed: bool,
+    meta: Option<Value>,
+    vars: Vec<Value>,
     foreach: Option<Value>,
     #[serde(rename = "do")]
     do_: Option<RawBody>,
@@ -103,6 +136,14 @@ struct RawStage {
 #[serde(default, deny_unknown_fields)]
 struct RawFile {
     stages: Option<Ordered<RawStage>>,
+    /// DVC: values for `${...}` (files or mappings).
+    vars: Vec<Value>,
+    /// DVC: metrics files of the project (shown by `metrics show`/`diff`).
+    metrics: Vec<String>,
+    /// DVC: kept, listed by `acpo dag` as not acted on.
+    plots: Vec<Value>,
+    params: Vec<Value>,
+    artifacts: Option<Value>,
 }
 
 /// A mapping that keeps the order of the file (stage order, matrix axes) and the line
@@ -170,6 +211,21 @@ pub struct Stage {
     /// stage key, so a command that resumes from its own checkpoint continues where it stopped.
     /// Not part of the stage key.
     pub persist: bool,
+    /// DVC `wdir`: the command runs in this directory (relative to the pipeline directory);
+    /// every path above is already relative to the pipeline directory.
+    pub wdir: Option<String>,
+    /// DVC `frozen`: never run nor checked; `status` says frozen.
+    pub frozen: bool,
+    /// DVC `always_changed`: always runs, never restored from the run cache.
+    pub always_changed: bool,
+    /// Outputs marked `cache: false`: the stage is neither stored in nor restored from the
+    /// run cache.
+    pub uncached: Vec<String>,
+    /// Values of declared params that do not come from `params.yaml`: `vars` used through
+    /// `${...}`, and params of other files (`file.yaml:key`).
+    pub extra_params: BTreeMap<String, Value>,
+    /// What the stage sets that acpo reads but does not act on (listed by `acpo dag`).
+    pub ignored: Vec<String>,
 }
 
 /// A loaded, expanded and checked pipeline.
@@ -185,14 +241,23 @@ pub struct Pipeline {
     pub upstream: Vec<Vec<usize>>,
     /// For each stage, the stages that depend on it.
     pub downstream: Vec<Vec<usize>>,
+    /// Top-level `metrics` files (DVC), shown with the stages' own.
+    pub metrics: Vec<String>,
+    /// Top-level fields read but not acted on (DVC `artifacts`, `plots`, `params`).
+    pub ignored: Vec<String>,
     index: HashMap<String, usize>,
 }
 
 impl Pipeline {
     /// Loads `root/pipeline.yaml` with the resolved `params`.
     pub fn load(root: &Path, params: &Params) -> Result<Pipeline> {
-        let file = root.join(PIPELINE_FILE);
-        let text = yaml::read_text(&file, Path::new(PIPELINE_FILE))?;
+        Self::load_file(root, PIPELINE_FILE, params)
+    }
+
+    /// Loads the pipeline file `name` of `root` with the resolved `params`.
+    pub fn load_file(root: &Path, name: &str, params: &Params) -> Result<Pipeline> {
+        let file = root.join(name);
+        let text = yaml::read_text(&file, Path::new(name))?;
         Self::from_str(root, &file, &text, params)
     }
 
@@ -211,22 +276,48 @@ impl Pipeline {
         params: &Params,
         max_stages: usize,
     ) -> Result<Pipeline> {
-        let raw: RawFile = if yaml::is_blank(text) {
-            RawFile::default()
-        } else {
-            yaml::from_str(Path::new(PIPELINE_FILE), &mask_braces(text))?
-        };
-        let mut stages = Vec::new();
         let mut display = file.strip_prefix(root).unwrap_or(file).to_path_buf();
         if display.as_os_str().is_empty() {
             display = PathBuf::from(PIPELINE_FILE);
         }
+        let raw: RawFile = if yaml::is_blank(text) {
+            RawFile::default()
+        } else {
+            yaml::from_str(&display, &mask_braces(text))?
+        };
+        let top_err = |message: String| Error::Pipeline {
+            file: display.clone(),
+            message,
+        };
+        let vars =
+            crate::dvc::vars(root, &raw.vars, &|k| params.get(k).is_some()).map_err(top_err)?;
+        let mut ignored = Vec::new();
+        if let Some(Value::Object(a)) = &raw.artifacts {
+            let names: Vec<&str> = a.keys().map(String::as_str).collect();
+            ignored.push(format!("artifacts: {}", names.join(", ")));
+        }
+        if !raw.plots.is_empty() {
+            ignored.push(format!("plots: {} top-level plot(s)", raw.plots.len()));
+        }
+        if !raw.params.is_empty() {
+            ignored.push(format!(
+                "params: {} top-level params file(s) (stages declare theirs)",
+                raw.params.len()
+            ));
+        }
+        let mut metrics = Vec::new();
+        for m in &raw.metrics {
+            let n = normalize(m).ok_or_else(|| top_err("metrics: an empty path".into()))?;
+            metrics.push(n);
+        }
+        let mut stages = Vec::new();
         let ctx = Ctx {
             file: display,
             params,
             root,
             crates: std::cell::OnceCell::new(),
             max_stages,
+            vars,
         };
         for (name, line, stage) in raw.stages.unwrap_or_default().0 {
             ctx.expand(&name, line, stage, &mut stages)?;
@@ -237,6 +328,8 @@ impl Pipeline {
             stages,
             upstream: Vec::new(),
             downstream: Vec::new(),
+            metrics,
+            ignored,
             index: HashMap::new(),
         };
         p.link(&ctx)?;
@@ -491,6 +584,8 @@ struct Ctx<'a> {
     crates: std::cell::OnceCell<std::result::Result<CrateGraph, String>>,
     /// The most stages the pipeline may expand to.
     max_stages: usize,
+    /// Top-level `vars` (DVC): values for `${...}` besides params.
+    vars: serde_json::Map<String, Value>,
 }
 
 /// A dependency `crate:<name>` stands for the sources of a workspace crate (module `crates`).
@@ -501,6 +596,8 @@ pub const CRATE_DEP_PREFIX: &str = "crate:";
 struct Scope {
     item: Option<Value>,
     key: Option<String>,
+    /// The stage's own `vars` (DVC), looked up before the top-level ones.
+    vars: serde_json::Map<String, Value>,
 }
 
 impl Ctx<'_> {
@@ -576,6 +673,11 @@ impl Ctx<'_> {
             env: raw.env,
             resources: raw.resources,
             persist: raw.persist,
+            wdir: raw.wdir,
+            frozen: raw.frozen,
+            always_changed: raw.always_changed,
+            meta: raw.meta,
+            vars: raw.vars,
         };
         match (raw.foreach, raw.do_, raw.matrix) {
             (None, None, None) => {
@@ -596,6 +698,7 @@ impl Ctx<'_> {
                     let scope = Scope {
                         item: Some(item),
                         key,
+                        ..Scope::default()
                     };
                     let mut do_ = do_.clone();
                     do_.persist |= body.persist;
@@ -660,6 +763,7 @@ impl Ctx<'_> {
                     let scope = Scope {
                         item: Some(Value::Object(obj)),
                         key: None,
+                        ..Scope::default()
                     };
                     let full = format!("{name}@{}", names.join("-"));
                     out.push(self.build(&full, name, line, &body, &scope)?);
@@ -685,16 +789,21 @@ impl Ctx<'_> {
     ) -> Result<Vec<(String, Option<String>, Value)>> {
         let v = match v {
             Value::String(s) => match whole_reference(&unmask_braces(&s)) {
-                Some(key) => self.params.get(key).cloned().ok_or_else(|| {
-                    self.err(
-                        line,
-                        format!(
-                            "stage `{stage}`: {what} refers to `${{{key}}}`, which is not \
+                Some(key) => self
+                    .params
+                    .get(key)
+                    .or_else(|| crate::params::lookup_map(&self.vars, key))
+                    .cloned()
+                    .ok_or_else(|| {
+                        self.err(
+                            line,
+                            format!(
+                                "stage `{stage}`: {what} refers to `${{{key}}}`, which is not \
                              defined in {PARAMS_FILE} (profile `{}`)",
-                            self.params.profile()
-                        ),
-                    )
-                })?,
+                                self.params.profile()
+                            ),
+                        )
+                    })?,
                 None => {
                     return Err(self.err(
                         line,
@@ -737,6 +846,19 @@ impl Ctx<'_> {
         b: &RawBody,
         scope: &Scope,
     ) -> Result<Stage> {
+        let mut stage_vars = scope.vars.clone();
+        if !b.vars.is_empty() {
+            let own = crate::dvc::vars(self.root, &b.vars, &|k| {
+                self.params.get(k).is_some() || self.vars.contains_key(k)
+            })
+            .map_err(|m| self.err(line, format!("stage `{name}`: {m}")))?;
+            stage_vars.extend(own);
+        }
+        let scope = &Scope {
+            item: scope.item.clone(),
+            key: scope.key.clone(),
+            vars: stage_vars,
+        };
         let mut used = BTreeSet::new();
         let mut interp = |s: &str| self.interpolate(name, line, s, scope, &mut used);
         let cmd = match &b.cmd {
@@ -767,6 +889,51 @@ impl Ctx<'_> {
         if cmd.trim().is_empty() {
             return Err(self.err(line, format!("stage `{name}` has an empty `cmd`")));
         }
+        let wdir = match &b.wdir {
+            None => None,
+            Some(w) => {
+                let w = interp(w)?;
+                match normalize(&w) {
+                    Some(n) if n == "." => None,
+                    Some(n) if !(n.starts_with("../") || n == ".." || n.starts_with('/')) => {
+                        Some(n)
+                    }
+                    _ => {
+                        return Err(self.err(
+                            line,
+                            format!(
+                                "stage `{name}`: wdir `{w}` must be a directory inside the \
+                                 pipeline directory"
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        // A path of the stage, relative to its wdir, as a path of the pipeline directory.
+        let in_wdir = |p: String| match &wdir {
+            Some(w) if !p.starts_with('/') && !p.starts_with(CRATE_DEP_PREFIX) => {
+                format!("{w}/{p}")
+            }
+            _ => p,
+        };
+        let mut ignored = Vec::new();
+        let mut uncached = Vec::new();
+        let mut split = |list: &[RawOut], what: &str| -> Result<Vec<String>> {
+            let o = crate::dvc::outs(list, what)
+                .map_err(|m| self.err(line, format!("stage `{name}`: {m}")))?;
+            ignored.extend(o.ignored);
+            uncached.extend(o.uncached);
+            Ok(o.paths)
+        };
+        let (outs_raw, metrics_raw, plots_raw) = (
+            split(&b.outs, "outs")?,
+            split(&b.metrics, "metrics")?,
+            split(&b.plots, "plots")?,
+        );
+        if b.meta.is_some() {
+            ignored.push("meta".into());
+        }
         let mut list_params = BTreeSet::new();
         let mut paths = |list: &[String], what: &str, is_out: bool| -> Result<Vec<String>> {
             let mut v = Vec::new();
@@ -781,7 +948,7 @@ impl Ctx<'_> {
                 }
             }
             for p in &each {
-                let s = interp(p)?;
+                let s = in_wdir(interp(p)?);
                 if let (false, Some(krate)) = (is_out, s.strip_prefix(CRATE_DEP_PREFIX)) {
                     let expanded = self.crate_deps(krate).map_err(|m| {
                         self.err(line, format!("stage `{name}`: dependency `{s}`: {m}"))
@@ -804,7 +971,9 @@ impl Ctx<'_> {
                         ),
                     ));
                 }
-                if is_out && (n == "." || crate::confine::is_reserved(&n)) {
+                if is_out
+                    && (n == "." || crate::confine::is_reserved(&n) || Path::new(&n) == self.file)
+                {
                     return Err(self.err(
                         line,
                         format!(
@@ -821,9 +990,13 @@ impl Ctx<'_> {
             Ok(v)
         };
         let deps = paths(&b.deps, "dependency", false)?;
-        let mut outs = paths(&b.outs, "output", true)?;
-        let metrics = paths(&b.metrics, "metrics", true)?;
-        let plots = paths(&b.plots, "plots", true)?;
+        let mut outs = paths(&outs_raw, "output", true)?;
+        let metrics = paths(&metrics_raw, "metrics", true)?;
+        let plots = paths(&plots_raw, "plots", true)?;
+        let uncached: Vec<String> = uncached
+            .into_iter()
+            .filter_map(|u| interp(&u).ok().map(in_wdir).and_then(|u| normalize(&u)))
+            .collect();
         // Metrics and plots outside every declared out are outputs too (as in DVC).
         for m in metrics.iter().chain(&plots) {
             if !outs.iter().any(|o| o == m || is_within(m, o)) {
@@ -831,14 +1004,44 @@ impl Ctx<'_> {
             }
         }
         let mut params = BTreeSet::new();
+        let mut extra_params = BTreeMap::new();
         for p in &b.params {
-            let key = interp(p)?;
-            params.insert(key);
+            match p {
+                RawParam::Key(k) => {
+                    params.insert(interp(k)?);
+                }
+                RawParam::File(files) => {
+                    for (file, keys) in files {
+                        let rel = normalize(&in_wdir(interp(file)?)).unwrap_or_default();
+                        if rel == PARAMS_FILE {
+                            // `- params.yaml: [a]` is the plain form's file.
+                            for k in keys.iter().flatten() {
+                                params.insert(interp(k)?);
+                            }
+                            continue;
+                        }
+                        let values = crate::dvc::file_params(self.root, &rel, keys.as_deref())
+                            .map_err(|m| self.err(line, format!("stage `{name}`: {m}")))?;
+                        params.extend(values.keys().cloned());
+                        extra_params.extend(values);
+                    }
+                }
+            }
         }
         let desc = b.desc.as_ref().map(|d| interp(d)).transpose()?;
         params.extend(used);
         params.extend(list_params);
         for key in &params {
+            if extra_params.contains_key(key) {
+                continue;
+            }
+            if let Some(v) = crate::params::lookup_map(&scope.vars, key)
+                .or_else(|| crate::params::lookup_map(&self.vars, key))
+                .filter(|_| self.params.get(key).is_none())
+            {
+                extra_params.insert(key.clone(), v.clone());
+                continue;
+            }
             if self.params.get(key).is_none() {
                 return Err(self.err(
                     line,
@@ -871,6 +1074,12 @@ impl Ctx<'_> {
             env,
             resources,
             persist: b.persist,
+            wdir,
+            frozen: b.frozen,
+            always_changed: b.always_changed,
+            uncached,
+            extra_params,
+            ignored,
         })
     }
 
@@ -986,7 +1195,11 @@ impl Ctx<'_> {
                 return Ok(Value::String(k.clone()));
             }
         }
-        match self.params.get(expr) {
+        let from_vars = || {
+            crate::params::lookup_map(&scope.vars, expr)
+                .or_else(|| crate::params::lookup_map(&self.vars, expr))
+        };
+        match self.params.get(expr).or_else(from_vars) {
             Some(v) => {
                 used.insert(expr.to_string());
                 Ok(v.clone())
@@ -1112,7 +1325,10 @@ pub fn stage_params(stage: &Stage, params: &Params) -> BTreeMap<String, Value> {
     stage
         .params
         .iter()
-        .map(|k| (k.clone(), params.get(k).cloned().unwrap_or(Value::Null)))
+        .map(|k| {
+            let v = params.get(k).or_else(|| stage.extra_params.get(k));
+            (k.clone(), v.cloned().unwrap_or(Value::Null))
+        })
         .collect()
 }
 

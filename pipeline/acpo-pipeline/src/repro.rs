@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub struct ReproSettings {
     /// Directory of `pipeline.yaml`.
     pub root: PathBuf,
+    /// The pipeline file in `root` (`--file`); `None`: `pipeline.yaml`, else `dvc.yaml`.
+    pub file: Option<String>,
     pub profile: String,
     /// `-S key=value` overrides.
     pub overrides: Vec<String>,
@@ -48,6 +50,7 @@ impl ReproSettings {
     pub fn new(root: impl Into<PathBuf>) -> ReproSettings {
         ReproSettings {
             root: root.into(),
+            file: None,
             profile: crate::params::DEFAULT_PROFILE.into(),
             overrides: Vec::new(),
             targets: Vec::new(),
@@ -141,7 +144,12 @@ impl Capacity {
 
 /// Runs `repro`. Errors: bad input (before anything runs), stage failure, interruption.
 pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
-    let mut ws = Workspace::open(&settings.root, &settings.profile, &settings.overrides)?;
+    let mut ws = Workspace::open_file(
+        &settings.root,
+        settings.file.as_deref(),
+        &settings.profile,
+        &settings.overrides,
+    )?;
     let sel = ws
         .pipeline
         .select(&settings.targets, settings.downstream, settings.single)?;
@@ -201,7 +209,9 @@ fn dry_run(
             .filter(|&&u| will[u])
             .map(|&u| ws.pipeline.stages[u].name.clone())
             .collect();
-        let msg = if !ups.is_empty() {
+        let msg = if ws.pipeline.stages[i].frozen {
+            "frozen (not checked)".to_string()
+        } else if !ups.is_empty() {
             format!("would run (after upstream {})", ups.join(", "))
         } else {
             let st = ws.state(i)?;
@@ -215,7 +225,7 @@ fn dry_run(
                 format!("would run: {}", reasons_text(&st.reasons))
             }
         };
-        if msg != "up to date" {
+        if msg != "up to date" && !msg.starts_with("frozen") {
             will[i] = true;
             summary.would_run.push(name.clone());
         } else {
@@ -374,6 +384,15 @@ impl Executor<'_> {
             if !ready {
                 continue;
             }
+            if !self.prepared.contains_key(&i) && self.ws.pipeline.stages[i].frozen {
+                // DVC `frozen`: neither checked nor run, even with --force.
+                let name = self.ws.pipeline.stages[i].name.clone();
+                self.status.insert(i, St::Done);
+                self.summary.up_to_date.push(name.clone());
+                self.progress.line(&format!("{name}: frozen (not checked)"));
+                self.progress.settled(&name, None);
+                continue;
+            }
             if !self.prepared.contains_key(&i) {
                 let st = self.ws.state(i)?;
                 let name = self.ws.pipeline.stages[i].name.clone();
@@ -387,7 +406,8 @@ impl Executor<'_> {
                 // Checked again before anything is written: an upstream stage may have made a
                 // link on the way to an out since the check before the run.
                 self.ws.check_outs(i)?;
-                if !self.settings.force {
+                let stage = &self.ws.pipeline.stages[i];
+                if !self.settings.force && !stage.always_changed && stage.uncached.is_empty() {
                     let restored = match self.ws.runcache.get(&st.key) {
                         Some(entry) => self.restore(i, &entry)?,
                         None => false,
@@ -510,7 +530,7 @@ impl Executor<'_> {
                 restored,
             },
         );
-        self.ws.lock.save(&self.ws.root)?;
+        self.ws.lock.save(&self.ws.lock_path)?;
         // Keep the stat cache current too, so a killed engine does not rehash everything.
         self.ws.hashes.save()
     }
@@ -550,7 +570,10 @@ impl Executor<'_> {
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&stage.cmd)
-            .current_dir(&root)
+            .current_dir(match &stage.wdir {
+                Some(w) => root.join(w),
+                None => root.clone(),
+            })
             .env("ACPO_PARAMS", &params_file)
             .env("ACPO_STAGE", &stage.name)
             .env("ACPO_PROFILE", &self.settings.profile)
@@ -665,19 +688,22 @@ impl Executor<'_> {
                 cached.insert(o.clone(), CachedOut { hash: h, entries });
             }
             let peak = info.maxrss_kib as f64 / 1024.0;
-            self.ws.runcache.put(
-                &root,
-                &RunEntry {
-                    stage: stage.name.clone(),
-                    key: run.key.clone(),
-                    profile: self.settings.profile.clone(),
-                    inputs: run.inputs.clone(),
-                    outs: cached,
-                    wall_s,
-                    peak_rss_mib: peak,
-                    created_unix: unix_now(),
-                },
-            )?;
+            // An output marked `cache: false` keeps the whole run out of the run cache.
+            if stage.uncached.is_empty() {
+                self.ws.runcache.put(
+                    &root,
+                    &RunEntry {
+                        stage: stage.name.clone(),
+                        key: run.key.clone(),
+                        profile: self.settings.profile.clone(),
+                        inputs: run.inputs.clone(),
+                        outs: cached,
+                        wall_s,
+                        peak_rss_mib: peak,
+                        created_unix: unix_now(),
+                    },
+                )?;
+            }
             self.record(
                 &stage,
                 &run.key,

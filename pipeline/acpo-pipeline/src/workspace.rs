@@ -21,6 +21,8 @@ pub struct Workspace {
     pub root: PathBuf,
     pub params: Params,
     pub pipeline: Pipeline,
+    /// The lock file: `pipeline.lock`, or `<stem>.acpo.lock` for another pipeline file.
+    pub lock_path: PathBuf,
     pub lock: Lock,
     pub hashes: HashCache,
     pub runcache: RunCache,
@@ -31,6 +33,8 @@ pub struct Workspace {
 pub enum Reason {
     NeverRun,
     Forced,
+    /// DVC `always_changed: true`.
+    AlwaysChanged,
     Version {
         old: String,
         new: String,
@@ -90,6 +94,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::NeverRun => write!(f, "never run (not in pipeline.lock)"),
             Reason::Forced => write!(f, "forced"),
+            Reason::AlwaysChanged => write!(f, "always changed (always_changed: true)"),
             Reason::Version { old, new } => write!(f, "acpo version: {old} -> {new}"),
             Reason::Cmd { old, new } => write!(f, "cmd: `{old}` -> `{new}`"),
             Reason::Param {
@@ -140,18 +145,32 @@ pub struct StageState {
 }
 
 impl Workspace {
-    /// Opens `root` (the directory of `pipeline.yaml`) for `profile` with `-S` overrides.
+    /// Opens `root` (the directory of `pipeline.yaml`, or of `dvc.yaml` when there is no
+    /// `pipeline.yaml`) for `profile` with `-S` overrides.
     pub fn open(root: &Path, profile: &str, overrides: &[String]) -> Result<Workspace> {
+        Self::open_file(root, None, profile, overrides)
+    }
+
+    /// [`Workspace::open`] with the pipeline file named (`--file`; a file name in `root`).
+    pub fn open_file(
+        root: &Path,
+        file: Option<&str>,
+        profile: &str,
+        overrides: &[String],
+    ) -> Result<Workspace> {
         let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+        let file = crate::pipeline::pipeline_file(&root, file)?;
         let params = Params::load(&root, profile, overrides)?;
-        let pipeline = Pipeline::load(&root, &params)?;
-        let lock = Lock::load(&root)?;
+        let pipeline = Pipeline::load_file(&root, &file, &params)?;
+        let lock_path = root.join(crate::lock::lock_name(&file));
+        let lock = Lock::load(&lock_path)?;
         let hashes = HashCache::load(&root.join(STATE_DIR));
         let runcache = RunCache::new(&root);
         Ok(Workspace {
             root,
             params,
             pipeline,
+            lock_path,
             lock,
             hashes,
             runcache,
@@ -171,7 +190,7 @@ impl Workspace {
         let state = self.state_dir();
         std::fs::create_dir_all(&state).map_err(|e| Error::io(&state, e))?;
         let guard = WorkspaceLock::acquire(&state)?;
-        self.lock = Lock::load(&self.root)?;
+        self.lock = Lock::load(&self.lock_path)?;
         self.hashes = HashCache::load(&state);
         Ok(guard)
     }
@@ -244,7 +263,7 @@ impl Workspace {
         let inputs = self.inputs(i)?;
         let key = inputs.key();
         let name = self.pipeline.stages[i].name.clone();
-        let reasons = match self.lock.stages.get(&name).cloned() {
+        let mut reasons = match self.lock.stages.get(&name).cloned() {
             None => vec![Reason::NeverRun],
             Some(entry) => {
                 let mut r = if entry.key == key {
@@ -256,6 +275,9 @@ impl Workspace {
                 r
             }
         };
+        if self.pipeline.stages[i].always_changed {
+            reasons.push(Reason::AlwaysChanged);
+        }
         Ok(StageState {
             inputs,
             key,
