@@ -209,8 +209,30 @@ enum ParamsCommand {
     },
 }
 
+/// The locations this project's stages read, when the environment does not set them: the
+/// data mirror `<pipeline dir>/../shared/data`, the assets `<pipeline dir>/.cache/assets` and
+/// ONNX Runtime inside them, as the Justfile sets them. A stage key holds an absolute path
+/// relative to the pipeline directory, so `acpo` alone computes the keys `just` does.
+fn default_locations(dir: &std::path::Path) {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return;
+    };
+    let set = |name: &str, value: std::path::PathBuf| {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    };
+    set("ACPO_MIRROR", dir.join("../shared/data"));
+    set("ACPO_ASSETS", dir.join(".cache/assets"));
+    let assets = std::env::var_os("ACPO_ASSETS").map(std::path::PathBuf::from);
+    if let Some(a) = assets {
+        set("ORT_DYLIB_PATH", a.join("onnxruntime/libonnxruntime.so"));
+    }
+}
+
 fn open(p: &PipelineArgs) -> anyhow::Result<Workspace> {
     let (dir, file) = p.location();
+    default_locations(&dir);
     Ok(Workspace::open_file(
         &dir,
         file.as_deref(),
@@ -249,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep_going,
         } => {
             let (root, file) = pipeline.location();
+            default_locations(&root);
             let settings = ReproSettings {
                 root,
                 file,

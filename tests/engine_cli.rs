@@ -633,3 +633,73 @@ params:
         "prepare\ntrain <- prepare\nreport <- train\nold\n"
     );
 }
+
+/// `acpo` alone computes the keys `just` does: with `ACPO_MIRROR` and `ACPO_ASSETS` unset it
+/// uses the Justfile's locations (`<dir>/../shared/data`, `<dir>/.cache/assets`), so nothing
+/// turns stale. Before, plain `acpo status` called every stage that declares them changed
+/// (`env ACPO_MIRROR: ../shared/data -> (unset)`).
+#[test]
+fn acpo_alone_uses_the_justfile_locations() {
+    let parent = tempfile::tempdir().unwrap();
+    let proj = parent.path().join("proj");
+    std::fs::create_dir_all(parent.path().join("shared/data")).unwrap();
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(parent.path().join("shared/data/x.txt"), "x\n").unwrap();
+    std::fs::write(
+        proj.join("pipeline.yaml"),
+        "stages:\n  a:\n    cmd: cat \"$ACPO_MIRROR/x.txt\" > o.txt\n    env: [ACPO_MIRROR, ACPO_ASSETS]\n    outs: [o.txt]\n",
+    )
+    .unwrap();
+    let with_env = Command::new(ACPO)
+        .arg("repro")
+        .current_dir(&proj)
+        .env("ACPO_MIRROR", proj.join("../shared/data"))
+        .env("ACPO_ASSETS", proj.join(".cache/assets"))
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap();
+    assert!(with_env.status.success(), "{}", text(&with_env));
+    let alone = Command::new(ACPO)
+        .arg("status")
+        .current_dir(&proj)
+        .env_remove("ACPO_MIRROR")
+        .env_remove("ACPO_ASSETS")
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap();
+    let s = text(&alone);
+    assert!(s.contains("1 stage(s): 1 up to date"), "{s}");
+    // And the stage itself finds the mirror there.
+    std::fs::remove_file(proj.join("o.txt")).unwrap();
+    let o = Command::new(ACPO)
+        .arg("repro")
+        .current_dir(&proj)
+        .env_remove("ACPO_MIRROR")
+        .env_remove("ACPO_ASSETS")
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(proj.join("o.txt")).unwrap(), "x\n");
+}
+
+/// `status` reports a dependency that is missing (before `just setup`, say) as a state of
+/// the stage, exit 0; `repro` still refuses to start (exit 2). Before, `status` stopped with
+/// exit 2 at the first missing file.
+#[test]
+fn status_reports_missing_inputs_instead_of_failing() {
+    let d = toy(
+        "stages:\n  a:\n    cmd: cat in.txt > a.txt\n    deps: [in.txt]\n    outs: [a.txt]\n  b:\n    cmd: echo b > b.txt\n    outs: [b.txt]\n",
+        "",
+    );
+    let o = acpo(d.path(), &["status"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{s}");
+    assert!(
+        s.contains("a: changed\n    never run (not in pipeline.lock)\n    dep in.txt: does not exist and no stage produces it"),
+        "{s}"
+    );
+    assert!(s.contains("b: changed"), "{s}");
+    let o = acpo(d.path(), &["repro"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

@@ -22,9 +22,6 @@ pub struct StageStatus {
 /// Status of the selected stages (all when `targets` is empty), in topological order.
 pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>> {
     let sel = ws.pipeline.select(targets, false, false)?;
-    for &i in &sel {
-        ws.check_deps(i)?;
-    }
     let mut stale = vec![false; ws.pipeline.stages.len()];
     let mut out = Vec::new();
     for &i in &sel {
@@ -37,6 +34,10 @@ pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>
             continue;
         }
         let mut st = ws.state(i)?;
+        // A missing input is a state to report (before `just setup`, say), not an error.
+        let missing = ws.missing_deps(i).into_iter();
+        st.reasons
+            .extend(missing.map(|path| Reason::DepMissing { path }));
         for &u in &ws.pipeline.upstream[i] {
             if stale[u] {
                 st.reasons.push(Reason::Upstream {

@@ -35,6 +35,11 @@ pub enum Reason {
     Forced,
     /// DVC `always_changed: true`.
     AlwaysChanged,
+    /// A dependency that does not exist and that no stage produces (`status` only: `repro`
+    /// refuses to start).
+    DepMissing {
+        path: String,
+    },
     Version {
         old: String,
         new: String,
@@ -95,6 +100,10 @@ impl fmt::Display for Reason {
             Reason::NeverRun => write!(f, "never run (not in pipeline.lock)"),
             Reason::Forced => write!(f, "forced"),
             Reason::AlwaysChanged => write!(f, "always changed (always_changed: true)"),
+            Reason::DepMissing { path } => write!(
+                f,
+                "dep {path}: does not exist and no stage produces it (repro would stop here)"
+            ),
             Reason::Version { old, new } => write!(f, "acpo version: {old} -> {new}"),
             Reason::Cmd { old, new } => write!(f, "cmd: `{old}` -> `{new}`"),
             Reason::Param {
@@ -216,19 +225,26 @@ impl Workspace {
 
     /// Fails when a dependency of stage `i` neither exists nor is produced by a stage.
     pub fn check_deps(&self, i: usize) -> Result<()> {
-        let s = &self.pipeline.stages[i];
-        for d in &s.deps {
-            if !self.root.join(d).exists() && !self.pipeline.produced_by_upstream(i, d) {
-                return Err(self.pipeline.stage_error(
-                    i,
-                    format!(
-                        "stage `{}`: dependency `{d}` does not exist and no stage produces it",
-                        s.name
-                    ),
-                ));
-            }
+        match self.missing_deps(i).first() {
+            None => Ok(()),
+            Some(d) => Err(self.pipeline.stage_error(
+                i,
+                format!(
+                    "stage `{}`: dependency `{d}` does not exist and no stage produces it",
+                    self.pipeline.stages[i].name
+                ),
+            )),
         }
-        Ok(())
+    }
+
+    /// The dependencies of stage `i` that neither exist nor are produced by a stage.
+    pub fn missing_deps(&self, i: usize) -> Vec<String> {
+        self.pipeline.stages[i]
+            .deps
+            .iter()
+            .filter(|d| !self.root.join(d).exists() && !self.pipeline.produced_by_upstream(i, d))
+            .cloned()
+            .collect()
     }
 
     /// Hashes the current inputs of stage `i`.
