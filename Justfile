@@ -21,6 +21,7 @@ test *args="": setup
 setup:
     scripts/setup.sh
 
+# Build the acpo binary (release).
 build: setup
     cargo build --release --bin acpo
 
@@ -54,11 +55,13 @@ bench: build
 
 # The engine's kill soak at length (`just test` runs 4 trials): `trials` interrupted-and-resumed
 # runs of a toy pipeline, each checked against an uninterrupted run; prints the count.
+[doc("The engine's kill soak: interrupted and resumed runs checked against an uninterrupted one")]
 soak trials="200" seed="20261201": setup
     ACPO_SOAK_TRIALS={{trials}} ACPO_SOAK_SEED={{seed}} cargo test --release --test engine_soak -- --nocapture
 
 # The engine's loader fuzz at length (`just test` runs 1,500 cases): mutated params and
 # pipeline files must load or fail with a message, never panic or hang.
+[doc("The engine's loader fuzz: mutated pipeline and params files load or fail with a message")]
 fuzz cases="20000" seed="20261201": setup
     ACPO_FUZZ_CASES={{cases}} ACPO_FUZZ_SEED={{seed}} cargo test --release --test engine_fuzz -- --nocapture
 
@@ -72,6 +75,7 @@ check: setup
 # and acpo-finetune with `cuda`, trains the cpu-profile CIFAR-10 UNet for `steps` steps on the GPU and
 # on the CPU from the same seed and draws and compares the loss curves, times ACPO fine-tuning steps
 # on both, and times the paper-profile UNet on the GPU (scripts/gpu-check.sh; results/gpu-check/).
+[doc("GPU check (NVIDIA GPU with nvcc): GPU vs CPU loss curves and step times (results/gpu-check/)")]
 gpu-check steps="300": build
     [ -f data/prepared/cifar10/train.safetensors ] || {{acpo}} repro --profile cpu prepare-cifar10
     scripts/gpu-check.sh {{steps}}
