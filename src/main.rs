@@ -107,6 +107,16 @@ enum Command {
     /// Compare params with a git revision.
     #[command(subcommand)]
     Params(ParamsCommand),
+    /// Write every declared plots file to one HTML page (charts of CSV/TSV/JSON data, images).
+    Plots {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// The page to write.
+        #[arg(long, short = 'o', default_value = ".acpo/plots/index.html")]
+        out: PathBuf,
+    },
     /// Remove run-cache entries not used by pipeline.lock, and unused objects.
     Gc {
         #[command(flatten)]
@@ -349,6 +359,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let t = metrics::params_diff(&open(&pipeline)?, &rev, table.all)?;
             print_table(&t, &table, "no param changed");
+        }
+        Command::Plots {
+            pipeline,
+            targets,
+            out,
+        } => {
+            let ws = open(&pipeline)?;
+            let out = if out.is_absolute() {
+                out
+            } else {
+                ws.root.join(out)
+            };
+            let dir = out
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| ws.root.clone());
+            let (page, shown) = acpo_pipeline::plots::plots_html(&ws, &targets.targets, &dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+            acpo_pipeline::fsutil::write_atomic(&out, page.as_bytes())?;
+            println!("{shown} plots file(s) -> {}", out.display());
         }
         Command::Gc { pipeline, dry_run } => {
             print!("{}", commands::gc(&mut open(&pipeline)?, dry_run)?);

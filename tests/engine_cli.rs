@@ -703,3 +703,25 @@ fn status_reports_missing_inputs_instead_of_failing() {
     let o = acpo(d.path(), &["repro"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// `acpo plots` writes the declared plots files to one HTML page: a chart per numeric column
+/// of a data file, an image linked relatively. Before, there was no such command.
+#[test]
+fn plots_writes_the_declared_plots_to_one_page() {
+    let d = toy(
+        "stages:\n  a:\n    cmd: >-\n      printf 'step,loss,acc\\n0,1,0.5\\n1,0.5,0.75\\n' > curve.csv && cp in.png pic.png\n    deps: [in.png]\n    plots: [curve.csv, pic.png]\n",
+        "",
+    );
+    std::fs::write(d.path().join("in.png"), b"\x89PNG\r\n").unwrap();
+    assert!(acpo(d.path(), &["repro"]).status.success());
+    let o = acpo(d.path(), &["plots"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("2 plots file(s) -> "), "{}", text(&o));
+    let page = std::fs::read_to_string(d.path().join(".acpo/plots/index.html")).unwrap();
+    assert_eq!(page.matches("<svg").count(), 2, "{page}");
+    assert!(
+        page.contains(">loss</text>") && page.contains(">acc</text>"),
+        "{page}"
+    );
+    assert!(page.contains("<img src=\"../../pic.png\""), "{page}");
+}

@@ -7,7 +7,8 @@
 //! - [`lock`], [`runcache`]: `pipeline.lock` and the content-addressed run cache.
 //! - [`workspace`]: what is up to date and why; [`repro`]: the executor;
 //!   [`commands`]: `status`, `dag`, `explain`, `gc`; [`metrics`]: `metrics show/diff`,
-//!   `params diff` (against a git revision through [`git`]), printed as [`table`]s.
+//!   `params diff` (against a git revision through [`git`]), printed as [`table`]s;
+//!   [`plots`]: the declared plots files on one HTML page.
 
 pub mod commands;
 pub mod confine;
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod metrics;
 pub mod params;
 pub mod pipeline;
+pub mod plots;
 pub mod progress;
 pub mod repro;
 pub mod runcache;
