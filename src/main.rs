@@ -5,7 +5,7 @@
 
 mod stages;
 
-use acpo_pipeline::{commands, metrics, table};
+use acpo_pipeline::{commands, metrics, remote, table};
 use acpo_pipeline::{ErrorKind, ReproSettings, Workspace};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -80,12 +80,43 @@ enum Command {
         /// After a failure, go on with stages that do not depend on the failed one.
         #[arg(long, short = 'k')]
         keep_going: bool,
+        /// Fetch a stage whose key the remote has (verified) instead of running it.
+        #[arg(long)]
+        pull: bool,
+        /// The remote for --pull (default: `default:` of .acpo/config.yaml).
+        #[arg(long, short = 'r', value_name = "NAME", requires = "pull")]
+        remote: Option<String>,
     },
     /// Which stages are up to date, and for the others why not (old -> new).
     Status {
         stages: Vec<String>,
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// Also say whether a remote has each stage's current key (the config's default
+        /// remote, or the one named).
+        #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
+    },
+    /// Copy the runs pipeline.lock records (entries and output objects) to a remote.
+    Push {
+        /// Stages (all when none are named).
+        stages: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The remote (default: `default:` of .acpo/config.yaml).
+        #[arg(long, short = 'r', value_name = "NAME")]
+        remote: Option<String>,
+    },
+    /// Fetch the runs pipeline.lock records from a remote into the run cache (verified), so
+    /// `repro` restores them.
+    Pull {
+        /// Stages (all when none are named).
+        stages: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// The remote (default: `default:` of .acpo/config.yaml).
+        #[arg(long, short = 'r', value_name = "NAME")]
+        remote: Option<String>,
     },
     /// The stage graph, as text or Mermaid.
     Dag {
@@ -279,6 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             jobs,
             keep_going,
+            pull,
+            remote,
         } => {
             let (root, file) = pipeline.location();
             default_locations(&root);
@@ -296,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 keep_going,
                 resume_command: resume_command(),
                 progress: true,
+                pull: pull.then(|| remote.unwrap_or_default()),
             };
             let s = acpo_pipeline::repro(&settings)?;
             if dry_run {
@@ -313,10 +347,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Status { stages, pipeline } => {
+        Command::Status {
+            stages,
+            pipeline,
+            remote,
+        } => {
             let mut ws = open(&pipeline)?;
-            let st = commands::status(&mut ws, &stages)?;
+            let store = match &remote {
+                None => None,
+                Some(r) => Some(remote::open(
+                    &ws.root,
+                    Some(r.as_str()).filter(|r| !r.is_empty()),
+                )?),
+            };
+            let st = commands::status(&mut ws, &stages, store.as_deref())?;
             print!("{}", commands::format_status(&st));
+        }
+        Command::Push {
+            stages,
+            pipeline,
+            remote: name,
+        } => {
+            let ws = open(&pipeline)?;
+            let store = remote::open(&ws.root, name.as_deref())?;
+            let t = remote::push(&ws, store.as_ref(), &stages)?;
+            print_transfer(&t, "pushed to", &store.url());
+        }
+        Command::Pull {
+            stages,
+            pipeline,
+            remote: name,
+        } => {
+            let ws = open(&pipeline)?;
+            let store = remote::open(&ws.root, name.as_deref())?;
+            let t = remote::pull(&ws, store.as_ref(), &stages)?;
+            print_transfer(&t, "pulled from", &store.url());
+            if !t.corrupt.is_empty() {
+                for (stage, what) in &t.corrupt {
+                    eprintln!("{stage}: not pulled: {what}");
+                }
+                anyhow::bail!("{} corrupt run(s) on the remote, not used", t.corrupt.len());
+            }
         }
         Command::Dag { pipeline, mermaid } => {
             let ws = open(&pipeline)?;
@@ -396,6 +467,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stages::run(cmd).context("stage failed")?,
     }
     Ok(())
+}
+
+/// Says what a push or pull moved, and what it skipped and why.
+fn print_transfer(t: &remote::Transfer, verb: &str, url: &str) {
+    for (stage, why) in &t.skipped {
+        eprintln!("{stage}: skipped ({why})");
+    }
+    println!(
+        "{} run(s) {verb} {url}: {} object(s), {:.1} MiB",
+        t.runs.len(),
+        t.objects,
+        t.bytes as f64 / 1048576.0
+    );
 }
 
 /// Prints a table in the chosen format; an empty one as `empty` on stderr in text form (a

@@ -725,3 +725,87 @@ fn plots_writes_the_declared_plots_to_one_page() {
     );
     assert!(page.contains("<img src=\"../../pic.png\""), "{page}");
 }
+
+/// A directory remote shared by three clones: `push` copies the runs pipeline.lock records,
+/// `status --remote` says which keys the remote has, `pull` then `repro` restores instead of
+/// running, `repro --pull` fetches as it goes, and a corrupt remote object is detected and
+/// not used (the stage runs). Before, there were no remotes.
+#[test]
+fn a_directory_remote_shares_runs_between_clones() {
+    let parent = tempfile::tempdir().unwrap();
+    let remote_dir = parent.path().join("remote");
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    let pipeline = "stages:\n  a:\n    cmd: echo ${p.v} > a.txt\n    outs: [a.txt]\n  b:\n    cmd: cat a.txt a.txt > b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n";
+    let clone = |name: &str| {
+        let d = parent.path().join(name);
+        std::fs::create_dir_all(d.join(".acpo")).unwrap();
+        std::fs::write(d.join("pipeline.yaml"), pipeline).unwrap();
+        std::fs::write(d.join("params.yaml"), "p:\n  v: 1\n").unwrap();
+        std::fs::write(
+            d.join(".acpo/config.yaml"),
+            format!(
+                "remotes:\n  team: {}\ndefault: team\n",
+                remote_dir.display()
+            ),
+        )
+        .unwrap();
+        d
+    };
+    let a = clone("a");
+    assert!(acpo(&a, &["repro"]).status.success());
+    let s = text(&acpo(&a, &["push"]));
+    assert!(s.contains("2 run(s) pushed to"), "{s}");
+
+    // b gets a's lock (as `git pull` would bring it), pulls, and repro restores everything.
+    let b = clone("b");
+    std::fs::copy(a.join("pipeline.lock"), b.join("pipeline.lock")).unwrap();
+    let s = text(&acpo(&b, &["status", "--remote"]));
+    assert_eq!(s.matches("remote: has this key").count(), 1, "{s}");
+    let s = text(&acpo(&b, &["pull"]));
+    assert!(s.contains("2 run(s) pulled from"), "{s}");
+    let s = text(&acpo(&b, &["repro"]));
+    assert!(s.contains("0 ran, 2 restored"), "{s}");
+    assert_eq!(std::fs::read_to_string(b.join("b.txt")).unwrap(), "1\n1\n");
+
+    // c has no lock: repro --pull fetches each stage once its key is known.
+    let c = clone("c");
+    let s = text(&acpo(&c, &["repro", "--pull"]));
+    assert!(
+        s.contains("a: pulled from") && s.contains("b: pulled from"),
+        "{s}"
+    );
+    assert!(s.contains("0 ran, 2 restored"), "{s}");
+
+    // A corrupt object on the remote is detected and not used: the stage runs instead.
+    let objects = remote_dir.join("objects");
+    for sub in std::fs::read_dir(&objects).unwrap().flatten() {
+        for o in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            std::fs::write(o.path(), "tampered\n").unwrap();
+        }
+    }
+    let d = clone("d");
+    let s = text(&acpo(&d, &["repro", "--pull"]));
+    assert!(
+        s.contains("a: remote run not used:") && s.contains("hash to"),
+        "{s}"
+    );
+    assert!(s.contains("2 ran, 0 restored"), "{s}");
+    assert_eq!(std::fs::read_to_string(d.join("b.txt")).unwrap(), "1\n1\n");
+    let e = clone("e");
+    std::fs::copy(a.join("pipeline.lock"), e.join("pipeline.lock")).unwrap();
+    let o = acpo(&e, &["pull"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("corrupt run(s) on the remote"),
+        "{}",
+        text(&o)
+    );
+
+    let o = acpo(&a, &["push", "-r", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown remote `nope` (remotes in .acpo/config.yaml: team)"),
+        "{}",
+        text(&o)
+    );
+}

@@ -17,10 +17,21 @@ pub struct StageStatus {
     pub reasons: Vec<Reason>,
     /// DVC `frozen: true`: not checked.
     pub frozen: bool,
+    /// Whether the remote asked about has this stage's current key (`None`: none asked).
+    pub on_remote: Option<bool>,
 }
 
-/// Status of the selected stages (all when `targets` is empty), in topological order.
-pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>> {
+/// Status of the selected stages (all when `targets` is empty), in topological order; with
+/// a `remote`, also whether it has each stage's current key.
+pub fn status(
+    ws: &mut Workspace,
+    targets: &[String],
+    remote: Option<&dyn crate::remote::Store>,
+) -> Result<Vec<StageStatus>> {
+    let on_remote: Option<BTreeSet<String>> = match remote {
+        None => None,
+        Some(r) => Some(r.list_runs()?.into_iter().collect()),
+    };
     let sel = ws.pipeline.select(targets, false, false)?;
     let mut stale = vec![false; ws.pipeline.stages.len()];
     let mut out = Vec::new();
@@ -30,6 +41,7 @@ pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>
                 name: ws.pipeline.stages[i].name.clone(),
                 reasons: Vec::new(),
                 frozen: true,
+                on_remote: None,
             });
             continue;
         }
@@ -50,6 +62,7 @@ pub fn status(ws: &mut Workspace, targets: &[String]) -> Result<Vec<StageStatus>
             name: ws.pipeline.stages[i].name.clone(),
             reasons: st.reasons,
             frozen: false,
+            on_remote: on_remote.as_ref().map(|keys| keys.contains(&st.key)),
         });
     }
     let _ = ws.hashes.save();
@@ -70,6 +83,15 @@ pub fn format_status(stages: &[StageStatus]) -> String {
             for r in &st.reasons {
                 let _ = writeln!(s, "    {r}");
             }
+        }
+        match st.on_remote {
+            Some(true) => {
+                let _ = writeln!(s, "    remote: has this key");
+            }
+            Some(false) => {
+                let _ = writeln!(s, "    remote: does not have this key");
+            }
+            None => {}
         }
     }
     let _ = writeln!(

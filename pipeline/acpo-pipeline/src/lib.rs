@@ -25,6 +25,7 @@ pub mod params;
 pub mod pipeline;
 pub mod plots;
 pub mod progress;
+pub mod remote;
 pub mod repro;
 pub mod runcache;
 pub mod running;

@@ -43,6 +43,9 @@ pub struct ReproSettings {
     pub resume_command: String,
     /// Draw a progress bar (when stderr is a terminal); plain lines otherwise.
     pub progress: bool,
+    /// `--pull`: fetch a stage whose key a remote has instead of running it; the remote's
+    /// name (`Some("")`: the config's default). See [`crate::remote`].
+    pub pull: Option<String>,
 }
 
 impl ReproSettings {
@@ -62,6 +65,7 @@ impl ReproSettings {
             keep_going: false,
             resume_command: "acpo repro".into(),
             progress: false,
+            pull: None,
         }
     }
 }
@@ -176,6 +180,14 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
     if settings.dry_run {
         return dry_run(&mut ws, settings, &sel, &progress);
     }
+    // Opened before anything runs, so an unknown remote is bad input with nothing done.
+    let remote = match &settings.pull {
+        None => None,
+        Some(name) => Some(crate::remote::open(
+            &ws.root,
+            Some(name.as_str()).filter(|n| !n.is_empty()),
+        )?),
+    };
     let mut ex = Executor {
         ws,
         settings,
@@ -187,6 +199,7 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
         failures: Vec::new(),
         capacity: Capacity::detect(),
         interrupted: Arc::new(AtomicBool::new(false)),
+        remote,
     };
     let result = ex.run(&sel);
     let _ = ex.ws.hashes.save();
@@ -254,6 +267,8 @@ struct Executor<'a> {
     failures: Vec<(String, String)>,
     capacity: Capacity,
     interrupted: Arc<AtomicBool>,
+    /// The remote of `--pull`.
+    remote: Option<Box<dyn crate::remote::Store>>,
 }
 
 impl Executor<'_> {
@@ -408,7 +423,29 @@ impl Executor<'_> {
                 self.ws.check_outs(i)?;
                 let stage = &self.ws.pipeline.stages[i];
                 if !self.settings.force && !stage.always_changed && stage.uncached.is_empty() {
-                    let restored = match self.ws.runcache.get(&st.key) {
+                    let mut entry = self.ws.runcache.get(&st.key);
+                    if let (None, Some(store)) = (&entry, &self.remote) {
+                        match crate::remote::fetch(&self.ws.runcache, store.as_ref(), &st.key) {
+                            Ok(Some((n, bytes))) => {
+                                self.progress.line(&format!(
+                                    "{name}: pulled from {} ({n} object(s), {:.1} MiB)",
+                                    store.url(),
+                                    bytes as f64 / 1048576.0
+                                ));
+                                entry = self.ws.runcache.get(&st.key);
+                            }
+                            Ok(None) => {}
+                            // A corrupt remote run is not used: the stage runs instead.
+                            Err(e @ Error::Corrupt { .. }) => {
+                                let msg =
+                                    format!("{name}: remote run not used: {e}; it runs instead");
+                                self.progress.line(&msg);
+                                self.summary.corrupt_objects.push(msg);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let restored = match entry {
                         Some(entry) => self.restore(i, &entry)?,
                         None => false,
                     };

@@ -172,6 +172,23 @@ impl RunCache {
         self.dir.join("runs").join(format!("{key}.json"))
     }
 
+    /// The bytes of the run entry of `key` as stored.
+    pub fn run_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        let p = self.run_path(key);
+        std::fs::read(&p).map_err(|e| Error::io(&p, e))
+    }
+
+    /// Stores the bytes of a run entry for `key` (atomically), after its objects.
+    pub fn write_run(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        if !is_digest(key) {
+            return Err(Error::Corrupt {
+                path: self.run_path("invalid"),
+                message: format!("`{key}` is not a stage key"),
+            });
+        }
+        write_atomic(&self.run_path(key), bytes)
+    }
+
     /// Where the object of SHA-256 `hash` is kept (`objects/ab/cdef...`).
     pub fn object_path(&self, hash: &str) -> PathBuf {
         let objects = self.dir.join("objects");

@@ -298,7 +298,7 @@ fn a_fifo_inside_a_dep_is_an_error_naming_it() {
     let root = t.root().to_path_buf();
     let r = within(30, move || {
         let mut ws = Workspace::open(&root, "cpu", &[]).unwrap();
-        commands::status(&mut ws, &[]).map(|_| ())
+        commands::status(&mut ws, &[], None).map(|_| ())
     });
     let e = r.unwrap_err();
     assert!(e.to_string().contains("data/pipe"), "{e}");
