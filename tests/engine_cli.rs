@@ -809,3 +809,58 @@ fn a_directory_remote_shares_runs_between_clones() {
         text(&o)
     );
 }
+
+/// A stage that declares `gpus: N` gets N whole devices in `CUDA_VISIBLE_DEVICES`, one stage
+/// per device under `-j`: with one GPU two GPU stages run one after the other, with two they
+/// get different devices. Before, `gpus` only limited how many ran at once and no device
+/// was assigned, so parallel stages shared device 0.
+#[test]
+fn gpu_stages_get_their_own_devices() {
+    let stage = |n: &str| {
+        format!(
+            "  {n}:\n    cmd: >-\n      echo \"$CUDA_VISIBLE_DEVICES $(date +%s%N)\" > {n}.txt && sleep 0.4 && date +%s%N >> {n}.txt\n    outs: [{n}.txt]\n    resources: {{gpus: 1}}\n"
+        )
+    };
+    let pipeline = format!("stages:\n{}{}{}", stage("g1"), stage("g2"), stage("g3"));
+    let run = |gpus: &str| {
+        let d = toy(&pipeline, "");
+        let o = Command::new(ACPO)
+            .args(["repro", "-j", "3"])
+            .current_dir(d.path())
+            .env("ACPO_GPUS", gpus)
+            .env_remove("ACPO_PROFILE")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        ["g1", "g2", "g3"].map(|n| {
+            let t = std::fs::read_to_string(d.path().join(format!("{n}.txt"))).unwrap();
+            let f: Vec<&str> = t.split_whitespace().collect();
+            (
+                f[0].to_string(),
+                f[1].parse::<u128>().unwrap(),
+                f[2].parse::<u128>().unwrap(),
+            )
+        })
+    };
+    let one = run("1");
+    assert!(one.iter().all(|(dev, _, _)| dev == "0"), "{one:?}");
+    for (i, a) in one.iter().enumerate() {
+        for b in &one[i + 1..] {
+            assert!(
+                a.2 <= b.1 || b.2 <= a.1,
+                "two stages shared the one GPU: {one:?}"
+            );
+        }
+    }
+    let two = run("2");
+    for (i, a) in two.iter().enumerate() {
+        assert!(a.0 == "0" || a.0 == "1", "{two:?}");
+        for b in &two[i + 1..] {
+            let overlap = !(a.2 <= b.1 || b.2 <= a.1);
+            assert!(
+                !overlap || a.0 != b.0,
+                "overlapping stages on one device: {two:?}"
+            );
+        }
+    }
+}

@@ -109,6 +109,17 @@ struct Running {
     started: Instant,
     inputs: KeyInputs,
     key: String,
+    /// GPU devices given to the stage (`CUDA_VISIBLE_DEVICES`), back to the pool on exit.
+    devices: Vec<usize>,
+}
+
+/// Whole GPU devices a stage that declares `gpus` gets: one per started GPU.
+fn devices_needed(r: &Resources) -> usize {
+    if r.gpus > 0.0 {
+        r.gpus.ceil() as usize
+    } else {
+        0
+    }
 }
 
 /// Available capacity for scheduling.
@@ -200,7 +211,9 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
         capacity: Capacity::detect(),
         interrupted: Arc::new(AtomicBool::new(false)),
         remote,
+        free_devices: Vec::new(),
     };
+    ex.free_devices = (0..ex.capacity.gpus.floor().max(0.0) as usize).collect();
     let result = ex.run(&sel);
     let _ = ex.ws.hashes.save();
     ex.progress.finish();
@@ -269,6 +282,8 @@ struct Executor<'a> {
     interrupted: Arc<AtomicBool>,
     /// The remote of `--pull`.
     remote: Option<Box<dyn crate::remote::Store>>,
+    /// GPU device ids not given to a running stage.
+    free_devices: Vec<usize>,
 }
 
 impl Executor<'_> {
@@ -474,9 +489,18 @@ impl Executor<'_> {
         Ok(())
     }
 
+    /// Gives GPU devices back to the pool.
+    fn release(&mut self, devices: Vec<usize>) {
+        self.free_devices.extend(devices);
+        self.free_devices.sort_unstable();
+    }
+
     fn fits(&self, r: &Resources) -> bool {
         if self.running.is_empty() {
             return true;
+        }
+        if devices_needed(r) > self.free_devices.len() {
+            return false;
         }
         if self.running.len() >= self.settings.jobs.max(1) {
             return false;
@@ -621,9 +645,18 @@ impl Executor<'_> {
             // stage (sh and everything it started) and restores the outputs.
             .process_group(0);
         die_with_this_thread(&mut cmd);
+        // Whole devices for a GPU stage; one that needs more than the machine has (and so
+        // runs alone) gets them all.
+        let want = devices_needed(&stage.resources).min(self.free_devices.len());
+        let devices: Vec<usize> = self.free_devices.drain(..want).collect();
+        if devices_needed(&stage.resources) > 0 {
+            let ids: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+            cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                self.release(devices);
                 restore_backup(&root, &state, &stage)?;
                 return Err(Error::io(PathBuf::from("sh"), e));
             }
@@ -670,6 +703,7 @@ impl Executor<'_> {
                 started: Instant::now(),
                 inputs,
                 key,
+                devices,
             },
         );
         Ok(())
@@ -678,6 +712,7 @@ impl Executor<'_> {
     /// Settles a stage whose command exited. `Err` is the failure message.
     fn finish(&mut self, i: usize, info: ExitInfo) -> std::result::Result<(), String> {
         let run = self.running.remove(&i).expect("running stage");
+        self.release(run.devices.clone());
         let stage = self.ws.pipeline.stages[i].clone();
         let wall_s = run.started.elapsed().as_secs_f64();
         let root = self.ws.root.clone();
@@ -794,6 +829,7 @@ impl Executor<'_> {
             }
             if let Ok(Event::Exit(i, _)) = rx.recv_timeout(Duration::from_millis(100)) {
                 let run = self.running.remove(&i).expect("running stage");
+                self.release(run.devices.clone());
                 let stage = self.ws.pipeline.stages[i].clone();
                 let state = self.ws.state_dir();
                 crate::running::remove(&state, &stage.name);
