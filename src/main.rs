@@ -86,6 +86,16 @@ enum Command {
         /// The remote for --pull (default: `default:` of .acpo/config.yaml).
         #[arg(long, short = 'r', value_name = "NAME", requires = "pull")]
         remote: Option<String>,
+        /// Where stages run: `local` (here) or `slurm` (sbatch; the directory must be on a
+        /// file system the nodes share).
+        #[arg(long, value_name = "KIND", default_value = "local")]
+        executor: String,
+        /// Slurm partition (default: the cluster's default).
+        #[arg(long, value_name = "NAME")]
+        partition: Option<String>,
+        /// Slurm time limit in minutes for a stage without `resources.time_min`.
+        #[arg(long, value_name = "MINUTES", default_value_t = 24 * 60)]
+        time_min: u64,
     },
     /// Which stages are up to date, and for the others why not (old -> new).
     Status {
@@ -312,7 +322,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep_going,
             pull,
             remote,
+            executor,
+            partition,
+            time_min,
         } => {
+            let slurm = match executor.as_str() {
+                "local" => None,
+                "slurm" => Some(acpo_pipeline::slurm::SlurmSettings {
+                    partition,
+                    time_min,
+                }),
+                other => {
+                    return Err(acpo_pipeline::Error::Usage(format!(
+                        "--executor `{other}`: expected `local` or `slurm`"
+                    ))
+                    .into())
+                }
+            };
             let (root, file) = pipeline.location();
             default_locations(&root);
             let settings = ReproSettings {
@@ -330,6 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resume_command: resume_command(),
                 progress: true,
                 pull: pull.then(|| remote.unwrap_or_default()),
+                slurm,
             };
             let s = acpo_pipeline::repro(&settings)?;
             if dry_run {

@@ -29,6 +29,7 @@ pub mod remote;
 pub mod repro;
 pub mod runcache;
 pub mod running;
+pub mod slurm;
 pub mod table;
 pub mod workspace;
 pub mod yaml;

@@ -74,6 +74,8 @@ pub struct Resources {
     pub gpus: f64,
     /// Peak memory in GiB (default 0: unknown, not limited).
     pub mem_gb: f64,
+    /// Time limit in minutes for a cluster executor (default 0: the executor's default).
+    pub time_min: f64,
 }
 
 impl Default for Resources {
@@ -82,6 +84,7 @@ impl Default for Resources {
             cpus: 0.0,
             gpus: 0.0,
             mem_gb: 0.0,
+            time_min: 0.0,
         }
     }
 }
@@ -1057,7 +1060,11 @@ impl Ctx<'_> {
         env.sort();
         env.dedup();
         let resources = b.resources.unwrap_or_default();
-        if resources.cpus < 0.0 || resources.gpus < 0.0 || resources.mem_gb < 0.0 {
+        if resources.cpus < 0.0
+            || resources.gpus < 0.0
+            || resources.mem_gb < 0.0
+            || resources.time_min < 0.0
+        {
             return Err(self.err(line, format!("stage `{name}`: resources must be >= 0")));
         }
         Ok(Stage {

@@ -46,6 +46,8 @@ pub struct ReproSettings {
     /// `--pull`: fetch a stage whose key a remote has instead of running it; the remote's
     /// name (`Some("")`: the config's default). See [`crate::remote`].
     pub pull: Option<String>,
+    /// `--executor slurm`: submit stages with sbatch instead of running them here.
+    pub slurm: Option<crate::slurm::SlurmSettings>,
 }
 
 impl ReproSettings {
@@ -66,6 +68,7 @@ impl ReproSettings {
             resume_command: "acpo repro".into(),
             progress: false,
             pull: None,
+            slurm: None,
         }
     }
 }
@@ -97,6 +100,8 @@ struct ExitInfo {
     code: Option<i32>,
     signal: Option<i32>,
     maxrss_kib: i64,
+    /// What the executor adds to a failure (Slurm's job state, sbatch's refusal).
+    note: Option<String>,
 }
 
 enum Event {
@@ -105,7 +110,10 @@ enum Event {
 }
 
 struct Running {
+    /// Process group of a local stage (0 for a Slurm job).
     pid: i32,
+    /// The Slurm job of a stage submitted with `--executor slurm`.
+    job: Option<String>,
     started: Instant,
     inputs: KeyInputs,
     key: String,
@@ -190,6 +198,11 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
     }
     if settings.dry_run {
         return dry_run(&mut ws, settings, &sel, &progress);
+    }
+    // Checked before anything is submitted: a stage no node can hold is bad input.
+    if let Some(slurm) = &settings.slurm {
+        let stages: Vec<&Stage> = sel.iter().map(|&i| &ws.pipeline.stages[i]).collect();
+        crate::slurm::check_resources(&stages, slurm)?;
     }
     // Opened before anything runs, so an unknown remote is bad input with nothing done.
     let remote = match &settings.pull {
@@ -499,17 +512,17 @@ impl Executor<'_> {
         if self.running.is_empty() {
             return true;
         }
+        if self.settings.slurm.is_some() {
+            // The cluster places the jobs; -j bounds how many are submitted at once.
+            return self.running.len() < self.settings.jobs.max(1);
+        }
         if devices_needed(r) > self.free_devices.len() {
             return false;
         }
         if self.running.len() >= self.settings.jobs.max(1) {
             return false;
         }
-        let mut used = Resources {
-            cpus: 0.0,
-            gpus: 0.0,
-            mem_gb: 0.0,
-        };
+        let mut used = Resources::default();
         for &i in self.running.keys() {
             let s = &self.ws.pipeline.stages[i].resources;
             used.cpus += s.cpus;
@@ -627,14 +640,99 @@ impl Executor<'_> {
                 stage.cmd
             ),
         );
+        let dir = match &stage.wdir {
+            Some(w) => root.join(w),
+            None => root.clone(),
+        };
+        let (pid, job, devices) = match self.settings.slurm.clone() {
+            Some(slurm) => {
+                drop(log); // Slurm writes the log; the poller forwards it
+                let env = [
+                    ("ACPO_PARAMS", params_file.display().to_string()),
+                    ("ACPO_STAGE", stage.name.clone()),
+                    ("ACPO_PROFILE", self.settings.profile.clone()),
+                ];
+                match crate::slurm::submit(&stage, &slurm, &dir, &log_path, &env) {
+                    Ok(id) => {
+                        self.progress
+                            .line(&format!("{}: submitted as Slurm job {id}", stage.name));
+                        self.record_running(&stage, 0, Some(id.clone()), &key);
+                        let (txp, logp) = (tx.clone(), log_path.clone());
+                        let idp = id.clone();
+                        std::thread::spawn(move || follow_job(i, &idp, &logp, &txp));
+                        (0, Some(id), Vec::new())
+                    }
+                    Err(refusal) => {
+                        let _ = tx.send(Event::Exit(
+                            i,
+                            ExitInfo {
+                                code: None,
+                                signal: None,
+                                maxrss_kib: 0,
+                                note: Some(refusal),
+                            },
+                        ));
+                        (0, None, Vec::new())
+                    }
+                }
+            }
+            None => self.spawn_local(i, &stage, &key, log, tx)?,
+        };
+        self.status.insert(i, St::Running);
+        self.running.insert(
+            i,
+            Running {
+                pid,
+                job,
+                started: Instant::now(),
+                inputs,
+                key,
+                devices,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a started stage (`.acpo/running/<stage>`) for the recovery after `kill -9`.
+    fn record_running(&self, stage: &Stage, pgid: i32, job: Option<String>, key: &str) {
+        let record = crate::running::RunRecord {
+            stage: stage.name.clone(),
+            pgid,
+            key: key.to_string(),
+            job,
+        };
+        if let Err(e) = crate::running::write(&self.ws.state_dir(), &record) {
+            // The stage runs anyway; only a later recovery from `kill -9` loses its record.
+            self.progress.line(&format!(
+                "{}: could not record the running stage: {e}",
+                stage.name
+            ));
+        }
+    }
+
+    /// Starts a stage's command here: `sh -c` in its own process group, output piped to the
+    /// log and the terminal, a waiter thread that reports its exit. Returns (pid, no job,
+    /// the GPU devices it was given).
+    fn spawn_local(
+        &mut self,
+        i: usize,
+        stage: &Stage,
+        key: &str,
+        log: Arc<Mutex<std::fs::File>>,
+        tx: &Sender<Event>,
+    ) -> Result<(i32, Option<String>, Vec<usize>)> {
+        let root = self.ws.root.clone();
+        let state = self.ws.state_dir();
+        let params_file = params_file(&state, stage);
+        let dir = match &stage.wdir {
+            Some(w) => root.join(w),
+            None => root.clone(),
+        };
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
             .arg(&stage.cmd)
-            .current_dir(match &stage.wdir {
-                Some(w) => root.join(w),
-                None => root.clone(),
-            })
+            .current_dir(&dir)
             .env("ACPO_PARAMS", &params_file)
             .env("ACPO_STAGE", &stage.name)
             .env("ACPO_PROFILE", &self.settings.profile)
@@ -657,23 +755,12 @@ impl Executor<'_> {
             Ok(c) => c,
             Err(e) => {
                 self.release(devices);
-                restore_backup(&root, &state, &stage)?;
+                restore_backup(&root, &state, stage)?;
                 return Err(Error::io(PathBuf::from("sh"), e));
             }
         };
         let pid = child.id() as i32;
-        let record = crate::running::RunRecord {
-            stage: stage.name.clone(),
-            pgid: pid,
-            key: key.clone(),
-        };
-        if let Err(e) = crate::running::write(&state, &record) {
-            // The stage runs anyway; only a later recovery from `kill -9` loses its record.
-            self.progress.line(&format!(
-                "{}: could not record the running stage: {e}",
-                stage.name
-            ));
-        }
+        self.record_running(stage, pid, None, key);
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
             readers.push(spawn_reader(i, out, tx.clone(), log.clone()));
@@ -695,18 +782,7 @@ impl Executor<'_> {
             }
             let _ = txw.send(Event::Exit(i, info));
         });
-        self.status.insert(i, St::Running);
-        self.running.insert(
-            i,
-            Running {
-                pid,
-                started: Instant::now(),
-                inputs,
-                key,
-                devices,
-            },
-        );
-        Ok(())
+        Ok((pid, None, devices))
     }
 
     /// Settles a stage whose command exited. `Err` is the failure message.
@@ -731,8 +807,9 @@ impl Executor<'_> {
                 (Some(c), None) => format!("exit status {c}"),
                 (None, None) => "unknown exit".into(),
             };
+            let note = info.note.map(|n| format!("; {n}")).unwrap_or_default();
             return fail(format!(
-                "command failed ({how}); log: {}",
+                "command failed ({how}{note}); log: {}",
                 log_file(&state, &stage).display()
             ));
         }
@@ -809,9 +886,12 @@ impl Executor<'_> {
     fn interrupt(&mut self, rx: &Receiver<Event>) -> Error {
         self.progress.line("interrupted: stopping running stages");
         for r in self.running.values() {
-            // SAFETY: kill(2) on the stage's own process group; no memory is involved.
-            unsafe {
-                libc::kill(-r.pid, libc::SIGTERM);
+            match &r.job {
+                Some(job) => crate::slurm::cancel(job),
+                // SAFETY: kill(2) on the stage's own process group; no memory is involved.
+                None => unsafe {
+                    libc::kill(-r.pid, libc::SIGTERM);
+                },
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -819,7 +899,7 @@ impl Executor<'_> {
         let mut stopped = Vec::new();
         while !self.running.is_empty() {
             if Instant::now() > deadline && !killed {
-                for r in self.running.values() {
+                for r in self.running.values().filter(|r| r.job.is_none()) {
                     // SAFETY: as above.
                     unsafe {
                         libc::kill(-r.pid, libc::SIGKILL);
@@ -887,6 +967,62 @@ fn die_with_this_thread(cmd: &mut std::process::Command) {
     }
 }
 
+/// Follows Slurm job `id`: forwards new lines of its log as they appear and reports its
+/// exit (code, signal, and Slurm's state as a note) when it is done.
+fn follow_job(i: usize, id: &str, log: &Path, tx: &Sender<Event>) {
+    let mut offset = 0u64;
+    let mut pending = String::new();
+    let forward = |offset: &mut u64, pending: &mut String, flush: bool| {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(log) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        if f.seek(SeekFrom::Start(*offset)).is_ok() && f.read_to_end(&mut buf).is_ok() {
+            *offset += buf.len() as u64;
+            pending.push_str(&String::from_utf8_lossy(&buf));
+        }
+        while let Some(n) = pending.find('\n') {
+            let line: String = pending.drain(..=n).collect();
+            let last = line
+                .trim_end()
+                .rsplit('\r')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let _ = tx.send(Event::Line(i, last));
+        }
+        if flush && !pending.is_empty() {
+            let _ = tx.send(Event::Line(i, std::mem::take(pending)));
+        }
+    };
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let state = crate::slurm::poll(id);
+        forward(&mut offset, &mut pending, false);
+        if let crate::slurm::JobState::Done {
+            state,
+            code,
+            signal,
+        } = state
+        {
+            // Slurm may still be writing the log's last lines.
+            std::thread::sleep(Duration::from_millis(200));
+            forward(&mut offset, &mut pending, true);
+            let _ = tx.send(Event::Exit(
+                i,
+                ExitInfo {
+                    code,
+                    signal,
+                    maxrss_kib: 0,
+                    note: Some(format!("Slurm job {id} {state}")),
+                },
+            ));
+            return;
+        }
+    }
+}
+
 fn spawn_reader(
     i: usize,
     pipe: impl std::io::Read + Send + 'static,
@@ -936,6 +1072,7 @@ fn wait_pid(pid: i32) -> ExitInfo {
             code: None,
             signal: None,
             maxrss_kib: 0,
+            note: None,
         };
     }
     let (code, signal) = if libc::WIFEXITED(status) {
@@ -949,6 +1086,7 @@ fn wait_pid(pid: i32) -> ExitInfo {
         code,
         signal,
         maxrss_kib: ru.ru_maxrss,
+        note: None,
     }
 }
 

@@ -23,6 +23,10 @@ pub struct RunRecord {
     pub pgid: i32,
     /// Stage key of the run (its partial outputs are kept for this key).
     pub key: String,
+    /// The Slurm job, for a stage submitted with `--executor slurm` (cancelled, not
+    /// signalled, when a killed engine left it behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 fn dir(state: &Path) -> PathBuf {
@@ -108,6 +112,10 @@ fn signal(pids: &[i32], sig: libc::c_int) {
 /// Stops what is left of the recorded stage: SIGTERM, then SIGKILL after `grace`, until none
 /// is left (or 10 s more). Returns how many processes were found.
 pub fn stop(rec: &RunRecord, grace: Duration) -> usize {
+    if let Some(job) = &rec.job {
+        crate::slurm::cancel(job);
+        return 1;
+    }
     let found = processes(rec);
     if found.is_empty() {
         return 0;
@@ -140,6 +148,7 @@ mod tests {
             stage: "train@a/b".into(),
             pgid: 4242,
             key: "k".into(),
+            job: None,
         };
         write(d.path(), &rec).unwrap();
         std::fs::write(dir(d.path()).join("junk"), b"{").unwrap();
@@ -163,6 +172,7 @@ mod tests {
             stage: "other".into(),
             pgid,
             key: String::new(),
+            job: None,
         };
         assert!(
             processes(&other).is_empty(),
@@ -172,6 +182,7 @@ mod tests {
             stage: "s".into(),
             pgid,
             key: String::new(),
+            job: None,
         };
         assert_eq!(processes(&rec), vec![pgid]);
         assert_eq!(stop(&rec, Duration::from_secs(2)), 1);
