@@ -801,6 +801,26 @@ fn a_directory_remote_shares_runs_between_clones() {
         text(&o)
     );
 
+    // Two clients pushing the same runs at once: both succeed, and what lands is whole.
+    std::fs::remove_dir_all(&remote_dir).unwrap();
+    std::fs::create_dir_all(&remote_dir).unwrap();
+    let push = |d: &Path| {
+        Command::new(ACPO)
+            .arg("push")
+            .current_dir(d)
+            .env_remove("ACPO_PROFILE")
+            .spawn()
+            .unwrap()
+    };
+    let (mut p1, mut p2) = (push(&a), push(&b));
+    assert!(p1.wait().unwrap().success() && p2.wait().unwrap().success());
+    let f = clone("f");
+    std::fs::copy(a.join("pipeline.lock"), f.join("pipeline.lock")).unwrap();
+    let s = text(&acpo(&f, &["pull"]));
+    assert!(s.contains("2 run(s) pulled from"), "{s}");
+    let s = text(&acpo(&f, &["repro"]));
+    assert!(s.contains("0 ran, 2 restored"), "{s}");
+
     let o = acpo(&a, &["push", "-r", "nope"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
