@@ -22,7 +22,7 @@
 //! Kinds: a directory (a path, or `file:///path`). Object storage (S3) is not built yet.
 
 use crate::error::{Error, Result};
-use crate::fsutil::{ensure_parent, remove_path, tmp_name, write_atomic};
+use crate::fsutil::{ensure_parent, remove_path, tmp_name};
 use crate::runcache::{is_digest, RunCache, RunEntry};
 use crate::workspace::{Workspace, STATE_DIR};
 use serde::Deserialize;
@@ -83,7 +83,11 @@ impl Store for DirStore {
     }
 
     fn put_run(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        write_atomic(&self.run(key), bytes)
+        let dst = self.run(key);
+        ensure_parent(&dst)?;
+        let tmp = shared_tmp_name(&dst);
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))
     }
 
     fn has_object(&self, hash: &str) -> Result<bool> {
@@ -99,7 +103,7 @@ impl Store for DirStore {
     fn put_object(&self, hash: &str, src: &Path) -> Result<()> {
         let obj = self.object(hash);
         ensure_parent(&obj)?;
-        let tmp = tmp_name(&obj);
+        let tmp = shared_tmp_name(&obj);
         if let Err(e) = std::fs::copy(src, &tmp) {
             let _ = remove_path(&tmp);
             return Err(Error::io(&tmp, e));
@@ -124,6 +128,25 @@ impl Store for DirStore {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// A temporary name next to `path` that no other writer of a shared file system uses: the
+/// host name, the process id and the time, since two machines can run the same pid.
+fn shared_tmp_name(path: &Path) -> PathBuf {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.{}.{}.{nanos}.tmp",
+        host.trim(),
+        std::process::id()
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
