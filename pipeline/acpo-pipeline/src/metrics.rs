@@ -90,13 +90,7 @@ fn change(x: f64) -> String {
 /// The declared metrics files of every stage, in pipeline order, without duplicates; with
 /// `targets`, only files equal to or under one of them.
 fn declared(ws: &Workspace, targets: &[String]) -> Vec<(String, String)> {
-    let wanted = |m: &str| {
-        targets.is_empty()
-            || targets.iter().any(|t| {
-                let t = t.trim_end_matches('/');
-                m == t || crate::pipeline::is_within(m, t)
-            })
-    };
+    let wanted = |m: &str| crate::pipeline::under_targets(m, targets);
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for st in &ws.pipeline.stages {

@@ -178,13 +178,7 @@ pub fn svg_chart(title: &str, x_name: &str, x: &[f64], y: &[f64]) -> String {
 /// The page: for every declared plots file that exists (those under `targets` when given),
 /// its charts or its image. `out_dir` is where the page will be written, for relative links.
 pub fn plots_html(ws: &Workspace, targets: &[String], out_dir: &Path) -> Result<(String, usize)> {
-    let wanted = |m: &str| {
-        targets.is_empty()
-            || targets.iter().any(|t| {
-                let t = t.trim_end_matches('/');
-                m == t || crate::pipeline::is_within(m, t)
-            })
-    };
+    let wanted = |m: &str| crate::pipeline::under_targets(m, targets);
     let mut body = String::new();
     let mut shown = 0;
     for st in &ws.pipeline.stages {

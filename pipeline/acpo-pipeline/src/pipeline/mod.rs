@@ -264,6 +264,16 @@ impl Pipeline {
     }
 }
 
+/// Whether `path` is one of `targets` or lies inside one (a trailing `/` ignored); every path
+/// when `targets` is empty (`metrics show -t`, `plots -t`).
+pub fn under_targets(path: &str, targets: &[String]) -> bool {
+    targets.is_empty()
+        || targets.iter().any(|t| {
+            let t = t.trim_end_matches('/');
+            path == t || is_within(path, t)
+        })
+}
+
 /// True when `path` lies strictly inside the directory `dir` (both normalised).
 pub fn is_within(path: &str, dir: &str) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'

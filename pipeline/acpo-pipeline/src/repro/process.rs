@@ -63,13 +63,7 @@ pub(super) fn follow_job(i: usize, id: &str, log: &Path, tx: &Sender<Event>) {
         }
         while let Some(n) = pending.find('\n') {
             let line: String = pending.drain(..=n).collect();
-            let last = line
-                .trim_end()
-                .rsplit('\r')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let _ = tx.send(Event::Line(i, last));
+            let _ = tx.send(Event::Line(i, latest_state(&line)));
         }
         if flush && !pending.is_empty() {
             let _ = tx.send(Event::Line(i, std::mem::take(pending)));
@@ -102,6 +96,16 @@ pub(super) fn follow_job(i: usize, id: &str, log: &Path, tx: &Sender<Event>) {
     }
 }
 
+/// A line of stage output as shown: a progress bar redraws with `\r`, so only its latest
+/// state.
+fn latest_state(line: &str) -> String {
+    line.trim_end()
+        .rsplit('\r')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 pub(super) fn spawn_reader(
     i: usize,
     pipe: impl std::io::Read + Send + 'static,
@@ -120,14 +124,7 @@ pub(super) fn spawn_reader(
                         let _ = f.write_all(&buf);
                     }
                     let text = String::from_utf8_lossy(&buf);
-                    // A progress bar redraws with '\r': show only its latest state.
-                    let last = text
-                        .trim_end()
-                        .rsplit('\r')
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let _ = tx.send(Event::Line(i, last));
+                    let _ = tx.send(Event::Line(i, latest_state(&text)));
                 }
             }
         }
