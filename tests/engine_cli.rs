@@ -884,3 +884,50 @@ fn gpu_stages_get_their_own_devices() {
         }
     }
 }
+
+/// A dependency written `${env.ACPO_MIRROR}/...` enters the key by that name and by its bytes,
+/// not by where the variable points: moving the mirror changes no key, changing a byte does.
+/// Before, a location entered keys as a path (`../shared/data/...`), so the override could not
+/// work without that folder.
+#[test]
+fn env_paths_enter_the_key_by_name_and_content() {
+    let parent = tempfile::tempdir().unwrap();
+    let (m1, m2) = (parent.path().join("m1"), parent.path().join("m2"));
+    for m in [&m1, &m2] {
+        std::fs::create_dir_all(m).unwrap();
+        std::fs::write(m.join("x.txt"), "x\n").unwrap();
+    }
+    let d = toy(
+        "stages:\n  a:\n    cmd: cat ${env.ACPO_MIRROR}/x.txt > a.txt\n    deps: [\"${env.ACPO_MIRROR}/x.txt\"]\n    outs: [a.txt]\n",
+        "",
+    );
+    let run = |mirror: &Path, args: &[&str]| {
+        Command::new(ACPO)
+            .args(args)
+            .current_dir(d.path())
+            .env("ACPO_MIRROR", mirror)
+            .env_remove("ACPO_PROFILE")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&m1, &["repro"]).status.success());
+    let s = text(&run(&m2, &["status"]));
+    assert!(s.contains("1 stage(s): 1 up to date"), "moved mirror: {s}");
+    std::fs::write(m2.join("x.txt"), "y\n").unwrap();
+    let s = text(&run(&m2, &["status"]));
+    assert!(s.contains("dep ${env.ACPO_MIRROR}/x.txt: file "), "{s}");
+    let lock = std::fs::read_to_string(d.path().join("pipeline.lock")).unwrap();
+    assert!(
+        lock.contains("${env.ACPO_MIRROR}/x.txt") && !lock.contains("m1"),
+        "{lock}"
+    );
+    let o = Command::new(ACPO)
+        .arg("status")
+        .current_dir(d.path())
+        .env_remove("ACPO_MIRROR")
+        .env_remove("ACPO_PROFILE")
+        .output()
+        .unwrap();
+    // acpo's own default (<dir>/../shared/data) applies; here it does not exist: a state.
+    assert!(o.status.success(), "{}", text(&o));
+}

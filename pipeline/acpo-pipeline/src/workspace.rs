@@ -252,7 +252,8 @@ impl Workspace {
         let s = &self.pipeline.stages[i];
         let mut deps = BTreeMap::new();
         for d in &s.deps {
-            deps.insert(d.clone(), self.hashes.hash_path(&self.root.join(d))?);
+            let name = s.dep_names.get(d).unwrap_or(d).clone();
+            deps.insert(name, self.hashes.hash_path(&self.root.join(d))?);
         }
         let env = s
             .env
@@ -266,7 +267,7 @@ impl Workspace {
             .collect();
         Ok(KeyInputs {
             acpo_version: crate::VERSION.to_string(),
-            cmd: s.cmd.clone(),
+            cmd: s.cmd_key.clone().unwrap_or_else(|| s.cmd.clone()),
             params: stage_params(s, &self.params),
             deps,
             env,

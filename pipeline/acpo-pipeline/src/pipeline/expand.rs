@@ -28,13 +28,19 @@ pub(super) struct Ctx<'a> {
 pub const CRATE_DEP_PREFIX: &str = "crate:";
 
 /// The values `${...}` can refer to besides params.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Scope {
     item: Option<Value>,
     key: Option<String>,
     /// The stage's own `vars` (DVC), looked up before the top-level ones.
     vars: serde_json::Map<String, Value>,
+    /// Interpolating for the stage key: `${env.NAME}` stays as written, so where a location
+    /// variable points is not part of the key (the content of what it names is).
+    env_literal: bool,
 }
+
+/// The prefix of `${env.NAME}`: a path (or any text) from an environment variable.
+pub(super) const ENV_PREFIX: &str = "env.";
 
 impl Ctx<'_> {
     /// The paths `crate:<name>` stands for.
@@ -300,34 +306,32 @@ impl Ctx<'_> {
             item: scope.item.clone(),
             key: scope.key.clone(),
             vars: stage_vars,
+            env_literal: false,
         };
+        // The same interpolation with `${env.NAME}` kept as written: the names the key uses.
+        let key_scope = &Scope {
+            env_literal: true,
+            ..scope.clone()
+        };
+        let mut key_text =
+            |s: &str| self.interpolate(name, line, s, key_scope, &mut BTreeSet::new());
+        let mentions_env = |s: &str| unmask_braces(s).contains(&format!("${{{ENV_PREFIX}"));
+        let cmd_key = match &b.cmd {
+            Some(Value::String(s)) if mentions_env(s) => {
+                Some(self.cmd_of(name, line, &b.cmd, &mut key_text)?)
+            }
+            Some(Value::Array(p)) if p.iter().any(|x| x.as_str().is_some_and(mentions_env)) => {
+                Some(self.cmd_of(name, line, &b.cmd, &mut key_text)?)
+            }
+            _ => None,
+        };
+        let mut dep_key_names = BTreeMap::new();
+        for d in b.deps.iter().filter(|d| mentions_env(d)) {
+            dep_key_names.insert(d.clone(), key_text(d)?);
+        }
         let mut used = BTreeSet::new();
         let mut interp = |s: &str| self.interpolate(name, line, s, scope, &mut used);
-        let cmd = match &b.cmd {
-            Some(Value::String(s)) => interp(s)?,
-            Some(Value::Array(parts)) if !parts.is_empty() => {
-                let mut cmds = Vec::new();
-                for p in parts {
-                    match p {
-                        Value::String(s) => cmds.push(interp(s)?),
-                        _ => {
-                            return Err(self.err(
-                                line,
-                                format!("stage `{name}`: `cmd` list entries must be strings"),
-                            ))
-                        }
-                    }
-                }
-                cmds.join(" && ")
-            }
-            Some(_) => {
-                return Err(self.err(
-                    line,
-                    format!("stage `{name}`: `cmd` must be a string or a list of strings"),
-                ))
-            }
-            None => return Err(self.err(line, format!("stage `{name}` has no `cmd`"))),
-        };
+        let cmd = self.cmd_of(name, line, &b.cmd, &mut interp)?;
         if cmd.trim().is_empty() {
             return Err(self.err(line, format!("stage `{name}` has an empty `cmd`")));
         }
@@ -435,6 +439,14 @@ impl Ctx<'_> {
         let mut outs = paths(&outs_raw, "output", true)?;
         let metrics = paths(&metrics_raw, "metrics", true)?;
         let plots = paths(&plots_raw, "plots", true)?;
+        // Each dependency written with `${env.NAME}`: its path here -> its name in the key.
+        let mut dep_names = BTreeMap::new();
+        for (raw, template) in dep_key_names {
+            let here = normalize(&in_wdir(interp(&raw)?));
+            if let (Some(here), Some(named)) = (here, normalize(&in_wdir(template))) {
+                dep_names.insert(here, named);
+            }
+        }
         let uncached: Vec<String> = uncached
             .into_iter()
             .filter_map(|u| interp(&u).ok().map(in_wdir).and_then(|u| normalize(&u)))
@@ -526,7 +538,42 @@ impl Ctx<'_> {
             uncached,
             extra_params,
             ignored,
+            dep_names,
+            cmd_key,
         })
+    }
+
+    /// The command text (a string, or a list joined with `&&`), interpolated by `interp`.
+    fn cmd_of(
+        &self,
+        name: &str,
+        line: u64,
+        cmd: &Option<Value>,
+        interp: &mut dyn FnMut(&str) -> Result<String>,
+    ) -> Result<String> {
+        match cmd {
+            Some(Value::String(s)) => interp(s),
+            Some(Value::Array(parts)) if !parts.is_empty() => {
+                let mut cmds = Vec::new();
+                for p in parts {
+                    match p {
+                        Value::String(s) => cmds.push(interp(s)?),
+                        _ => {
+                            return Err(self.err(
+                                line,
+                                format!("stage `{name}`: `cmd` list entries must be strings"),
+                            ))
+                        }
+                    }
+                }
+                Ok(cmds.join(" && "))
+            }
+            Some(_) => Err(self.err(
+                line,
+                format!("stage `{name}`: `cmd` must be a string or a list of strings"),
+            )),
+            None => Err(self.err(line, format!("stage `{name}` has no `cmd`"))),
+        }
     }
 
     /// A path naming a list param (`reports/${report.benchmarks}`) stands for one path per
@@ -619,6 +666,20 @@ impl Ctx<'_> {
             Some((h, t)) => (h, Some(t)),
             None => (expr, None),
         };
+        if let Some(var) = expr.strip_prefix(ENV_PREFIX) {
+            if scope.env_literal {
+                return Ok(Value::String(format!("${{{expr}}}")));
+            }
+            return std::env::var(var).map(Value::String).map_err(|_| {
+                self.err(
+                    line,
+                    format!(
+                        "stage `{stage}`: `${{{expr}}}`: the environment variable `{var}` is not \
+                         set"
+                    ),
+                )
+            });
+        }
         if head == "item" {
             let item = scope.item.as_ref().ok_or_else(|| {
                 self.err(

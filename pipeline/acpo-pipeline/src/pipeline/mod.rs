@@ -135,6 +135,12 @@ pub struct Stage {
     pub extra_params: BTreeMap<String, Value>,
     /// What the stage sets that acpo reads but does not act on (listed by `acpo dag`).
     pub ignored: Vec<String>,
+    /// Dependencies written with `${env.NAME}`: path here -> the name the key records (the
+    /// variable kept as written), so moving what the variable points to changes no key when
+    /// the bytes are the same.
+    pub dep_names: BTreeMap<String, String>,
+    /// The command with `${env.NAME}` kept as written, when it has any: what the key records.
+    pub cmd_key: Option<String>,
 }
 
 /// A loaded, expanded and checked pipeline.
