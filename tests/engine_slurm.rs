@@ -182,6 +182,23 @@ fn stages_run_as_slurm_jobs() {
         "resumed\n"
     );
 
+    // A stage's own `executor:` field: this one goes to Slurm without --executor, the
+    // other stays here even with it.
+    let d = toy("stages:\n  remote:\n    cmd: echo r > r.txt\n    outs: [r.txt]\n    executor: slurm\n  here:\n    cmd: cat r.txt > h.txt\n    deps: [r.txt]\n    outs: [h.txt]\n    executor: local\n");
+    let o = acpo(&c, d.path(), &["repro"]).output().unwrap();
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(s.contains("remote: submitted as Slurm job"), "{s}");
+    assert!(!s.contains("here: submitted"), "{s}");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("h.txt")).unwrap(),
+        "r\n"
+    );
+    let d = toy("stages:\n  x:\n    cmd: echo\n    executor: k8s\n");
+    let o = acpo(&c, d.path(), &["repro"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("executor `k8s`"), "{}", text(&o));
+
     // Resources no node has: bad input, and nothing is submitted.
     let d = toy(
         "stages:\n  huge:\n    cmd: echo > h.txt\n    outs: [h.txt]\n    resources: {cpus: 999}\n",

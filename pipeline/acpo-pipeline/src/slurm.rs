@@ -22,8 +22,17 @@ use std::process::Command;
 pub struct SlurmSettings {
     /// `--partition` (default: the cluster's default partition).
     pub partition: Option<String>,
-    /// `--time` in minutes for a stage that declares no `resources.time_min`.
+    /// `--time` in minutes for a stage that declares no `resources.time_min` (default 24 h).
     pub time_min: u64,
+}
+
+impl Default for SlurmSettings {
+    fn default() -> Self {
+        SlurmSettings {
+            partition: None,
+            time_min: 24 * 60,
+        }
+    }
 }
 
 /// Where a job is.

@@ -126,6 +126,7 @@ impl Ctx<'_> {
             always_changed: raw.always_changed,
             meta: raw.meta,
             vars: raw.vars,
+            executor: raw.executor,
         };
         match (raw.foreach, raw.do_, raw.matrix) {
             (None, None, None) => {
@@ -540,6 +541,16 @@ impl Ctx<'_> {
             ignored,
             dep_names,
             cmd_key,
+            executor: match b.executor.as_deref() {
+                None => None,
+                Some(e @ ("local" | "slurm")) => Some(e.to_string()),
+                Some(other) => {
+                    return Err(self.err(
+                        line,
+                        format!("stage `{name}`: executor `{other}`: expected `local` or `slurm`"),
+                    ))
+                }
+            },
         })
     }
 

@@ -141,6 +141,8 @@ pub struct Stage {
     pub dep_names: BTreeMap<String, String>,
     /// The command with `${env.NAME}` kept as written, when it has any: what the key records.
     pub cmd_key: Option<String>,
+    /// `executor: local | slurm`: where this stage runs, whatever `--executor` says.
+    pub executor: Option<String>,
 }
 
 /// A loaded, expanded and checked pipeline.

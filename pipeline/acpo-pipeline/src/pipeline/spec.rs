@@ -28,6 +28,7 @@ pub(super) struct RawBody {
     pub(super) always_changed: bool,
     pub(super) meta: Option<Value>,
     pub(super) vars: Vec<Value>,
+    pub(super) executor: Option<String>,
 }
 
 /// A stage entry: plain, `foreach`/`do`, or `matrix`.
@@ -49,6 +50,7 @@ pub(super) struct RawStage {
     pub(super) always_changed: bool,
     pub(super) meta: Option<Value>,
     pub(super) vars: Vec<Value>,
+    pub(super) executor: Option<String>,
     pub(super) foreach: Option<Value>,
     #[serde(rename = "do")]
     pub(super) do_: Option<RawBody>,

@@ -112,6 +112,17 @@ struct Running {
     devices: Vec<usize>,
 }
 
+/// The Slurm settings a stage runs with, or `None` to run here: its own `executor:` field
+/// first, then `--executor`. A stage that asks for Slurm without `--executor slurm` gets the
+/// default partition and the default time limit.
+fn slurm_for(settings: &ReproSettings, stage: &Stage) -> Option<crate::slurm::SlurmSettings> {
+    match stage.executor.as_deref() {
+        Some("local") => None,
+        Some("slurm") => Some(settings.slurm.clone().unwrap_or_default()),
+        _ => settings.slurm.clone(),
+    }
+}
+
 /// Whole GPU devices a stage that declares `gpus` gets: one per started GPU.
 fn devices_needed(r: &Resources) -> usize {
     if r.gpus > 0.0 {
@@ -191,9 +202,14 @@ pub fn repro(settings: &ReproSettings) -> Result<ReproSummary> {
         return dry_run(&mut ws, settings, &sel, &progress);
     }
     // Checked before anything is submitted: a stage no node can hold is bad input.
-    if let Some(slurm) = &settings.slurm {
-        let stages: Vec<&Stage> = sel.iter().map(|&i| &ws.pipeline.stages[i]).collect();
-        crate::slurm::check_resources(&stages, slurm)?;
+    let on_slurm: Vec<&Stage> = sel
+        .iter()
+        .map(|&i| &ws.pipeline.stages[i])
+        .filter(|s| slurm_for(settings, s).is_some())
+        .collect();
+    if !on_slurm.is_empty() {
+        let slurm = slurm_for(settings, on_slurm[0]).expect("a Slurm stage");
+        crate::slurm::check_resources(&on_slurm, &slurm)?;
     }
     // Opened before anything runs, so an unknown remote is bad input with nothing done.
     let remote = match &settings.pull {
@@ -486,7 +502,7 @@ impl Executor<'_> {
                 };
                 self.prepared.insert(i, (st.inputs, st.key, reasons));
             }
-            if self.fits(&self.ws.pipeline.stages[i].resources) {
+            if self.fits(&self.ws.pipeline.stages[i]) {
                 self.start(i, tx)?;
             }
         }
@@ -499,11 +515,12 @@ impl Executor<'_> {
         self.free_devices.sort_unstable();
     }
 
-    fn fits(&self, r: &Resources) -> bool {
+    fn fits(&self, stage: &Stage) -> bool {
+        let r = &stage.resources;
         if self.running.is_empty() {
             return true;
         }
-        if self.settings.slurm.is_some() {
+        if slurm_for(self.settings, stage).is_some() {
             // The cluster places the jobs; -j bounds how many are submitted at once.
             return self.running.len() < self.settings.jobs.max(1);
         }

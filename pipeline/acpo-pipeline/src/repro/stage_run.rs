@@ -50,7 +50,7 @@ impl Executor<'_> {
             Some(w) => root.join(w),
             None => root.clone(),
         };
-        let (pid, job, devices) = match self.settings.slurm.clone() {
+        let (pid, job, devices) = match super::slurm_for(self.settings, &stage) {
             Some(slurm) => {
                 drop(log); // Slurm writes the log; the poller forwards it
                 let env = [
