@@ -931,3 +931,55 @@ fn env_paths_enter_the_key_by_name_and_content() {
     // acpo's own default (<dir>/../shared/data) applies; here it does not exist: a state.
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A stage's `crate:` dependency covers the part of `Cargo.lock` its code reaches: a lock
+/// change elsewhere (a dev-dependency, another crate's dependency) reruns nothing, a change of
+/// a crate the code runs reruns the stage. Before, the whole lock was a dependency of every
+/// stage, so adding a test-only crate made every result of a multi-hour run stale.
+#[test]
+fn a_lock_change_outside_a_stages_code_reruns_nothing() {
+    let d = toy(
+        "stages:\n  a:\n    cmd: echo a > a.txt\n    deps: [crate:app]\n    outs: [a.txt]\n",
+        "",
+    );
+    let w = |rel: &str, s: &str| {
+        let p = d.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, s).unwrap();
+    };
+    w("Cargo.toml", "[workspace]\nmembers = [\"app\", \"tool\"]\n");
+    w(
+        "app/Cargo.toml",
+        "[package]\nname = \"app\"\n[dependencies]\nfast = \"1\"\n[dev-dependencies]\ncheck = \"1\"\n",
+    );
+    w("app/src/lib.rs", "");
+    w(
+        "tool/Cargo.toml",
+        "[package]\nname = \"tool\"\n[dependencies]\nnet = \"1\"\n",
+    );
+    w("tool/src/lib.rs", "");
+    let lock = |fast: &str, check: &str, net: &str| {
+        let reg = "source = \"registry+https://github.com/rust-lang/crates.io-index\"";
+        format!(
+            "version = 4\n\n[[package]]\nname = \"app\"\nversion = \"0.1.0\"\ndependencies = [\"check\", \"fast\"]\n\n\
+             [[package]]\nname = \"tool\"\nversion = \"0.1.0\"\ndependencies = [\"net\"]\n\n\
+             [[package]]\nname = \"fast\"\nversion = \"{fast}\"\n{reg}\n\n\
+             [[package]]\nname = \"check\"\nversion = \"{check}\"\n{reg}\n\n\
+             [[package]]\nname = \"net\"\nversion = \"{net}\"\n{reg}\n"
+        )
+    };
+    w("Cargo.lock", &lock("1.0.0", "1.0.0", "1.0.0"));
+    let o = acpo(d.path(), &["repro"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The test-only crate and the other crate's dependency move: `a` stays up to date.
+    w("Cargo.lock", &lock("1.0.0", "1.2.0", "2.0.0"));
+    let s = text(&acpo(d.path(), &["status"]));
+    assert!(s.contains("1 stage(s): 1 up to date"), "{s}");
+    // The crate its code runs moves: `a` is stale, and says why.
+    w("Cargo.lock", &lock("1.1.0", "1.2.0", "2.0.0"));
+    let s = text(&acpo(d.path(), &["status"]));
+    assert!(
+        s.contains("a: changed") && s.contains("dep Cargo.lock#app: lock-part"),
+        "{s}"
+    );
+}

@@ -178,6 +178,13 @@ pub fn explain(ws: &mut Workspace, name: &str) -> Result<String> {
         let _ = writeln!(s, "  deps:");
         for (p, h) in &st.inputs.deps {
             match h {
+                Some(h) if h.kind == "lock-part" => {
+                    let _ = writeln!(
+                        s,
+                        "    {p}: {} sha256:{} ({} lock entries)",
+                        h.kind, h.hash, h.files
+                    );
+                }
                 Some(h) => {
                     let _ = writeln!(
                         s,

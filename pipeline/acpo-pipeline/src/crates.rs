@@ -3,9 +3,13 @@
 //! reruns when that code (or code it calls) changes.
 //!
 //! `crate:acpo-finetune` expands to `<dir>/src` and `<dir>/Cargo.toml` of `acpo-finetune` and of
-//! its transitive path dependencies (`[dependencies]` only: dev- and build-dependencies do not
-//! run in a stage), plus the workspace's `Cargo.lock` (versions of everything else). The
-//! manifests are read once per pipeline load.
+//! its transitive path dependencies (normal and build dependencies, also per target; dev-
+//! dependencies do not run in a stage), plus `Cargo.lock#acpo-finetune`: the part of the
+//! workspace's `Cargo.lock` that code reaches, the lock entries (name, version, source,
+//! checksum) of those crates' external dependencies and of everything they depend on. A lock
+//! change elsewhere (a test-only crate, a dependency of the engine or of another stage's crate)
+//! changes no key of this stage. The manifests are read once per pipeline load; the lock part
+//! is hashed with the other dependencies ([`hash_lock_part`]).
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,11 +29,22 @@ struct DepTable {
     path: Option<String>,
     #[serde(default)]
     workspace: bool,
+    /// The dependency's real name when the key renames it.
+    package: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Package {
     name: String,
+}
+
+/// `[target.<cfg>]`: dependencies for one platform.
+#[derive(Debug, Default, Deserialize)]
+struct TargetDeps {
+    #[serde(default)]
+    dependencies: BTreeMap<String, DepSpec>,
+    #[serde(default, rename = "build-dependencies")]
+    build_dependencies: BTreeMap<String, DepSpec>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +61,24 @@ struct Manifest {
     workspace: Option<Workspace>,
     #[serde(default)]
     dependencies: BTreeMap<String, DepSpec>,
+    #[serde(default, rename = "build-dependencies")]
+    build_dependencies: BTreeMap<String, DepSpec>,
+    #[serde(default)]
+    target: BTreeMap<String, TargetDeps>,
+}
+
+impl Manifest {
+    /// The dependencies that run with the crate's code: normal and build, also per target.
+    fn code_deps(&self) -> impl Iterator<Item = (&String, &DepSpec)> {
+        self.dependencies
+            .iter()
+            .chain(&self.build_dependencies)
+            .chain(
+                self.target
+                    .values()
+                    .flat_map(|t| t.dependencies.iter().chain(&t.build_dependencies)),
+            )
+    }
 }
 
 /// One workspace crate: its directory (relative to the workspace root, `.` for the root) and
@@ -54,6 +87,17 @@ struct Manifest {
 pub struct CrateInfo {
     pub dir: String,
     pub deps: BTreeSet<String>,
+    /// Names (as in `Cargo.lock`) of its external dependencies that run with its code.
+    pub externals: BTreeSet<String>,
+}
+
+/// What `Cargo.lock#<crate>` stands for: for each workspace crate of the path closure, the
+/// names of its external dependencies; [`hash_lock_part`] follows them through the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockPart {
+    /// The lock file, relative to the workspace root.
+    pub lock: String,
+    pub members: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The crates of the Cargo workspace rooted at a pipeline's directory.
@@ -117,11 +161,22 @@ impl CrateGraph {
                 _ => None,
             })
             .collect();
+        // The real names of workspace dependencies that rename their package.
+        let ws_renames: BTreeMap<&String, &String> = ws
+            .dependencies
+            .iter()
+            .filter_map(|(k, d)| match d {
+                DepSpec::Table(DepTable {
+                    package: Some(p), ..
+                }) => Some((k, p)),
+                _ => None,
+            })
+            .collect();
         let mut dirs: Vec<String> = ws.members.iter().map(|m| clean(m)).collect();
         if top.package.is_some() && !dirs.iter().any(|d| d == ".") {
             dirs.push(".".into());
         }
-        let mut by_dir: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        let mut by_dir: BTreeMap<String, (String, Vec<String>, BTreeSet<String>)> = BTreeMap::new();
         for dir in &dirs {
             if dir.contains('*') {
                 return Err(format!(
@@ -131,25 +186,35 @@ impl CrateGraph {
             }
             let path = root.join(dir).join("Cargo.toml");
             let m = read_manifest(&path)?;
-            let Some(pkg) = m.package else {
+            let Some(pkg) = m.package.as_ref() else {
                 return Err(format!("{}: no [package]", path.display()));
             };
             let mut dep_dirs = Vec::new();
-            for (key, d) in &m.dependencies {
-                let DepSpec::Table(t) = d else { continue };
+            let mut externals = BTreeSet::new();
+            for (key, d) in m.code_deps() {
+                let t = match d {
+                    DepSpec::Version(_) => {
+                        externals.insert(key.clone());
+                        continue;
+                    }
+                    DepSpec::Table(t) => t,
+                };
                 if let Some(p) = &t.path {
                     dep_dirs.push(join(dir, p));
-                } else if t.workspace {
-                    if let Some(p) = ws_paths.get(key) {
-                        dep_dirs.push(p.clone());
-                    }
+                } else if let (true, Some(p)) = (t.workspace, ws_paths.get(key)) {
+                    dep_dirs.push(p.clone());
+                } else {
+                    let inherited = t.workspace.then(|| ws_renames.get(key)).flatten();
+                    let real = t.package.as_ref().or(inherited.copied()).unwrap_or(key);
+                    externals.insert(real.clone());
                 }
             }
-            by_dir.insert(dir.clone(), (pkg.name, dep_dirs));
+            by_dir.insert(dir.clone(), (pkg.name.clone(), dep_dirs, externals));
         }
-        let name_of: BTreeMap<&String, &String> = by_dir.iter().map(|(d, (n, _))| (d, n)).collect();
+        let name_of: BTreeMap<&String, &String> =
+            by_dir.iter().map(|(d, (n, _, _))| (d, n)).collect();
         let mut crates = BTreeMap::new();
-        for (dir, (name, dep_dirs)) in &by_dir {
+        for (dir, (name, dep_dirs, externals)) in &by_dir {
             let mut deps = BTreeSet::new();
             for dd in dep_dirs {
                 // A path dependency outside the workspace's members is not followed.
@@ -162,6 +227,7 @@ impl CrateGraph {
                 CrateInfo {
                     dir: dir.clone(),
                     deps,
+                    externals: externals.clone(),
                 },
             );
         }
@@ -172,8 +238,8 @@ impl CrateGraph {
         Ok(Self { crates, lock })
     }
 
-    /// The paths (relative to the workspace root) that `crate:<name>` stands for, sorted.
-    pub fn expand(&self, name: &str) -> Result<Vec<String>, String> {
+    /// The workspace crates `name` runs: itself and its transitive path dependencies.
+    fn closure(&self, name: &str) -> Result<BTreeSet<String>, String> {
         if !self.crates.contains_key(name) {
             return Err(format!(
                 "no crate `{name}` in the workspace (crates: {})",
@@ -187,17 +253,120 @@ impl CrateGraph {
                 stack.extend(self.crates[&n].deps.iter().cloned());
             }
         }
-        let mut out: Vec<String> = seen
+        Ok(seen)
+    }
+
+    /// The paths (relative to the workspace root) that `crate:<name>` stands for, sorted.
+    pub fn expand(&self, name: &str) -> Result<Vec<String>, String> {
+        let mut out: Vec<String> = self
+            .closure(name)?
             .iter()
             .flat_map(|n| {
                 let d = &self.crates[n].dir;
                 [join(d, "src"), join(d, "Cargo.toml")]
             })
             .collect();
-        out.extend(self.lock.iter().cloned());
         out.sort();
         Ok(out)
     }
+
+    /// The dependency `<lock>#<name>` that `crate:<name>` also stands for, and what it
+    /// covers; `None` when the workspace has no `Cargo.lock`.
+    pub fn lock_part(&self, name: &str) -> Result<Option<(String, LockPart)>, String> {
+        let members = self
+            .closure(name)?
+            .into_iter()
+            .map(|n| {
+                let ext = self.crates[&n].externals.clone();
+                (n, ext)
+            })
+            .collect();
+        Ok(self.lock.as_ref().map(|lock| {
+            (
+                format!("{lock}#{name}"),
+                LockPart {
+                    lock: lock.clone(),
+                    members,
+                },
+            )
+        }))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LockFile {
+    #[serde(default)]
+    package: Vec<LockPackage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LockPackage {
+    name: String,
+    version: String,
+    source: Option<String>,
+    checksum: Option<String>,
+    /// `name`, `name version` or `name version (source)`.
+    #[serde(default)]
+    dependencies: Vec<String>,
+}
+
+/// Hashes the entries of the lock file `text` that `part` reaches: each member's external
+/// dependencies (the versions the member's own lock entry names; every version of the name
+/// when the lock has no entry for the member), then everything those depend on. Returns the
+/// hash and the number of entries.
+pub fn hash_lock_part(text: &str, part: &LockPart) -> Result<(String, u64), String> {
+    let lock: LockFile = toml::from_str(text).map_err(|e| format!("{}: {e}", part.lock))?;
+    let matching = |spec: &str| -> Vec<usize> {
+        let mut it = spec.split(' ');
+        let name = it.next().unwrap_or_default();
+        let version = it.next();
+        (0..lock.package.len())
+            .filter(|&i| {
+                let p = &lock.package[i];
+                p.name == name && version.is_none_or(|v| p.version == v)
+            })
+            .collect()
+    };
+    let mut stack = Vec::new();
+    for (member, externals) in &part.members {
+        let own = lock
+            .package
+            .iter()
+            .find(|p| &p.name == member && p.source.is_none());
+        match own {
+            Some(p) => {
+                for spec in &p.dependencies {
+                    let name = spec.split(' ').next().unwrap_or_default();
+                    if externals.contains(name) {
+                        stack.extend(matching(spec));
+                    }
+                }
+            }
+            None => {
+                for name in externals {
+                    stack.extend(matching(name));
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(i) = stack.pop() {
+        if seen.insert(i) {
+            for spec in &lock.package[i].dependencies {
+                stack.extend(matching(spec));
+            }
+        }
+    }
+    let mut entries: Vec<&LockPackage> = seen.iter().map(|&i| &lock.package[i]).collect();
+    entries.sort_by(|a, b| (&a.name, &a.version, &a.source).cmp(&(&b.name, &b.version, &b.source)));
+    let mut enc = crate::key::Encoder::new("acpo-lock-part", 1);
+    for p in &entries {
+        enc.field(&p.name);
+        enc.field(&p.version);
+        enc.field(p.source.as_deref().unwrap_or_default());
+        enc.field(p.checksum.as_deref().unwrap_or_default());
+    }
+    Ok((enc.finish(), entries.len() as u64))
 }
 
 #[cfg(test)]
@@ -244,7 +413,6 @@ mod tests {
         assert_eq!(
             g.expand("app").unwrap(),
             [
-                "Cargo.lock",
                 "crates/app/Cargo.toml",
                 "crates/app/src",
                 "crates/core/Cargo.toml",
@@ -254,7 +422,6 @@ mod tests {
         assert_eq!(
             g.expand("lib2").unwrap(),
             [
-                "Cargo.lock",
                 "crates/core/Cargo.toml",
                 "crates/core/src",
                 "crates/lib2/Cargo.toml",
@@ -272,6 +439,145 @@ mod tests {
             e.contains("no crate `nope`") && e.contains("app, core, lib2, root"),
             "{e}"
         );
+    }
+
+    /// A lock for [`workspace`]: app uses serde 1 and ext (which uses itoa) and, for tests
+    /// only, proptest; root uses clap; serde 0.9 is another crate's.
+    const LOCK: &str = r#"version = 4
+
+[[package]]
+name = "app"
+version = "0.1.0"
+dependencies = ["core", "ext", "proptest", "serde 1.0.1"]
+
+[[package]]
+name = "root"
+version = "0.1.0"
+dependencies = ["app", "clap"]
+
+[[package]]
+name = "core"
+version = "0.1.0"
+
+[[package]]
+name = "ext"
+version = "0.1.3"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "aa"
+dependencies = ["itoa"]
+
+[[package]]
+name = "itoa"
+version = "1.0.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "bb"
+
+[[package]]
+name = "serde"
+version = "1.0.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "cc"
+
+[[package]]
+name = "serde"
+version = "0.9.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "dd"
+
+[[package]]
+name = "proptest"
+version = "1.0.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "ee"
+
+[[package]]
+name = "clap"
+version = "4.0.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "ff"
+"#;
+
+    fn app_part() -> LockPart {
+        let dir = workspace();
+        let g = CrateGraph::load(dir.path()).unwrap();
+        let (name, part) = g.lock_part("app").unwrap().unwrap();
+        assert_eq!(name, "Cargo.lock#app");
+        part
+    }
+
+    #[test]
+    fn the_lock_part_covers_what_the_code_reaches() {
+        let part = app_part();
+        assert_eq!(
+            part.members["app"],
+            ["ext", "serde"].map(String::from).into(),
+            "dev-dependencies and path dependencies are not external code deps"
+        );
+        let (h, n) = hash_lock_part(LOCK, &part).unwrap();
+        assert_eq!(
+            n, 3,
+            "ext, itoa (through ext) and serde 1.0.1, not serde 0.9, proptest or clap"
+        );
+        // What the code does not reach changes nothing.
+        for (from, to) in [
+            ("checksum = \"ee\"", "checksum = \"e2\""),
+            ("version = \"4.0.0\"", "version = \"4.1.0\""),
+            ("checksum = \"dd\"", "checksum = \"d2\""),
+        ] {
+            let other = LOCK.replace(from, to);
+            assert_ne!(other, LOCK);
+            assert_eq!(hash_lock_part(&other, &part).unwrap().0, h, "{from}");
+        }
+        // A transitive dependency's version or checksum, or a direct one's, changes the hash.
+        for (from, to) in [
+            ("checksum = \"bb\"", "checksum = \"b2\""),
+            ("version = \"1.0.0\"\nsource", "version = \"1.0.2\"\nsource"),
+            ("checksum = \"cc\"", "checksum = \"c2\""),
+        ] {
+            let other = LOCK.replacen(from, to, 1);
+            assert_ne!(other, LOCK);
+            assert_ne!(hash_lock_part(&other, &part).unwrap().0, h, "{from}");
+        }
+    }
+
+    #[test]
+    fn a_member_missing_from_the_lock_takes_every_version_of_its_deps() {
+        let part = app_part();
+        let without_app = LOCK.replace("name = \"app\"", "name = \"app-old\"");
+        let (_, n) = hash_lock_part(&without_app, &part).unwrap();
+        assert_eq!(n, 4, "ext, itoa and both serde versions");
+    }
+
+    #[test]
+    fn renamed_and_build_and_target_dependencies_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(
+            r,
+            "Cargo.toml",
+            "[workspace]\nmembers = [\"a\"]\n[workspace.dependencies]\nrj = { package = \"rust-json\", version = \"1\" }\n",
+        );
+        write(
+            r,
+            "a/Cargo.toml",
+            "[package]\nname = \"a\"\n[dependencies]\nmyser = { package = \"serde\", version = \"1\" }\nrj.workspace = true\n\
+             [build-dependencies]\ncc = \"1\"\n[target.'cfg(unix)'.dependencies]\nlibc = \"0.2\"\n\
+             [dev-dependencies]\nproptest = \"1\"\n",
+        );
+        let g = CrateGraph::load(r).unwrap();
+        assert_eq!(
+            g.crates["a"].externals,
+            ["cc", "libc", "rust-json", "serde"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(
+            g.lock_part("a").unwrap(),
+            None,
+            "no Cargo.lock, no lock part"
+        );
+        let e = hash_lock_part("[[package]\n", &app_part()).unwrap_err();
+        assert!(e.starts_with("Cargo.lock: "), "{e}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Workspace {
     pub lock: Lock,
     pub hashes: HashCache,
     pub runcache: RunCache,
+    /// Hashed lock parts: (dependency, hash of the lock file) -> its hash.
+    lock_part_memo: BTreeMap<(String, String), PathHash>,
 }
 
 /// Why a stage is not up to date.
@@ -183,6 +185,7 @@ impl Workspace {
             lock,
             hashes,
             runcache,
+            lock_part_memo: BTreeMap::new(),
         })
     }
 
@@ -255,6 +258,16 @@ impl Workspace {
             let name = s.dep_names.get(d).unwrap_or(d).clone();
             deps.insert(name, self.hashes.hash_path(&self.root.join(d))?);
         }
+        for (name, part) in &s.lock_parts {
+            let h = lock_part_hash(
+                &self.root,
+                &mut self.hashes,
+                &mut self.lock_part_memo,
+                name,
+                part,
+            )?;
+            deps.insert(name.clone(), h);
+        }
         let env = s
             .env
             .iter()
@@ -315,6 +328,39 @@ impl Workspace {
         }
         Ok(r)
     }
+}
+
+/// The hash of the part of a lock file that `part` covers (`Cargo.lock#<crate>`); `None`
+/// when the lock file does not exist. Memoized by the lock file's own hash.
+fn lock_part_hash(
+    root: &Path,
+    hashes: &mut HashCache,
+    memo: &mut BTreeMap<(String, String), PathHash>,
+    name: &str,
+    part: &crate::crates::LockPart,
+) -> Result<Option<PathHash>> {
+    let path = root.join(&part.lock);
+    let Some(file) = hashes.hash_path(&path)? else {
+        return Ok(None);
+    };
+    let memo_key = (name.to_string(), file.hash);
+    if let Some(h) = memo.get(&memo_key) {
+        return Ok(Some(h.clone()));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let (hash, entries) =
+        crate::crates::hash_lock_part(&text, part).map_err(|message| Error::Corrupt {
+            path: path.clone(),
+            message,
+        })?;
+    let h = PathHash {
+        kind: "lock-part".into(),
+        hash,
+        size: 0,
+        files: entries,
+    };
+    memo.insert(memo_key, h.clone());
+    Ok(Some(h))
 }
 
 /// Holds `.acpo/repro.lock` (flock) so two commands that write the lock or the run cache

@@ -4,7 +4,7 @@
 
 use super::spec::{RawBody, RawStage};
 use super::{is_within, normalize, Stage, MAX_STAGES_ENV, PIPELINE_FILE};
-use crate::crates::CrateGraph;
+use crate::crates::{CrateGraph, LockPart};
 use crate::dvc::{RawOut, RawParam};
 use crate::error::{Error, Result};
 use crate::params::{Params, PARAMS_FILE};
@@ -43,13 +43,17 @@ struct Scope {
 pub(super) const ENV_PREFIX: &str = "env.";
 
 impl Ctx<'_> {
-    /// The paths `crate:<name>` stands for.
-    fn crate_deps(&self, name: &str) -> std::result::Result<Vec<String>, String> {
-        self.crates
+    /// The paths `crate:<name>` stands for, and its part of `Cargo.lock`.
+    fn crate_deps(
+        &self,
+        name: &str,
+    ) -> std::result::Result<(Vec<String>, Option<(String, LockPart)>), String> {
+        let g = self
+            .crates
             .get_or_init(|| CrateGraph::load(self.root))
             .as_ref()
-            .map_err(|e| e.clone())?
-            .expand(name)
+            .map_err(|e| e.clone())?;
+        Ok((g.expand(name)?, g.lock_part(name)?))
     }
 
     pub(super) fn err(&self, line: u64, message: String) -> Error {
@@ -382,6 +386,7 @@ impl Ctx<'_> {
             ignored.push("meta".into());
         }
         let mut list_params = BTreeSet::new();
+        let mut lock_parts = BTreeMap::new();
         let mut paths = |list: &[String], what: &str, is_out: bool| -> Result<Vec<String>> {
             let mut v = Vec::new();
             let mut each = Vec::new();
@@ -397,9 +402,10 @@ impl Ctx<'_> {
             for p in &each {
                 let s = in_wdir(interp(p)?);
                 if let (false, Some(krate)) = (is_out, s.strip_prefix(CRATE_DEP_PREFIX)) {
-                    let expanded = self.crate_deps(krate).map_err(|m| {
+                    let (expanded, lock_part) = self.crate_deps(krate).map_err(|m| {
                         self.err(line, format!("stage `{name}`: dependency `{s}`: {m}"))
                     })?;
+                    lock_parts.extend(lock_part);
                     for e in expanded {
                         if !v.contains(&e) {
                             v.push(e);
@@ -540,6 +546,7 @@ impl Ctx<'_> {
             extra_params,
             ignored,
             dep_names,
+            lock_parts,
             cmd_key,
             executor: match b.executor.as_deref() {
                 None => None,

@@ -139,6 +139,9 @@ pub struct Stage {
     /// variable kept as written), so moving what the variable points to changes no key when
     /// the bytes are the same.
     pub dep_names: BTreeMap<String, String>,
+    /// Dependencies on a part of `Cargo.lock` (`Cargo.lock#<crate>`, from `crate:<crate>`):
+    /// name -> what it covers; hashed with the other dependencies.
+    pub lock_parts: BTreeMap<String, crate::crates::LockPart>,
     /// The command with `${env.NAME}` kept as written, when it has any: what the key records.
     pub cmd_key: Option<String>,
     /// `executor: local | slurm`: where this stage runs, whatever `--executor` says.
