@@ -24,6 +24,9 @@ pub(super) struct Ctx<'a> {
     pub(super) vars: serde_json::Map<String, Value>,
 }
 
+/// What `crate:<name>` stands for: paths, and its part of `Cargo.lock` (name, what it covers).
+type CrateDeps = (Vec<String>, Option<(String, LockPart)>);
+
 /// A dependency `crate:<name>` stands for the sources of a workspace crate (module `crates`).
 pub const CRATE_DEP_PREFIX: &str = "crate:";
 
@@ -44,10 +47,7 @@ pub(super) const ENV_PREFIX: &str = "env.";
 
 impl Ctx<'_> {
     /// The paths `crate:<name>` stands for, and its part of `Cargo.lock`.
-    fn crate_deps(
-        &self,
-        name: &str,
-    ) -> std::result::Result<(Vec<String>, Option<(String, LockPart)>), String> {
+    fn crate_deps(&self, name: &str) -> std::result::Result<CrateDeps, String> {
         let g = self
             .crates
             .get_or_init(|| CrateGraph::load(self.root))
