@@ -49,7 +49,7 @@ explain name profile="cpu": build
 study *args="": build
     {{acpo}} repro --profile study study-report {{args}}
 
-# Benchmarks against peers measured in the same run (see README, "Benchmarks").
+# Benchmarks against peers measured in the same run (bench/README.md).
 bench: build
     scripts/bench.sh
 
