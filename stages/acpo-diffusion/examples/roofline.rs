@@ -92,7 +92,13 @@ fn train_step_times(
 }
 
 /// Best seconds of one sampling step: a forward pass of `batch` images through frozen weights.
-fn sample_step_s(model: &UNet, cfg: &UNetConfig, batch: usize, steps: usize, dev: &Device) -> Res<f64> {
+fn sample_step_s(
+    model: &UNet,
+    cfg: &UNetConfig,
+    batch: usize,
+    steps: usize,
+    dev: &Device,
+) -> Res<f64> {
     let frozen = model.frozen_copy()?;
     let s = cfg.image_size;
     let mut r = SeededRng::new(1, &[]);
