@@ -63,6 +63,9 @@ pub enum Error {
         path.display()
     )]
     NonUtf8Name { path: PathBuf },
+    /// A request to a remote failed (unreachable, refused, timed out); exit 1.
+    #[error("remote {url}: {message}")]
+    Remote { url: String, message: String },
 }
 
 impl Error {
@@ -78,7 +81,7 @@ impl Error {
             | Error::NonUtf8Name { .. } => ErrorKind::BadInput,
             Error::StageFailed { .. } | Error::StagesFailed { .. } => ErrorKind::StageFailed,
             Error::Interrupted { .. } => ErrorKind::Interrupted,
-            Error::Io { .. } | Error::Corrupt { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::Corrupt { .. } | Error::Remote { .. } => ErrorKind::Io,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod plots;
 pub mod progress;
 pub mod remote;
+pub mod remote_s3;
 pub mod repro;
 pub mod runcache;
 pub mod running;

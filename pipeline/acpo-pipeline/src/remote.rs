@@ -16,10 +16,12 @@
 //! ```yaml
 //! remotes:
 //!   team: /mnt/shared/acpo-cache   # a directory: a shared file system
+//!   lab: s3://acpo-cache/runs      # S3-compatible object storage (module `remote_s3`)
 //! default: team
 //! ```
 //!
-//! Kinds: a directory (a path, or `file:///path`). Object storage (S3) is not built yet.
+//! Kinds: a directory (a path, or `file:///path`) and S3-compatible object storage
+//! (`s3://bucket[/prefix]`, credentials and endpoint from the `AWS_*` environment).
 
 use crate::error::{Error, Result};
 use crate::fsutil::{ensure_parent, remove_path, tmp_name};
@@ -191,12 +193,15 @@ pub fn open(root: &Path, name: Option<&str>) -> Result<Box<dyn Store>> {
 }
 
 fn store_for(root: &Path, name: &str, url: &str) -> Result<Box<dyn Store>> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(crate::remote_s3::S3Store::open(name, url)?));
+    }
     let path = match url.strip_prefix("file://") {
         Some(p) => PathBuf::from(p),
         None if url.contains("://") => {
             return Err(Error::Usage(format!(
-                "remote `{name}`: `{url}`: only directory remotes (a path or file://) are \
-                 supported so far"
+                "remote `{name}`: `{url}`: expected a directory (a path or file://) or \
+                 s3://BUCKET[/PREFIX]"
             )))
         }
         None => root.join(url),
