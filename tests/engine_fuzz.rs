@@ -170,6 +170,7 @@ fn load(root: &Path, pipeline: &str, params: &str) -> Result<usize, String> {
 
 #[test]
 fn mutated_pipeline_and_params_files_load_or_fail_with_a_message() {
+    common::default_locations();
     let cases = Rng::env_u64("ACPO_FUZZ_CASES", 1_500);
     let seed = Rng::env_u64("ACPO_FUZZ_SEED", 20261201);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -4,23 +4,15 @@
 //! fine-tuning and evaluation stages stale, while plotting code (acpo-report) does not reach
 //! fine-tuning or base training.
 
+mod common;
+
 use acpo_pipeline::params::Params;
 use acpo_pipeline::pipeline::Pipeline;
 use std::path::Path;
 
 fn pipeline(profile: &str) -> Pipeline {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // pipeline.yaml names the mirror and the assets through ${env.*}, as `just` and `acpo` set
-    // them by default (only their names reach the keys, so the values need not exist here).
-    for (var, default) in [
-        ("ACPO_MIRROR", "../shared/data"),
-        ("ACPO_ASSETS", ".cache/assets"),
-    ] {
-        if std::env::var_os(var).is_none() {
-            // Tests of this file may run in parallel; all of them write the same values.
-            std::env::set_var(var, root.join(default));
-        }
-    }
+    common::default_locations();
     let params = Params::load(root, profile, &[]).unwrap();
     Pipeline::load(root, &params).unwrap()
 }

@@ -52,3 +52,19 @@ impl Rng {
         }
     }
 }
+
+/// Sets `ACPO_MIRROR` and `ACPO_ASSETS` to the locations `just` and `acpo` default to, when
+/// unset: pipeline.yaml names the mirror and the assets through `${env.*}`, so a test that
+/// loads it in-process needs them (only their names reach the keys; the paths need not exist).
+pub fn default_locations() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (var, default) in [
+        ("ACPO_MIRROR", "../shared/data"),
+        ("ACPO_ASSETS", ".cache/assets"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // Every test of a binary that calls this writes the same values.
+            std::env::set_var(var, root.join(default));
+        }
+    }
+}
