@@ -117,19 +117,25 @@ impl Store for DirStore {
         let Ok(rd) = std::fs::read_dir(self.dir.join("runs")) else {
             return Ok(Vec::new());
         };
-        let mut keys: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .filter(|k| is_digest(k))
-                    .map(str::to_string)
-            })
-            .collect();
-        keys.sort();
-        Ok(keys)
+        Ok(run_keys(rd.flatten().filter_map(|e| {
+            e.file_name().to_str().map(str::to_string)
+        })))
     }
+}
+
+/// The sorted keys of the run entries among file names (`<key>.json`, `key` a digest); every
+/// other name is ignored. Shared by every kind of remote.
+pub(crate) fn run_keys(names: impl Iterator<Item = impl AsRef<str>>) -> Vec<String> {
+    let mut keys: Vec<String> = names
+        .filter_map(|n| {
+            n.as_ref()
+                .strip_suffix(".json")
+                .filter(|k| is_digest(k))
+                .map(str::to_string)
+        })
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// A temporary name next to `path` that no other writer of a shared file system uses: the

@@ -224,18 +224,8 @@ impl Store for S3Store {
             .rt
             .block_on(self.store.list_with_delimiter(Some(&at)))
             .map_err(|e| self.err(&at, e))?;
-        let mut keys: Vec<String> = listed
-            .objects
-            .iter()
-            .filter_map(|o| {
-                o.location
-                    .filename()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .filter(|k| is_digest(k))
-                    .map(str::to_string)
-            })
-            .collect();
-        keys.sort();
-        Ok(keys)
+        Ok(crate::remote::run_keys(
+            listed.objects.iter().filter_map(|o| o.location.filename()),
+        ))
     }
 }
