@@ -9,9 +9,16 @@ export ACPO_MIRROR := env("ACPO_MIRROR", root / "../shared/data")
 export ORT_DYLIB_PATH := env("ORT_DYLIB_PATH", ACPO_ASSETS / "onnxruntime/libonnxruntime.so")
 acpo := env("CARGO_TARGET_DIR", root / "target") / "release/acpo"
 
-# The main job: run every stage of pipeline.yaml for a profile (cpu, smoke, paper).
+# The main job: run every stage of pipeline.yaml for a profile (cpu, smoke, paper); the cpu
+# profile then rewrites the run-time table of docs/results.md from pipeline.lock.
+[doc("The main job: every stage of pipeline.yaml for a profile (cpu, smoke, paper); cpu also rewrites docs/results.md's run-time table")]
 reproduce profile="cpu" *args="": build
     {{acpo}} repro --profile {{profile}} {{args}}
+    if [ "{{profile}}" = cpu ]; then {{acpo}} times --profile cpu --into docs/results.md; fi
+
+# Where the recorded run time went, per stage group and phase (from pipeline.lock).
+times profile="cpu" *args="": build
+    {{acpo}} times --profile {{profile}} {{args}}
 
 # Build, then run the whole test suite (unit, integration, end-to-end) in release mode.
 test *args="": setup

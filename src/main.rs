@@ -5,7 +5,7 @@
 
 mod stages;
 
-use acpo_pipeline::{commands, metrics, remote, table};
+use acpo_pipeline::{commands, metrics, remote, table, timing};
 use acpo_pipeline::{ErrorKind, ReproSettings, Workspace};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -158,6 +158,20 @@ enum Command {
         #[arg(long, short = 'o', default_value = ".acpo/plots/index.html")]
         out: PathBuf,
     },
+    /// Where the recorded run time went: stage wall times from pipeline.lock per stage group
+    /// and per phase (training, sampling, judging, FID, ... as each stage's `timing:` says).
+    Times {
+        /// Stages (all when none are named): full names or base names.
+        stages: Vec<String>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        #[command(flatten)]
+        format: FormatArgs,
+        /// Write the Markdown tables into this document (relative to the pipeline directory),
+        /// between its lines `<!-- begin: acpo times -->` and `<!-- end: acpo times -->`.
+        #[arg(long, value_name = "FILE")]
+        into: Option<PathBuf>,
+    },
     /// Remove run-cache entries not used by pipeline.lock, and unused objects.
     Gc {
         #[command(flatten)]
@@ -187,7 +201,7 @@ enum CacheCommand {
 /// How a table is printed (default: aligned text).
 #[derive(Debug, Clone, Args)]
 #[group(multiple = false)]
-struct TableArgs {
+struct FormatArgs {
     /// Print a Markdown table.
     #[arg(long)]
     md: bool,
@@ -197,6 +211,13 @@ struct TableArgs {
     /// Print JSON (an array of rows).
     #[arg(long)]
     json: bool,
+}
+
+/// A table's format, and whether to show every value.
+#[derive(Debug, Clone, Args)]
+struct TableArgs {
+    #[command(flatten)]
+    format: FormatArgs,
     /// Every value, not only numbers (metrics) or changes (diffs).
     #[arg(long, short = 'a')]
     all: bool,
@@ -211,6 +232,12 @@ struct TargetArgs {
 }
 
 impl TableArgs {
+    fn format(&self) -> table::Format {
+        self.format.format()
+    }
+}
+
+impl FormatArgs {
     fn format(&self) -> table::Format {
         match (self.md, self.csv, self.json) {
             (true, _, _) => table::Format::Markdown,
@@ -359,6 +386,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 slurm,
             };
             let s = acpo_pipeline::repro(&settings)?;
+            let anything_done = !s.ran.is_empty() || !s.restored.is_empty();
+            if anything_done && !dry_run {
+                print_run_time(&settings, &s);
+            }
             if dry_run {
                 eprintln!(
                     "dry run: {} stage(s) would run or be restored, {} up to date",
@@ -458,6 +489,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let t = metrics::params_diff(&open(&pipeline)?, &rev, table.all)?;
             print_table(&t, &table, "no param changed");
         }
+        Command::Times {
+            stages,
+            pipeline,
+            format,
+            into,
+        } => {
+            let ws = open(&pipeline)?;
+            let names: Vec<String> = if stages.is_empty() {
+                Vec::new()
+            } else {
+                let sel = ws.pipeline.select(&stages, false, true)?;
+                sel.iter()
+                    .map(|&i| ws.pipeline.stages[i].name.clone())
+                    .collect()
+            };
+            let t = timing::times(&ws, &names);
+            match into {
+                Some(doc) => {
+                    let doc = if doc.is_absolute() {
+                        doc
+                    } else {
+                        ws.root.join(doc)
+                    };
+                    timing::write_into(&t, &doc)?;
+                    eprintln!("{}: {}", doc.display(), timing::headline(&t));
+                }
+                None => print!("{}", timing::render(&t, format.format())),
+            }
+        }
         Command::Plots {
             pipeline,
             targets,
@@ -511,6 +571,27 @@ fn print_transfer(t: &remote::Transfer, verb: &str, url: &str) {
 
 /// Prints a table in the chosen format; an empty one as `empty` on stderr in text form (a
 /// machine format still gets its header or `[]`).
+/// After a run: the recorded time of the stages it covered, per group and phase (stderr).
+fn print_run_time(settings: &ReproSettings, s: &acpo_pipeline::ReproSummary) {
+    let names: Vec<String> = [&s.ran, &s.restored, &s.up_to_date]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    match Workspace::open_file(
+        &settings.root,
+        settings.file.as_deref(),
+        &settings.profile,
+        &settings.overrides,
+    ) {
+        Ok(ws) => eprint!(
+            "\n{}",
+            timing::render(&timing::times(&ws, &names), table::Format::Text)
+        ),
+        Err(e) => eprintln!("(run time not shown: {e})"),
+    }
+}
+
 fn print_table(t: &table::Table, args: &TableArgs, empty: &str) {
     let format = args.format();
     if t.is_empty() && format == table::Format::Text {

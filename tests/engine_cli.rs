@@ -983,3 +983,97 @@ fn a_lock_change_outside_a_stages_code_reruns_nothing() {
         "{s}"
     );
 }
+
+/// `acpo times`: recorded wall time per stage group and phase, parts read from a stage's own
+/// metrics file; `repro` prints it at its end; `--into` rewrites only the marked block.
+#[test]
+fn times_reports_recorded_time_per_group_and_phase() {
+    let pipeline = r#"
+stages:
+  train:
+    foreach: [x, y]
+    do:
+      cmd: sleep 0.2 && echo ${item} > t-${item}.txt
+      outs: [t-${item}.txt]
+      timing: {phase: training}
+  eval:
+    cmd: >-
+      sleep 0.1 && mkdir -p e && cat t-x.txt t-y.txt > e/out.txt && echo '{"seconds": {"fid": 0.05}}' > e/m.json
+    deps: [t-x.txt, t-y.txt]
+    outs: [e]
+    timing: {phase: other, from: e/m.json, phases: {seconds.fid: fid, seconds.gone: judging}}
+"#;
+    let d = toy(pipeline, "{}\n");
+    let o = acpo(d.path(), &["repro"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = text(&o);
+    assert!(
+        s.contains("stage group  stages  minutes  share  longest (min)") && s.contains("fid "),
+        "repro ends with the tables: {s}"
+    );
+
+    let o = acpo(d.path(), &["times", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(
+        (groups[0]["group"].as_str(), groups[0]["stages"].as_u64()),
+        (Some("train"), Some(2))
+    );
+    let train = groups[0]["wall_s"].as_f64().unwrap();
+    assert!(train >= 0.4, "two stages of at least 0.2 s: {train}");
+    let phases: std::collections::BTreeMap<String, f64> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(phases["training"], train);
+    assert_eq!(phases["fid"], 0.05);
+    let total = v["total_s"].as_f64().unwrap();
+    assert!((phases.values().sum::<f64>() - total).abs() < 1e-9, "{v}");
+    assert_eq!(
+        v["notes"][0].as_str(),
+        Some("eval: e/m.json has no number of seconds at seconds.gone")
+    );
+
+    // Named stages only.
+    let o = acpo(d.path(), &["times", "train@x"]);
+    let s = text(&o);
+    assert!(s.contains("over 1 stage(s)") && !s.contains("eval"), "{s}");
+
+    // Into a document: only between the markers, the rest kept byte for byte.
+    let doc = d.path().join("doc.md");
+    std::fs::write(
+        &doc,
+        "# Run\nintro\n<!-- begin: acpo times -->\nold\n<!-- end: acpo times -->\nend\n",
+    )
+    .unwrap();
+    let o = acpo(d.path(), &["times", "--into", "doc.md"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let md = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        md.starts_with("# Run\nintro\n<!-- begin: acpo times -->\n"),
+        "{md}"
+    );
+    assert!(
+        md.ends_with("<!-- end: acpo times -->\nend\n") && !md.contains("old"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| stage group | stages | minutes | share | longest (min) |"),
+        "{md}"
+    );
+
+    // A document without the markers: exit 2 naming the file and the expected lines, unchanged.
+    std::fs::write(&doc, "no markers\n").unwrap();
+    let o = acpo(d.path(), &["times", "--into", "doc.md"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("doc.md: expected a line `<!-- begin: acpo times -->`"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&doc).unwrap(), "no markers\n");
+}

@@ -8,7 +8,8 @@
 //! - [`workspace`]: what is up to date and why; [`repro`]: the executor;
 //!   [`commands`]: `status`, `dag`, `explain`, `gc`; [`metrics`]: `metrics show/diff`,
 //!   `params diff` (against a git revision through [`git`]), printed as [`table`]s;
-//!   [`plots`]: the declared plots files on one HTML page.
+//!   [`plots`]: the declared plots files on one HTML page; [`timing`]: `acpo times`, where
+//!   the recorded run time went per stage group and phase.
 
 pub mod commands;
 pub mod confine;
@@ -32,6 +33,7 @@ pub mod runcache;
 pub mod running;
 pub mod slurm;
 pub mod table;
+pub mod timing;
 pub mod workspace;
 pub mod yaml;
 

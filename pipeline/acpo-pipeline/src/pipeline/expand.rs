@@ -2,8 +2,8 @@
 //! interpolation of params, items, keys and DVC `vars`, `crate:` dependencies, DVC's forms
 //! (wdir, output flags, params of other files), the limit on the number of stages.
 
-use super::spec::{RawBody, RawStage};
-use super::{is_within, normalize, Stage, MAX_STAGES_ENV, PIPELINE_FILE};
+use super::spec::{RawBody, RawStage, RawTiming};
+use super::{is_within, normalize, Stage, Timing, MAX_STAGES_ENV, PIPELINE_FILE};
 use crate::crates::{CrateGraph, LockPart};
 use crate::dvc::{RawOut, RawParam};
 use crate::error::{Error, Result};
@@ -131,6 +131,7 @@ impl Ctx<'_> {
             meta: raw.meta,
             vars: raw.vars,
             executor: raw.executor,
+            timing: raw.timing,
         };
         match (raw.foreach, raw.do_, raw.matrix) {
             (None, None, None) => {
@@ -525,6 +526,10 @@ impl Ctx<'_> {
         {
             return Err(self.err(line, format!("stage `{name}`: resources must be >= 0")));
         }
+        let timing = match &b.timing {
+            None => Timing::default(),
+            Some(t) => self.timing(name, line, t, scope, &outs, &in_wdir)?,
+        };
         Ok(Stage {
             name: name.to_string(),
             base: base.to_string(),
@@ -548,6 +553,7 @@ impl Ctx<'_> {
             dep_names,
             lock_parts,
             cmd_key,
+            timing,
             executor: match b.executor.as_deref() {
                 None => None,
                 Some(e @ ("local" | "slurm")) => Some(e.to_string()),
@@ -558,6 +564,67 @@ impl Ctx<'_> {
                     ))
                 }
             },
+        })
+    }
+
+    /// `timing:` checked: phase names not empty, `phases` only with `from`, and `from` one of
+    /// the stage's outputs (so the seconds it reads are the recorded run's). Interpolated
+    /// without recording params: timing is not part of the stage key.
+    fn timing(
+        &self,
+        name: &str,
+        line: u64,
+        t: &RawTiming,
+        scope: &Scope,
+        outs: &[String],
+        in_wdir: &dyn Fn(String) -> String,
+    ) -> Result<Timing> {
+        let bad = |what: String| self.err(line, format!("stage `{name}`: timing: {what}"));
+        let phase_name = |p: &str| -> Result<String> {
+            let p = p.trim();
+            if p.is_empty() {
+                return Err(bad("a phase name is empty".into()));
+            }
+            Ok(p.to_string())
+        };
+        let phase = match &t.phase {
+            Some(p) => phase_name(p)?,
+            None => Timing::default().phase,
+        };
+        let from = match &t.from {
+            None if !t.phases.is_empty() => {
+                return Err(bad("`phases` needs `from`, the file that holds them".into()))
+            }
+            None => None,
+            Some(f) => {
+                let f = self.interpolate(name, line, f, scope, &mut BTreeSet::new())?;
+                let rel = normalize(&in_wdir(f.clone()));
+                match rel {
+                    Some(r) if outs.iter().any(|o| *o == r || is_within(&r, o)) => Some(r),
+                    _ => {
+                        return Err(bad(format!(
+                            "`from: {f}` must be one of the stage's outputs (or inside one)"
+                        )))
+                    }
+                }
+            }
+        };
+        let mut phases = BTreeMap::new();
+        for (key, p) in &t.phases {
+            phases.insert(key.clone(), phase_name(p)?);
+        }
+        for (inner, outer) in &t.within {
+            if inner == outer || !phases.contains_key(inner) || !phases.contains_key(outer) {
+                return Err(bad(format!(
+                    "`within: {{{inner}: {outer}}}`: both must be keys of `phases`, and differ"
+                )));
+            }
+        }
+        Ok(Timing {
+            phase,
+            from,
+            phases,
+            within: t.within.clone(),
         })
     }
 

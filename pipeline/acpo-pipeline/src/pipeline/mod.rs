@@ -146,6 +146,35 @@ pub struct Stage {
     pub cmd_key: Option<String>,
     /// `executor: local | slurm`: where this stage runs, whatever `--executor` says.
     pub executor: Option<String>,
+    /// `timing:`: how `acpo times` divides the stage's recorded wall time into phases. Not
+    /// part of the stage key.
+    pub timing: Timing,
+}
+
+/// How a stage's wall time divides into phases (`timing: {phase, from, phases}`), for
+/// [`crate::timing`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// The phase of the wall time that `from` does not account for (default `other`).
+    pub phase: String,
+    /// A JSON/YAML/CSV metrics file among the stage's outputs that records seconds per part.
+    pub from: Option<String>,
+    /// Dotted key in `from` (`seconds.sampling`) -> the phase those seconds count for.
+    pub phases: BTreeMap<String, String>,
+    /// Keys of `phases` whose seconds are part of another key's (inner -> outer): they are
+    /// taken out of the outer one, so no second counts twice.
+    pub within: BTreeMap<String, String>,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            phase: "other".into(),
+            from: None,
+            phases: BTreeMap::new(),
+            within: BTreeMap::new(),
+        }
+    }
 }
 
 /// A loaded, expanded and checked pipeline.
@@ -344,6 +373,49 @@ mod tests {
     fn load(text: &str, params: Value) -> Result<Pipeline> {
         let p = Params::from_value(params, "cpu");
         Pipeline::from_str(Path::new("/r"), Path::new("/r/pipeline.yaml"), text, &p)
+    }
+
+    #[test]
+    fn timing_is_checked_and_not_part_of_the_key_inputs() {
+        let stage = |timing: &str| {
+            format!(
+                "stages:\n  eval:\n    foreach: [a]\n    do:\n      cmd: run ${{item}}\n      \
+                 outs: [res/${{item}}]\n      timing: {timing}\n"
+            )
+        };
+        let p = load(
+            &stage("{phase: sampling, from: res/${item}/m.json, phases: {seconds.fid: fid}}"),
+            json!({}),
+        )
+        .unwrap();
+        let t = &p.stages[0].timing;
+        assert_eq!(t.phase, "sampling");
+        assert_eq!(t.from.as_deref(), Some("res/a/m.json"));
+        assert_eq!(t.phases.get("seconds.fid").map(String::as_str), Some("fid"));
+        assert!(p.stages[0].params.is_empty());
+        assert_eq!(
+            load("stages:\n  s:\n    cmd: x\n", json!({}))
+                .unwrap()
+                .stages[0]
+                .timing,
+            Timing::default()
+        );
+        for (timing, says) in [
+            (
+                "{from: elsewhere/m.json}",
+                "must be one of the stage's outputs",
+            ),
+            ("{phases: {a: b}}", "`phases` needs `from`"),
+            ("{phase: ' '}", "a phase name is empty"),
+            (
+                "{from: res/${item}/m.json, phases: {a: x}, within: {a: b}}",
+                "`within: {a: b}`: both must be keys of `phases`",
+            ),
+            ("{phse: x}", "phse"),
+        ] {
+            let e = load(&stage(timing), json!({})).unwrap_err().to_string();
+            assert!(e.contains(says), "{timing}: {e}");
+        }
     }
 
     #[test]

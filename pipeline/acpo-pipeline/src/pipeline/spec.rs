@@ -29,6 +29,17 @@ pub(super) struct RawBody {
     pub(super) meta: Option<Value>,
     pub(super) vars: Vec<Value>,
     pub(super) executor: Option<String>,
+    pub(super) timing: Option<RawTiming>,
+}
+
+/// `timing:` as written: how `acpo times` divides the stage's wall time into phases.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawTiming {
+    pub(super) phase: Option<String>,
+    pub(super) from: Option<String>,
+    pub(super) phases: std::collections::BTreeMap<String, String>,
+    pub(super) within: std::collections::BTreeMap<String, String>,
 }
 
 /// A stage entry: plain, `foreach`/`do`, or `matrix`.
@@ -51,6 +62,7 @@ pub(super) struct RawStage {
     pub(super) meta: Option<Value>,
     pub(super) vars: Vec<Value>,
     pub(super) executor: Option<String>,
+    pub(super) timing: Option<RawTiming>,
     pub(super) foreach: Option<Value>,
     #[serde(rename = "do")]
     pub(super) do_: Option<RawBody>,
