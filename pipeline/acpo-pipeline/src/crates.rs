@@ -310,63 +310,99 @@ struct LockPackage {
     dependencies: Vec<String>,
 }
 
-/// Hashes the entries of the lock file `text` that `part` reaches: each member's external
-/// dependencies (the versions the member's own lock entry names; every version of the name
-/// when the lock has no entry for the member), then everything those depend on. Returns the
-/// hash and the number of entries.
-pub fn hash_lock_part(text: &str, part: &LockPart) -> Result<(String, u64), String> {
-    let lock: LockFile = toml::from_str(text).map_err(|e| format!("{}: {e}", part.lock))?;
-    let matching = |spec: &str| -> Vec<usize> {
+/// A parsed `Cargo.lock` with its entries indexed by name: parsed once per lock file (see
+/// `workspace`), then asked for the hash of each stage's part.
+#[derive(Debug)]
+pub struct CargoLock {
+    packages: Vec<LockPackage>,
+    by_name: std::collections::HashMap<String, Vec<usize>>,
+}
+
+impl CargoLock {
+    /// Parses the lock file `text`; `file` names it in the error.
+    pub fn parse(text: &str, file: &str) -> Result<CargoLock, String> {
+        let lock: LockFile = toml::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+        let mut by_name: std::collections::HashMap<String, Vec<usize>> = Default::default();
+        for (i, p) in lock.package.iter().enumerate() {
+            by_name.entry(p.name.clone()).or_default().push(i);
+        }
+        Ok(CargoLock {
+            packages: lock.package,
+            by_name,
+        })
+    }
+
+    /// Entries named by `spec` (`name`, `name version` or `name version (source)`): that
+    /// version, or every version of the name when the spec has none.
+    fn matching(&self, spec: &str) -> Vec<usize> {
         let mut it = spec.split(' ');
         let name = it.next().unwrap_or_default();
         let version = it.next();
-        (0..lock.package.len())
-            .filter(|&i| {
-                let p = &lock.package[i];
-                p.name == name && version.is_none_or(|v| p.version == v)
+        self.by_name
+            .get(name)
+            .map(|ix| {
+                ix.iter()
+                    .copied()
+                    .filter(|&i| version.is_none_or(|v| self.packages[i].version == v))
+                    .collect()
             })
-            .collect()
-    };
-    let mut stack = Vec::new();
-    for (member, externals) in &part.members {
-        let own = lock
-            .package
-            .iter()
-            .find(|p| &p.name == member && p.source.is_none());
-        match own {
-            Some(p) => {
-                for spec in &p.dependencies {
-                    let name = spec.split(' ').next().unwrap_or_default();
-                    if externals.contains(name) {
-                        stack.extend(matching(spec));
+            .unwrap_or_default()
+    }
+
+    /// Hashes the entries `part` reaches: each member's external dependencies (the versions
+    /// the member's own lock entry names; every version of the name when the lock has no entry
+    /// for the member), then everything those depend on. Returns the hash and the number of
+    /// entries.
+    pub fn part_hash(&self, part: &LockPart) -> (String, u64) {
+        let mut stack = Vec::new();
+        for (member, externals) in &part.members {
+            let own = self
+                .packages
+                .iter()
+                .find(|p| &p.name == member && p.source.is_none());
+            match own {
+                Some(p) => {
+                    for spec in &p.dependencies {
+                        let name = spec.split(' ').next().unwrap_or_default();
+                        if externals.contains(name) {
+                            stack.extend(self.matching(spec));
+                        }
+                    }
+                }
+                None => {
+                    for name in externals {
+                        stack.extend(self.matching(name));
                     }
                 }
             }
-            None => {
-                for name in externals {
-                    stack.extend(matching(name));
+        }
+        let mut seen = BTreeSet::new();
+        while let Some(i) = stack.pop() {
+            if seen.insert(i) {
+                for spec in &self.packages[i].dependencies {
+                    stack.extend(self.matching(spec));
                 }
             }
         }
-    }
-    let mut seen = BTreeSet::new();
-    while let Some(i) = stack.pop() {
-        if seen.insert(i) {
-            for spec in &lock.package[i].dependencies {
-                stack.extend(matching(spec));
-            }
+        let mut entries: Vec<&LockPackage> = seen.iter().map(|&i| &self.packages[i]).collect();
+        entries.sort_by(|a, b| {
+            (&a.name, &a.version, &a.source).cmp(&(&b.name, &b.version, &b.source))
+        });
+        let mut enc = crate::key::Encoder::new("acpo-lock-part", 1);
+        for p in &entries {
+            enc.field(&p.name);
+            enc.field(&p.version);
+            enc.field(p.source.as_deref().unwrap_or_default());
+            enc.field(p.checksum.as_deref().unwrap_or_default());
         }
+        (enc.finish(), entries.len() as u64)
     }
-    let mut entries: Vec<&LockPackage> = seen.iter().map(|&i| &lock.package[i]).collect();
-    entries.sort_by(|a, b| (&a.name, &a.version, &a.source).cmp(&(&b.name, &b.version, &b.source)));
-    let mut enc = crate::key::Encoder::new("acpo-lock-part", 1);
-    for p in &entries {
-        enc.field(&p.name);
-        enc.field(&p.version);
-        enc.field(p.source.as_deref().unwrap_or_default());
-        enc.field(p.checksum.as_deref().unwrap_or_default());
-    }
-    Ok((enc.finish(), entries.len() as u64))
+}
+
+/// [`CargoLock::parse`] then [`CargoLock::part_hash`]: the hash of the part of the lock file
+/// `text` that `part` covers, and its number of entries.
+pub fn hash_lock_part(text: &str, part: &LockPart) -> Result<(String, u64), String> {
+    Ok(CargoLock::parse(text, &part.lock)?.part_hash(part))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Workspace {
     pub runcache: RunCache,
     /// Hashed lock parts: (dependency, hash of the lock file) -> its hash.
     lock_part_memo: BTreeMap<(String, String), PathHash>,
+    /// The last Cargo.lock parsed, by the hash of its bytes: parsed once per command.
+    cargo_lock: Option<(String, crate::crates::CargoLock)>,
 }
 
 /// Why a stage is not up to date.
@@ -186,6 +188,7 @@ impl Workspace {
             hashes,
             runcache,
             lock_part_memo: BTreeMap::new(),
+            cargo_lock: None,
         })
     }
 
@@ -263,6 +266,7 @@ impl Workspace {
                 &self.root,
                 &mut self.hashes,
                 &mut self.lock_part_memo,
+                &mut self.cargo_lock,
                 name,
                 part,
             )?;
@@ -331,11 +335,13 @@ impl Workspace {
 }
 
 /// The hash of the part of a lock file that `part` covers (`Cargo.lock#<crate>`); `None`
-/// when the lock file does not exist. Memoized by the lock file's own hash.
+/// when the lock file does not exist. Memoized by the lock file's own hash, which also keys
+/// the parsed lock (`parsed`), so the file is read and parsed once however many parts.
 fn lock_part_hash(
     root: &Path,
     hashes: &mut HashCache,
     memo: &mut BTreeMap<(String, String), PathHash>,
+    parsed: &mut Option<(String, crate::crates::CargoLock)>,
     name: &str,
     part: &crate::crates::LockPart,
 ) -> Result<Option<PathHash>> {
@@ -343,16 +349,24 @@ fn lock_part_hash(
     let Some(file) = hashes.hash_path(&path)? else {
         return Ok(None);
     };
-    let memo_key = (name.to_string(), file.hash);
+    let memo_key = (name.to_string(), file.hash.clone());
     if let Some(h) = memo.get(&memo_key) {
         return Ok(Some(h.clone()));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let (hash, entries) =
-        crate::crates::hash_lock_part(&text, part).map_err(|message| Error::Corrupt {
-            path: path.clone(),
-            message,
+    if parsed.as_ref().is_none_or(|(h, _)| *h != file.hash) {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let lock = crate::crates::CargoLock::parse(&text, &part.lock).map_err(|message| {
+            Error::Corrupt {
+                path: path.clone(),
+                message,
+            }
         })?;
+        *parsed = Some((file.hash.clone(), lock));
+    }
+    let (hash, entries) = parsed
+        .as_ref()
+        .map(|(_, l)| l.part_hash(part))
+        .unwrap_or_default();
     let h = PathHash {
         kind: "lock-part".into(),
         hash,
