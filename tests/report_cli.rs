@@ -33,6 +33,7 @@ fn step_study_of_unknown_benchmark_is_bad_input_exit_2() {
         "report.runs": [],
         "report.step_study": { "x-few": { "benchmark": "nope", "steps": 10, "runs": [] } },
         "report.headline": {},
+        "report.allow_dirty": false,
     });
     let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);
     assert_eq!(code, Some(2), "stderr: {stderr}");
@@ -66,6 +67,7 @@ fn a_headline_with_fewer_than_two_seeds_is_bad_input_exit_2() {
         "report.runs": ["acpo-s0"],
         "report.step_study": {},
         "report.headline": { "min_seeds": 1 },
+        "report.allow_dirty": false,
     });
     let (code, stderr) = run_stage(&params, "aggregate", &["aggregate", "--out", "reports"]);
     assert_eq!(code, Some(2), "stderr: {stderr}");
@@ -84,4 +86,78 @@ fn an_unknown_ddim_spacing_is_bad_input_exit_2() {
         stderr.contains("report.evaluate") && stderr.contains("middle"),
         "stderr: {stderr}"
     );
+}
+
+/// A report built from a working tree that differs from its commit cannot be traced to one:
+/// refused (exit 2, naming the files and the way out) unless `report.allow_dirty`; the files a
+/// run writes itself (pipeline.lock, reports/) do not count. Before, the report only said
+/// "with uncommitted changes", whatever they were.
+#[test]
+fn a_report_from_a_changed_tree_is_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}");
+    };
+    std::fs::create_dir(dir.join("reports")).unwrap();
+    for f in ["pipeline.lock", "params.yaml", "reports/index.html"] {
+        std::fs::write(dir.join(f), "1\n").unwrap();
+    }
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    let aggregate = |allow: bool| {
+        let params = serde_json::json!({
+            "report.benchmarks": ["cifar10"],
+            "report.runs": [],
+            "report.step_study": {},
+            "report.headline": {},
+            "report.allow_dirty": allow,
+        });
+        let p = dir.join(".params.json");
+        std::fs::write(&p, params.to_string()).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_acpo"))
+            .args(["stage", "report", "aggregate", "--out", "reports"])
+            .current_dir(dir)
+            .env("ACPO_PARAMS", &p)
+            .env("ACPO_STAGE", "aggregate")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // What a run writes does not count: the check passes (and the stage goes on to fail on
+    // the missing evaluations, which is not what this test is about).
+    for f in ["pipeline.lock", "reports/index.html"] {
+        std::fs::write(dir.join(f), "2\n").unwrap();
+    }
+    let (_, stderr) = aggregate(false);
+    assert!(!stderr.contains("working tree differs"), "{stderr}");
+    // A changed tracked file is refused, naming it and both ways out.
+    std::fs::write(dir.join("params.yaml"), "2\n").unwrap();
+    let (code, stderr) = aggregate(false);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the working tree differs from commit")
+            && stderr.contains("in params.yaml (tracked files")
+            && stderr.contains("report.allow_dirty: true"),
+        "{stderr}"
+    );
+    let (_, stderr) = aggregate(true);
+    assert!(!stderr.contains("working tree differs"), "{stderr}");
 }

@@ -35,28 +35,67 @@ pub enum ReportCommand {
     },
 }
 
-fn git_revision() -> String {
+/// Files a run itself rewrites before the report is built: they never make a tree "changed".
+const WRITTEN_BY_THE_RUN: [&str; 2] = ["pipeline.lock", "reports/"];
+
+/// The tracked files of `git diff --name-only` output other than those a run writes.
+fn changed_files(name_only: &str) -> Vec<String> {
+    name_only
+        .lines()
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .filter(|f| {
+            !WRITTEN_BY_THE_RUN
+                .iter()
+                .any(|w| *f == *w || (w.ends_with('/') && f.starts_with(w)))
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// The revision the report names: the commit, and the tracked files that differ from it
+/// (other than what the run writes). A changed tree is refused unless `allow_dirty`, so a
+/// committed report can be traced to one commit; when allowed, the report names the files.
+fn git_revision(allow_dirty: bool) -> anyhow::Result<String> {
     let out = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    match out(&["rev-parse", "HEAD"]) {
-        Some(rev) => {
-            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
-                .map(|s| !s.is_empty())
-                .unwrap_or(false);
-            if dirty {
-                format!("{rev} (with uncommitted changes)")
-            } else {
-                rev
-            }
-        }
-        None => "unknown (not a git checkout)".into(),
+    let Some(rev) = out(&["rev-parse", "HEAD"]).map(|r| r.trim().to_string()) else {
+        return Ok("unknown (not a git checkout)".into());
+    };
+    let changed = changed_files(
+        &out(&["diff", "--name-only", "--relative", "HEAD", "--"]).unwrap_or_default(),
+    );
+    if changed.is_empty() {
+        return Ok(rev);
     }
+    let shown = changed
+        .iter()
+        .take(8)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = match changed.len() {
+        n if n > 8 => format!(" and {} more", n - 8),
+        _ => String::new(),
+    };
+    if !allow_dirty {
+        return Err(BadParam(format!(
+            "the working tree differs from commit {} in {shown}{more} (tracked files other \
+             than pipeline.lock and reports/), so this report could not be traced to a commit; \
+             commit the changes and run it again (`just report`), or set \
+             report.allow_dirty: true (`-S report.allow_dirty=true`) to build it anyway, naming \
+             those files",
+            &rev[..rev.len().min(12)]
+        ))
+        .into());
+    }
+    Ok(format!("{rev} with uncommitted changes to {shown}{more}"))
 }
 
 fn assets() -> PathBuf {
@@ -109,6 +148,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
             let studies: BTreeMap<String, StepStudy> = stage_param("report.step_study")?;
             let headline: HeadlineConfig = stage_param("report.headline")?;
             headline.validate()?;
+            let allow_dirty: bool = stage_param("report.allow_dirty")?;
+            let git_revision = git_revision(allow_dirty)?;
             known_benchmarks("report.step_study", &studies, |st| &st.benchmark, &names)?;
             // A benchmark's prepared dataset has the benchmark's name (as in train-base).
             let benchmarks: Vec<BenchmarkSpec> = names
@@ -128,7 +169,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 root: PathBuf::from("."),
                 out_dir: out,
                 provenance: Provenance {
-                    git_revision: git_revision(),
+                    git_revision,
                     acpo_version: env!("CARGO_PKG_VERSION").to_string(),
                     profile,
                     lock: PathBuf::from("pipeline.lock"),
@@ -137,6 +178,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                         "report.runs": runs,
                         "report.step_study": studies,
                         "report.headline": headline,
+                        "report.allow_dirty": allow_dirty,
                     }),
                 },
                 benchmarks,
@@ -154,4 +196,21 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_files;
+
+    #[test]
+    fn what_a_run_writes_does_not_make_the_tree_changed() {
+        let diff = "pipeline.lock\nreports/index.html\nreports/anime32/methods.csv\n\
+                    src/main.rs\nreports.md\nparams.yaml\n";
+        assert_eq!(
+            changed_files(diff),
+            ["src/main.rs", "reports.md", "params.yaml"]
+        );
+        assert!(changed_files("pipeline.lock\nreports/x.png\n").is_empty());
+        assert!(changed_files("").is_empty());
+    }
 }
