@@ -5,6 +5,9 @@
 //! changes only when what the command says changes. Review a change with `cargo insta review`
 //! (or `INSTA_UPDATE=always cargo test --test cli_snapshots` and `git diff`).
 
+mod common;
+
+use common::git;
 use regex::Regex;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -146,27 +149,6 @@ fn a_dvc_pipeline_graph_and_what_is_not_acted_on() {
             shown(d.path(), &run),
             shown(d.path(), &status)
         )
-    );
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let o = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
     );
 }
 

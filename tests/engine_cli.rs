@@ -1,6 +1,9 @@
 //! End-to-end tests of the `acpo` binary's engine commands on toy shell pipelines:
 //! exit codes (0 ok, 1 stage failed, 2 bad input, 130 interrupted), messages, resume hints.
 
+mod common;
+
+use common::git;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -353,16 +356,6 @@ fn a_stage_dies_with_its_engine_killed_by_sigkill() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let st = Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "git {args:?}: {}", text(&st));
 }
 
 /// `metrics show`, `metrics diff` (against a git revision and against the previous run) and

@@ -96,29 +96,13 @@ fn an_unknown_ddim_spacing_is_bad_input_exit_2() {
 fn a_report_from_a_changed_tree_is_refused_unless_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let git = |args: &[&str]| {
-        let o = std::process::Command::new("git")
-            .args([
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "-c",
-                "commit.gpgsign=false",
-            ])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "git {args:?}");
-    };
     std::fs::create_dir(dir.join("reports")).unwrap();
     for f in ["pipeline.lock", "params.yaml", "reports/index.html"] {
         std::fs::write(dir.join(f), "1\n").unwrap();
     }
-    git(&["init", "-q"]);
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "first"]);
+    common::git(dir, &["init", "-q"]);
+    common::git(dir, &["add", "."]);
+    common::git(dir, &["commit", "-q", "-m", "first"]);
     let aggregate = |allow: bool| {
         let params = serde_json::json!({
             "report.benchmarks": ["cifar10"],
@@ -127,18 +111,11 @@ fn a_report_from_a_changed_tree_is_refused_unless_allowed() {
             "report.headline": {},
             "report.allow_dirty": allow,
         });
-        let p = dir.join(".params.json");
-        std::fs::write(&p, params.to_string()).unwrap();
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_acpo"))
-            .args(["stage", "report", "aggregate", "--out", "reports"])
-            .current_dir(dir)
-            .env("ACPO_PARAMS", &p)
-            .env("ACPO_STAGE", "aggregate")
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
+        common::run_stage_in(
+            dir,
+            &params,
+            "aggregate",
+            &["report", "aggregate", "--out", "reports"],
         )
     };
     // What a run writes does not count: the check passes (and the stage goes on to fail on

@@ -2,18 +2,29 @@
 //! seeded generator for the soak and fuzz tests.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Command;
 
 /// Runs `acpo stage <args>` in a temporary directory with `params` as its `ACPO_PARAMS` file
 /// and `stage` as `ACPO_STAGE`; returns the exit code and stderr.
 pub fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Option<i32>, String) {
     let tmp = tempfile::tempdir().unwrap();
-    let p = tmp.path().join("params.json");
+    run_stage_in(tmp.path(), params, stage, args)
+}
+
+/// [`run_stage`] in `dir` (its `params.json` written there).
+pub fn run_stage_in(
+    dir: &Path,
+    params: &serde_json::Value,
+    stage: &str,
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let p = dir.join("params.json");
     std::fs::write(&p, params.to_string()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_acpo"))
         .arg("stage")
         .args(args)
-        .current_dir(tmp.path())
+        .current_dir(dir)
         .env("ACPO_PARAMS", &p)
         .env("ACPO_STAGE", stage)
         .output()
@@ -22,6 +33,29 @@ pub fn run_stage(params: &serde_json::Value, stage: &str, args: &[&str]) -> (Opt
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `git args` in `dir` with a throwaway identity and no signing; panics with its stderr
+/// when it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// splitmix64: the seeded generator of the soak's kill schedule and the fuzz's mutations (a
