@@ -24,6 +24,10 @@ pub enum DiffusionCommand {
         /// Ignore an existing checkpoint and start from step 0.
         #[arg(long)]
         fresh: bool,
+        /// Also write this invocation's resume point and speed here (JSON). Kept out of the
+        /// model folder, which every later stage depends on.
+        #[arg(long)]
+        timing: Option<PathBuf>,
     },
     /// Draw `sample.num_images` images from fixed seeds with the EMA weights.
     Sample {
@@ -65,12 +69,16 @@ pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
             data,
             out,
             fresh,
+            timing,
         } => {
             let p = params(&benchmark, true)?;
             let data = data.unwrap_or_else(|| PathBuf::from("data/prepared").join(&benchmark));
             let out = out.unwrap_or_else(|| PathBuf::from("results/base").join(&benchmark));
             let o = train_base(&p, &data, &out, fresh)
                 .with_context(|| format!("train-base {benchmark} into {}", out.display()))?;
+            if let Some(path) = &timing {
+                super::write_timing(path, &o.invocation)?;
+            }
             eprintln!(
                 "train-base {benchmark}: {} steps ({} params, {} images), final train loss {:.4}, held-out MSE {:.4} ± {:.4} (n={}), {:.2} images/s",
                 o.steps,
@@ -80,7 +88,7 @@ pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
                 o.heldout_mse.mean,
                 o.heldout_mse.ci95,
                 o.heldout_mse.n,
-                o.images_per_s
+                o.invocation.images_per_s
             );
             Ok(())
         }

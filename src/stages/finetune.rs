@@ -48,6 +48,10 @@ pub struct FinetuneArgs {
     /// Ignore an existing checkpoint in `--out`.
     #[arg(long)]
     fresh: bool,
+    /// Also write this invocation's resume point and speed here (JSON). Kept out of `--out`,
+    /// which the evaluation depends on.
+    #[arg(long)]
+    timing: Option<PathBuf>,
 }
 
 fn mirror() -> PathBuf {
@@ -105,6 +109,9 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("finetune {} -> {}", a.benchmark, a.out.display()))?
     .context("the run stopped before its last step")?;
+    if let Some(path) = &a.timing {
+        super::write_timing(path, &outcome.invocation)?;
+    }
     let judges: Vec<String> = outcome
         .last
         .judges
@@ -129,7 +136,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         outcome.method,
         outcome.lambda_a,
         outcome.steps,
-        outcome.steps_per_s,
+        outcome.invocation.steps_per_s,
         outcome.last.anchor_distance.mean,
         outcome.base.heldout_mse.mean,
         outcome.last.heldout_mse.mean,

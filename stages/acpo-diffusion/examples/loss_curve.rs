@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (_, o) = train_loop(&p, &data, None, out, true, &device)?;
     eprintln!(
         "{}: {} steps, {:.2} images/s",
-        a[1], o.steps, o.images_per_s
+        a[1], o.steps, o.invocation.images_per_s
     );
     print!("{}", std::fs::read_to_string(out.join("loss.csv"))?);
     Ok(())

@@ -39,5 +39,5 @@ pub use config::{
 pub use error::{DiffusionError, Result};
 pub use metrics::{heldout_mse, HeldoutMse};
 pub use schedule::NoiseSchedule;
-pub use train::{sample_stage, train_base, TrainOutcome};
+pub use train::{sample_stage, train_base, TrainInvocation, TrainOutcome};
 pub use unet::{Cond, UNet};

@@ -90,20 +90,33 @@ pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
 pub struct TrainOutcome {
     /// Optimiser steps completed.
     pub steps: usize,
-    /// Step the run resumed from (0 for a fresh run).
-    pub resumed_from: usize,
     /// Mean training loss of the last (up to) 100 steps.
     pub final_train_loss: f64,
     /// Held-out noise-prediction MSE of the EMA model on the test split.
     pub heldout_mse: HeldoutMse,
-    /// Training throughput of this invocation (images per second, checkpoints excluded).
-    pub images_per_s: f64,
-    /// Wall-clock seconds of this invocation's training steps.
-    pub train_seconds: f64,
     /// Scalar parameters of the UNet.
     pub num_params: usize,
     /// Training images used.
     pub train_images: usize,
+    /// This invocation's resume point and speed. Not in `metrics.json`: that file sits in the
+    /// model folder every later stage depends on, so it holds only what the same inputs
+    /// reproduce byte for byte (an idle re-measurement must not make the stages below stale).
+    #[serde(skip)]
+    pub invocation: TrainInvocation,
+}
+
+/// How one `train-base` invocation went: written by the stage glue to a timing file outside
+/// the model folder (`results/timing/`), never into it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainInvocation {
+    /// Step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+    /// Optimiser steps done by this invocation.
+    pub steps_done: usize,
+    /// Wall-clock seconds of this invocation's training steps (checkpoints excluded).
+    pub train_seconds: f64,
+    /// Training throughput of this invocation (images per second).
+    pub images_per_s: f64,
 }
 
 /// Fields of the train config that may change between a checkpoint and its resumption.
@@ -432,21 +445,24 @@ pub fn train_loop_until(
         / k as f64;
     let outcome = TrainOutcome {
         steps: until,
-        resumed_from: start,
         final_train_loss: final_loss,
         heldout_mse: HeldoutMse {
             mean: f64::NAN,
             ci95: f64::NAN,
             n: 0,
         },
-        images_per_s: if train_secs > 0.0 {
-            (done_here * tc.batch_size) as f64 / train_secs
-        } else {
-            0.0
-        },
-        train_seconds: train_secs,
         num_params: model.num_params(),
         train_images: data.n,
+        invocation: TrainInvocation {
+            resumed_from: start,
+            steps_done: done_here,
+            train_seconds: train_secs,
+            images_per_s: if train_secs > 0.0 {
+                (done_here * tc.batch_size) as f64 / train_secs
+            } else {
+                0.0
+            },
+        },
     };
     Ok((model, outcome))
 }

@@ -82,9 +82,16 @@ fn resume_is_bit_identical_and_outputs_are_complete() {
     let h = train_base(&tiny_params(5), &data, &split, false).unwrap();
     assert_eq!(h.steps, 5);
     let b = train_base(&tiny_params(8), &data, &split, false).unwrap();
-    assert_eq!(b.resumed_from, 5);
+    assert_eq!(b.invocation.resumed_from, 5);
 
-    for f in ["model.safetensors", "checkpoint.safetensors", "loss.csv"] {
+    // metrics.json too: the model folder is every later stage's dependency, so a resumed
+    // (or re-measured) run must not change a byte of it (no timing or resume point inside).
+    for f in [
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "loss.csv",
+        "metrics.json",
+    ] {
         assert!(
             bytes(&full.join(f)) == bytes(&split.join(f)),
             "{f} differs after resume"
@@ -166,7 +173,7 @@ fn recipe_run_resumes_bit_exactly_from_an_intermediate_stop() {
     let csv = String::from_utf8(bytes(&split.join("loss.csv"))).unwrap();
     assert_eq!(csv.lines().count(), 6, "{csv}");
     let b = train_base(&p, &data, &split, false).unwrap();
-    assert_eq!(b.resumed_from, 5);
+    assert_eq!(b.invocation.resumed_from, 5);
     for f in ["model.safetensors", "checkpoint.safetensors", "loss.csv"] {
         assert!(
             bytes(&full.join(f)) == bytes(&split.join(f)),

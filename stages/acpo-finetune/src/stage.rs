@@ -383,8 +383,6 @@ pub struct FinetuneOutcome {
     pub lambda_d: f64,
     /// Steps done (fewer than configured when the drift stop fired).
     pub steps: usize,
-    /// Step the run resumed from (0 = fresh).
-    pub resumed_from: usize,
     pub drift_stop: Option<DriftStop>,
     /// The probe at step 0 (the base model).
     pub base: CurveRow,
@@ -393,9 +391,6 @@ pub struct FinetuneOutcome {
     pub last: CurveRow,
     /// Mean training loss over the last 10% of steps.
     pub final_train_loss: f64,
-    /// Wall-clock seconds of the steps done in this invocation, and their rate.
-    pub train_seconds: f64,
-    pub steps_per_s: f64,
     pub device: String,
     pub num_params: usize,
     pub train_images: usize,
@@ -405,6 +400,23 @@ pub struct FinetuneOutcome {
     /// Seed of the training draws (the replicate).
     #[serde(default)]
     pub seed: u64,
+    /// This invocation's resume point and speed. Not in `metrics.json`: the run folder is
+    /// the evaluation's dependency, so it holds only what the same inputs reproduce byte for
+    /// byte (the stage glue writes this to a timing file under `results/timing/`).
+    #[serde(skip)]
+    pub invocation: FinetuneInvocation,
+}
+
+/// How one fine-tuning invocation went (see [`FinetuneOutcome::invocation`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct FinetuneInvocation {
+    /// Step the run resumed from (0 = fresh).
+    pub resumed_from: usize,
+    /// Steps done by this invocation.
+    pub steps_done: usize,
+    /// Wall-clock seconds of the steps done in this invocation, and their rate.
+    pub train_seconds: f64,
+    pub steps_per_s: f64,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> FinetuneError {
@@ -1045,22 +1057,25 @@ pub fn run_finetune(
         lambda_a: lambdas.a,
         lambda_d: lambdas.d,
         steps: step,
-        resumed_from: start,
         drift_stop,
         base,
         last,
         final_train_loss,
-        train_seconds,
-        steps_per_s: if train_seconds > 0.0 {
-            done as f64 / train_seconds
-        } else {
-            0.0
-        },
         device: format!("{device:?}"),
         num_params: model.num_params(),
         train_images: n_train,
         calibration,
         seed: cfg.seed,
+        invocation: FinetuneInvocation {
+            resumed_from: start,
+            steps_done: done,
+            train_seconds,
+            steps_per_s: if train_seconds > 0.0 {
+                done as f64 / train_seconds
+            } else {
+                0.0
+            },
+        },
     };
     write_atomic(&out.join("metrics.json"), json_string(&outcome).as_bytes())?;
     Ok(Some(outcome))

@@ -148,7 +148,7 @@ fn resume_is_bit_identical() {
     let full = run_finetune(&c, &a, &RunOptions::default())
         .unwrap()
         .unwrap();
-    assert_eq!((full.steps, full.resumed_from), (6, 0));
+    assert_eq!((full.steps, full.invocation.resumed_from), (6, 0));
     let cal = full
         .calibration
         .expect("normalize: base records its calibration");
@@ -185,8 +185,16 @@ fn resume_is_bit_identical() {
     let resumed = run_finetune(&c, &b, &RunOptions::default())
         .unwrap()
         .unwrap();
-    assert_eq!((resumed.steps, resumed.resumed_from), (6, 3));
-    for f in ["model.safetensors", "loss.csv", "curve.csv", "config.json"] {
+    assert_eq!((resumed.steps, resumed.invocation.resumed_from), (6, 3));
+    // metrics.json too: the run folder is the evaluation's dependency, so a resumed (or
+    // re-measured) run must not change a byte of it (no timing or resume point inside).
+    for f in [
+        "model.safetensors",
+        "loss.csv",
+        "curve.csv",
+        "config.json",
+        "metrics.json",
+    ] {
         assert!(
             read(&a.out_dir.join(f)) == read(&b.out_dir.join(f)),
             "{f} differs after resume"
