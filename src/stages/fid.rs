@@ -54,12 +54,6 @@ pub enum FidCommand {
     },
 }
 
-fn assets() -> PathBuf {
-    std::env::var_os("ACPO_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".cache/assets"))
-}
-
 /// `dir/name.ext` -> `dir/name.<suffix>`.
 fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     let stem = path
@@ -81,7 +75,7 @@ fn load_model(weights: &Path) -> anyhow::Result<InceptionV3> {
 pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
     match cmd {
         FidCommand::Weights { source, out } => {
-            let source = source.unwrap_or_else(|| assets().join("fid/default_1.pt"));
+            let source = source.unwrap_or_else(|| super::assets().join("fid/default_1.pt"));
             let summary = torchscript::convert(&source, &out).with_context(|| {
                 format!(
                     "converting {} (unpacked by scripts/setup.sh)",

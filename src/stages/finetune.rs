@@ -54,12 +54,6 @@ pub struct FinetuneArgs {
     timing: Option<PathBuf>,
 }
 
-fn mirror() -> PathBuf {
-    std::env::var_os("ACPO_MIRROR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"))
-}
-
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     let defaults: Value = stage_param("finetune.defaults")?;
     let bench: Value = stage_param(&format!("finetune.{}", a.benchmark))?;
@@ -89,7 +83,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         out_dir: a.out.clone(),
         guidance: a
             .guidance
-            .unwrap_or_else(|| mirror().join("iqa/CNNIQA-LIVE.safetensors")),
+            .unwrap_or_else(|| super::mirror().join("iqa/CNNIQA-LIVE.safetensors")),
         judges: a.judges,
         base_eval: Some(BaseEval {
             metrics: PathBuf::from("results/eval")

@@ -32,12 +32,6 @@ pub enum IqaCommand {
     },
 }
 
-fn mirror() -> PathBuf {
-    std::env::var_os("ACPO_MIRROR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"))
-}
-
 const PREPARED_TEST: &str = "data/prepared/cifar10/test.safetensors";
 
 pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
@@ -45,10 +39,10 @@ pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
         IqaCommand::ExportCnniqa { out, out_dir } => {
             let cfg: ExportConfig = stage_param("iqa.export")?;
             acpo_iqa::onnx::init_ort(None)?;
-            let weights = mirror().join("iqa/CNNIQA-LIVE.safetensors");
+            let weights = super::mirror().join("iqa/CNNIQA-LIVE.safetensors");
             let model = Cnniqa::load_cpu(&weights)?;
             let (images, source) =
-                cifar_test_images(Path::new(PREPARED_TEST), &mirror(), cfg.check_images)?;
+                cifar_test_images(Path::new(PREPARED_TEST), &super::mirror(), cfg.check_images)?;
             let checks = run_export(&cfg, &model, &images, &out, &out_dir)
                 .with_context(|| format!("exporting CNNIQA from {}", weights.display()))?;
             for c in &checks {
@@ -63,7 +57,7 @@ pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
             let cfg: SanityConfig = stage_param("iqa.sanity")?;
             let reg = Registry::load(&registry)?;
             let (images, source) =
-                cifar_test_images(Path::new(PREPARED_TEST), &mirror(), cfg.samples)?;
+                cifar_test_images(Path::new(PREPARED_TEST), &super::mirror(), cfg.samples)?;
             let rows = run_sanity(&cfg, &reg, &images)?;
             write_outputs(&rows, &cfg, &source, &out_dir)?;
             for r in &rows {

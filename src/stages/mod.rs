@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod iqa;
 pub mod params;
 pub mod report;
+pub mod text;
 
 use clap::Subcommand;
 
@@ -34,6 +35,25 @@ pub enum StageCommand {
     /// Reports from the evaluations: aggregate, study-report (acpo-report).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// The prompt encoder (all-MiniLM-L6-v2): captions of a dataset, prompt files (acpo-text).
+    #[command(subcommand)]
+    Text(text::TextCommand),
+}
+
+/// The data mirror: `$ACPO_MIRROR` (which `acpo` itself defaults to `<pipeline dir>/../shared/data`
+/// before running a stage), else `../shared/data`.
+pub(crate) fn mirror() -> std::path::PathBuf {
+    std::env::var_os("ACPO_MIRROR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("../shared/data"))
+}
+
+/// The installed assets (scripts/setup.sh): `$ACPO_ASSETS` (defaulted by `acpo` like the
+/// mirror), else `.cache/assets`.
+pub(crate) fn assets() -> std::path::PathBuf {
+    std::env::var_os("ACPO_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(".cache/assets"))
 }
 
 pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
@@ -45,6 +65,7 @@ pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
         StageCommand::Finetune(a) => finetune::run(a),
         StageCommand::Eval(c) => eval::run(c),
         StageCommand::Report(c) => report::run(c),
+        StageCommand::Text(c) => text::run(c),
     }
 }
 

@@ -98,12 +98,6 @@ fn git_revision(allow_dirty: bool) -> anyhow::Result<String> {
     Ok(format!("{rev} with uncommitted changes to {shown}{more}"))
 }
 
-fn assets() -> PathBuf {
-    std::env::var_os("ACPO_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".cache/assets"))
-}
-
 /// Fails naming `param.<key>` when an entry's benchmark is not in `report.benchmarks`.
 fn known_benchmarks<T>(
     param: &str,
@@ -131,7 +125,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     .join(&benchmark)
                     .join("metrics.json"),
                 out_dir: out.unwrap_or_else(|| PathBuf::from("reports/study").join(&benchmark)),
-                font: assets().join("fonts/DejaVuSans.ttf"),
+                font: super::assets().join("fonts/DejaVuSans.ttf"),
                 benchmark,
             };
             let runs = study_report(&spec).context("study-report")?;
@@ -182,7 +176,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     }),
                 },
                 benchmarks,
-                font: assets().join("fonts/DejaVuSans.ttf"),
+                font: super::assets().join("fonts/DejaVuSans.ttf"),
                 fix_eval: "acpo repro evaluate@{benchmark}-{run} (or evaluate-base@{benchmark} for the base)".into(),
                 headline,
             };
