@@ -73,12 +73,5 @@ pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
 /// Such files live under `results/timing/`, outside every folder a later stage depends on, so
 /// re-measuring a stage whose outputs come out byte-identical leaves everything below it fresh.
 fn write_timing<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    acpo_pipeline::fsutil::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(acpo_core::write_json(path, value)?)
 }

@@ -158,7 +158,7 @@ fn encode<S: AsRef<str>>(
 ) -> anyhow::Result<(TextEncoder, EmbeddingSet)> {
     let dir = model.unwrap_or_else(|| super::assets().join("minilm"));
     let enc = TextEncoder::load(&dir, &Device::Cpu)?;
-    let bar = acpo_data::progress::bar(prompts.len() as u64, "encode");
+    let bar = acpo_core::progress::bar(prompts.len() as u64, "encode");
     let set = EmbeddingSet::encode(&enc, prompts, batch, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok((enc, set))

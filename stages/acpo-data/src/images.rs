@@ -308,7 +308,7 @@ where
     let mut set = ImageSet::new(h, w);
     let k = set.image_bytes();
     set.pixels = vec![0u8; members.len() * k];
-    let bar = crate::progress::bar(members.len() as u64, "decoding");
+    let bar = acpo_core::progress::bar(members.len() as u64, "decoding");
     let labels: Vec<Result<i64>> = set
         .pixels
         .par_chunks_mut(k)

@@ -16,7 +16,6 @@ pub mod cifar;
 pub mod error;
 pub mod images;
 pub mod output;
-pub mod progress;
 pub mod prompts;
 pub mod sources;
 pub mod split;

@@ -15,6 +15,8 @@ pub struct ImageSet {
     pub h: usize,
     pub w: usize,
     pub c: usize,
+    /// Class of each image (`labels`; all 0 when the split has none).
+    pub labels: Vec<i64>,
 }
 
 impl ImageSet {
@@ -49,7 +51,24 @@ impl ImageSet {
             return Err(bad("images", format!("shape {:?} is empty", t.dims())));
         }
         let pixels = t.flatten_all()?.to_vec1::<u8>()?;
-        Ok(Self { pixels, n, h, w, c })
+        let labels = match map.get("labels") {
+            None => vec![0; n],
+            Some(l) if l.dtype() == DType::I64 && l.dims() == [n] => l.to_vec1::<i64>()?,
+            Some(l) => {
+                return Err(bad(
+                    "labels",
+                    format!("{:?} {:?}, expected I64 [{n}]", l.dtype(), l.dims()),
+                ))
+            }
+        };
+        Ok(Self {
+            pixels,
+            n,
+            h,
+            w,
+            c,
+            labels,
+        })
     }
 
     /// Keeps the first `k` images (`0` or `k >= n` keeps all).
@@ -57,6 +76,7 @@ impl ImageSet {
         if k > 0 && k < self.n {
             self.n = k;
             self.pixels.truncate(k * self.h * self.w * self.c);
+            self.labels.truncate(k);
         }
     }
 
@@ -119,6 +139,7 @@ mod tests {
             h: 2,
             w: 3,
             c: 3,
+            labels: vec![0, 1],
         };
         let t = set.batch(&[1, 0], &[false, false], &Device::Cpu).unwrap();
         let back = to_u8_hwc(&t).unwrap();

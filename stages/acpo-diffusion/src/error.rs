@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffusionError {
+    /// An output could not be written (acpo-core's atomic write names the file).
+    #[error(transparent)]
+    Write(#[from] acpo_core::AtomicError),
     /// A tensor operation failed (shape mismatch, device error, ...).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

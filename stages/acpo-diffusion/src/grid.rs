@@ -44,14 +44,15 @@ pub fn write_grid(
     std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
 }
 
-/// Writes images as safetensors with `images` U8 `[n, h, w, 3]`, `labels` I64 zeros and the
-/// per-image `seeds` I64 (atomically).
+/// Writes images as safetensors with `images` U8 `[n, h, w, 3]`, `labels` I64 (zeros, or
+/// the class each image was prompted with) and the per-image `seeds` I64 (atomically).
 pub fn write_images(
     pixels: Vec<u8>,
     n: usize,
     h: usize,
     w: usize,
     seeds: &[u64],
+    labels: Option<&[i64]>,
     path: &Path,
 ) -> Result<()> {
     let dev = Device::Cpu;
@@ -60,10 +61,11 @@ pub fn write_images(
         "images".to_string(),
         Tensor::from_vec(pixels, (n, h, w, 3), &dev)?,
     );
-    map.insert(
-        "labels".to_string(),
-        Tensor::zeros(n, candle_core::DType::I64, &dev)?,
-    );
+    let labels = match labels {
+        Some(l) => Tensor::from_vec(l.to_vec(), n, &dev)?,
+        None => Tensor::zeros(n, candle_core::DType::I64, &dev)?,
+    };
+    map.insert("labels".to_string(), labels);
     let s: Vec<i64> = seeds.iter().map(|&s| s as i64).collect();
     map.insert("seeds".to_string(), Tensor::from_vec(s, n, &dev)?);
     crate::train::save_tensors_atomic(&map, path)

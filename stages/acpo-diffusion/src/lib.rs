@@ -15,6 +15,7 @@
 //! Every random draw comes from [`rng::SeededRng`] streams keyed by explicit seeds, never from
 //! candle's global RNG, so results are reproducible and training resumes bit-exactly.
 
+pub mod conditioning;
 pub mod config;
 /// The hand-written CPU ops (acpo-ops), re-exported where the UNet's layers call them.
 pub use acpo_ops::{conv, norm};
@@ -32,6 +33,7 @@ pub mod schedule;
 pub mod train;
 pub mod unet;
 
+pub use conditioning::{ClassContexts, ConditioningCheck};
 pub use config::{
     BenchmarkParams, LossWeighting, LrSchedule, SampleConfig, ScheduleKind, Spacing, TrainConfig,
     UNetConfig,
@@ -39,5 +41,8 @@ pub use config::{
 pub use error::{DiffusionError, Result};
 pub use metrics::{heldout_mse, HeldoutMse};
 pub use schedule::NoiseSchedule;
-pub use train::{sample_stage, train_base, TrainInvocation, TrainOutcome};
+pub use train::{
+    sample_stage, sample_stage_conditional, train_base, train_base_conditional, TrainCond,
+    TrainInvocation, TrainOutcome,
+};
 pub use unet::{Cond, UNet};

@@ -33,6 +33,39 @@ pub fn heldout_mse(
     n_draws: usize,
     cond: Cond,
 ) -> Result<HeldoutMse> {
+    let vals = heldout_mse_per_draw(model, schedule, images, seed, n_draws, cond)?;
+    Ok(HeldoutMse::from_values(&vals))
+}
+
+impl HeldoutMse {
+    /// Mean and 95% normal-approximation half-width of `vals` (e.g. per-draw MSEs, or paired
+    /// differences of two models' per-draw MSEs).
+    pub fn from_values(vals: &[f64]) -> Self {
+        let m = vals.len() as f64;
+        let mean = vals.iter().sum::<f64>() / m;
+        let var = if vals.len() > 1 {
+            vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0)
+        } else {
+            0.0
+        };
+        HeldoutMse {
+            mean,
+            ci95: 1.96 * (var / m).sqrt(),
+            n: vals.len(),
+        }
+    }
+}
+
+/// The per-draw values behind [`heldout_mse`], draw-major (`j * N + i`): two models (or two
+/// conditions) evaluated with the same seed can be compared draw by draw.
+pub fn heldout_mse_per_draw(
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    images: &Tensor,
+    seed: u64,
+    n_draws: usize,
+    cond: Cond,
+) -> Result<Vec<f64>> {
     let (n, c, h, w) = images.dims4()?;
     let device: Device = images.device().clone();
     let d = c * h * w;
@@ -69,16 +102,5 @@ pub fn heldout_mse(
             start += b;
         }
     }
-    let m = vals.len() as f64;
-    let mean = vals.iter().sum::<f64>() / m;
-    let var = if vals.len() > 1 {
-        vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0)
-    } else {
-        0.0
-    };
-    Ok(HeldoutMse {
-        mean,
-        ci95: 1.96 * (var / m).sqrt(),
-        n: vals.len(),
-    })
+    Ok(vals)
 }

@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::conditioning::{ClassContexts, ConditioningCheck};
 use crate::config::{BenchmarkParams, LossWeighting, LrSchedule, SamplerKind, TrainConfig};
 use crate::data::{to_u8_hwc, ImageSet};
 use crate::error::{DiffusionError, Result};
-use crate::metrics::{heldout_mse, HeldoutMse};
+use crate::metrics::{heldout_mse, heldout_mse_per_draw, HeldoutMse};
 use crate::optim::{AdamW, Ema};
 use crate::rng::SeededRng;
 use crate::sampler::{sample, SamplerOpts};
@@ -35,29 +35,17 @@ const KEY_DROPOUT: u64 = 2;
 
 /// Saves named tensors as safetensors under a temporary name, then renames into place.
 pub fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+    acpo_core::atomic::write_with(path, |tmp| {
+        candle_core::safetensors::save(map, tmp).map_err(DiffusionError::from)
+    })
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| DiffusionError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
+    Ok(acpo_core::write_atomic(path, bytes)?)
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).map_err(|source| DiffusionError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    write_atomic(path, s.as_bytes())
+    Ok(acpo_core::write_json(path, v)?)
 }
 
 /// The device stages run on: the first CUDA GPU when built with the `cuda` feature and one is
@@ -70,19 +58,6 @@ pub fn default_device() -> Device {
         }
     }
     Device::Cpu
-}
-
-/// A progress bar drawn only when stderr is a terminal.
-pub fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style);
-    }
-    pb
 }
 
 /// What `train-base` reports in `metrics.json`.
@@ -98,6 +73,9 @@ pub struct TrainOutcome {
     pub num_params: usize,
     /// Training images used.
     pub train_images: usize,
+    /// Conditional models only: how much the model uses its caption (held-out, paired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditioning: Option<ConditioningCheck>,
     /// This invocation's resume point and speed. Not in `metrics.json`: that file sits in the
     /// model folder every later stage depends on, so it holds only what the same inputs
     /// reproduce byte for byte (an idle re-measurement must not make the stages below stale).
@@ -154,13 +132,22 @@ impl From<&BenchmarkParams> for TrainRecord {
     }
 }
 
+/// What the images of a training run are conditioned on (unconditional runs pass `None`).
+#[derive(Debug, Clone, Copy)]
+pub enum TrainCond<'a> {
+    /// A context `[N, L, D]` per training image (row `i` for image `i`).
+    PerImage(&'a Tensor),
+    /// Captions by class: each step draws one of the image's class captions.
+    ByClass(&'a ClassContexts),
+}
+
 /// One training step's loss on a batch; draws come from `(seed, step)` streams.
 #[allow(clippy::too_many_arguments)]
 fn loss_at_step(
     model: &UNet,
     schedule: &NoiseSchedule,
     data: &ImageSet,
-    contexts: Option<&Tensor>,
+    contexts: Option<TrainCond>,
     p: &BenchmarkParams,
     step: usize,
     device: &Device,
@@ -178,10 +165,17 @@ fn loss_at_step(
     let xt = schedule.q_sample(&x0, &ts, &eps)?;
     let tt = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), b, device)?;
     let ctx = match contexts {
-        Some(c) => {
-            let ids =
-                Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), b, device)?;
-            let sel = c.index_select(&ids, 0)?;
+        Some(cond) => {
+            let sel = match cond {
+                TrainCond::PerImage(c) => {
+                    let ids = idx.iter().map(|&i| i as u32).collect::<Vec<_>>();
+                    c.index_select(&Tensor::from_vec(ids, b, device)?, 0)?
+                }
+                TrainCond::ByClass(c) => {
+                    let labels: Vec<i64> = idx.iter().map(|&i| data.labels[i]).collect();
+                    c.draw(&labels, &mut r, device)?
+                }
+            };
             // Classifier-free guidance training: drop the condition (zeros) with prob cond_drop.
             let keep: Vec<f32> = (0..b)
                 .map(|_| {
@@ -265,6 +259,31 @@ pub fn train_base(
     out_dir: &Path,
     fresh: bool,
 ) -> Result<TrainOutcome> {
+    train_base_with(p, data_dir, None, out_dir, fresh)
+}
+
+/// [`train_base`] for a prompt-conditioned model (`model.context_dim` set): each training image
+/// is captioned by one of its class's `contexts`, drawn per step, and dropped to the null
+/// condition with probability `train.cond_drop` (classifier-free guidance). The held-out MSE is
+/// taken with each test image's first class caption, and `conditioning` says how much worse the
+/// null condition and another class's caption do on the same draws.
+pub fn train_base_conditional(
+    p: &BenchmarkParams,
+    data_dir: &Path,
+    contexts: &ClassContexts,
+    out_dir: &Path,
+    fresh: bool,
+) -> Result<TrainOutcome> {
+    train_base_with(p, data_dir, Some(contexts), out_dir, fresh)
+}
+
+fn train_base_with(
+    p: &BenchmarkParams,
+    data_dir: &Path,
+    contexts: Option<&ClassContexts>,
+    out_dir: &Path,
+    fresh: bool,
+) -> Result<TrainOutcome> {
     p.validate()?;
     let mut data = ImageSet::load(&data_dir.join("train.safetensors"))?;
     data.truncate(p.train.train_subset);
@@ -279,35 +298,72 @@ pub fn train_base(
             ),
         });
     }
-    if m.context_dim.is_some() {
-        return Err(DiffusionError::config(
-            "model.context_dim",
-            "train-base on an image dataset trains unconditional models; use train_loop with contexts",
-        ));
-    }
+    check_contexts(p, contexts)?;
     std::fs::create_dir_all(out_dir).map_err(|e| DiffusionError::io(out_dir, e))?;
     let device = default_device();
     let test_path = data_dir.join("test.safetensors");
     let mut test = ImageSet::load(&test_path)?;
     test.truncate(p.train.heldout_images);
-    let (_model, outcome_parts) = train_loop(p, &data, None, out_dir, fresh, &device)?;
+    if let Some(c) = contexts {
+        c.check_covers(&data.labels)?;
+        c.check_covers(&test.labels)?;
+    }
+    let cond = contexts.map(TrainCond::ByClass);
+    let (_model, outcome_parts) = train_loop(p, &data, cond, out_dir, fresh, &device)?;
     let ema_model = UNet::load(&p.model, &out_dir.join("model.safetensors"), &device)?;
     let schedule = NoiseSchedule::from_config(&p.schedule)?;
-    let mse = heldout_mse(
-        &ema_model,
-        &schedule,
-        &test.all(&device)?,
-        p.train.heldout_seed,
-        1,
-        None,
-    )?;
+    let images = test.all(&device)?;
+    let seed = p.train.heldout_seed;
+    let (mse, conditioning) = match contexts {
+        None => (
+            heldout_mse(&ema_model, &schedule, &images, seed, 1, None)?,
+            None,
+        ),
+        Some(c) => {
+            let caption = c.first(&test.labels, &device)?;
+            let k = c.classes() as i64;
+            let other_labels: Vec<i64> = test.labels.iter().map(|l| (l + 1) % k).collect();
+            let other = c.first(&other_labels, &device)?;
+            let null = caption.zeros_like()?;
+            let draws = |ctx: &Tensor| {
+                heldout_mse_per_draw(&ema_model, &schedule, &images, seed, 1, Some(ctx))
+            };
+            let check =
+                ConditioningCheck::from_draws(&draws(&caption)?, &draws(&null)?, &draws(&other)?);
+            (check.caption, Some(check))
+        }
+    };
     let outcome = TrainOutcome {
         heldout_mse: mse,
         train_images: data.n,
+        conditioning,
         ..outcome_parts
     };
     write_json(&out_dir.join("metrics.json"), &outcome)?;
     Ok(outcome)
+}
+
+/// A conditional model needs contexts of its `context_dim`, an unconditional one none.
+fn check_contexts(p: &BenchmarkParams, contexts: Option<&ClassContexts>) -> Result<()> {
+    match (p.model.context_dim, contexts) {
+        (None, None) => Ok(()),
+        (Some(d), Some(c)) if c.context_dim() == d => Ok(()),
+        (Some(d), Some(c)) => Err(DiffusionError::config(
+            "model.context_dim",
+            format!(
+                "{d}, but the captions' token states are {} wide",
+                c.context_dim()
+            ),
+        )),
+        (Some(_), None) => Err(DiffusionError::config(
+            "model.context_dim",
+            "a prompt-conditioned model needs captions (train-base/sample --captions)",
+        )),
+        (None, Some(_)) => Err(DiffusionError::config(
+            "model.context_dim",
+            "unset (an unconditional model), but captions were given",
+        )),
+    }
 }
 
 /// The training loop behind [`train_base`]: trains (or resumes) and writes `model.safetensors`,
@@ -317,7 +373,7 @@ pub fn train_base(
 pub fn train_loop(
     p: &BenchmarkParams,
     data: &ImageSet,
-    contexts: Option<&Tensor>,
+    contexts: Option<TrainCond>,
     out_dir: &Path,
     fresh: bool,
     device: &Device,
@@ -333,7 +389,7 @@ pub fn train_loop(
 pub fn train_loop_until(
     p: &BenchmarkParams,
     data: &ImageSet,
-    contexts: Option<&Tensor>,
+    contexts: Option<TrainCond>,
     out_dir: &Path,
     fresh: bool,
     device: &Device,
@@ -369,7 +425,7 @@ pub fn train_loop_until(
     }
     write_json(&out_dir.join("config.json"), &TrainRecord::from(p))?;
 
-    let pb = progress_bar(
+    let pb = acpo_core::progress::bar_with_template(
         until as u64,
         "train {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
     );
@@ -453,6 +509,7 @@ pub fn train_loop_until(
         },
         num_params: model.num_params(),
         train_images: data.n,
+        conditioning: None,
         invocation: TrainInvocation {
             resumed_from: start,
             steps_done: done_here,
@@ -579,13 +636,29 @@ struct SampleRecord {
 /// weights in `model_dir/model.safetensors`, written to `out_dir/samples.safetensors`
 /// (`images` U8 `[N, H, W, 3]`, `labels`, `seeds`) and `out_dir/grid.png`.
 pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Result<()> {
+    sample_stage_with(p, model_dir, None, out_dir)
+}
+
+/// [`sample_stage`] for a prompt-conditioned model: image `i` is prompted with the first
+/// caption of class `i mod classes` (so a grid of `classes` columns shows one class per
+/// column) with classifier-free guidance `sample.guidance`; `labels` holds each image's class.
+pub fn sample_stage_conditional(
+    p: &BenchmarkParams,
+    model_dir: &Path,
+    contexts: &ClassContexts,
+    out_dir: &Path,
+) -> Result<()> {
+    sample_stage_with(p, model_dir, Some(contexts), out_dir)
+}
+
+fn sample_stage_with(
+    p: &BenchmarkParams,
+    model_dir: &Path,
+    contexts: Option<&ClassContexts>,
+    out_dir: &Path,
+) -> Result<()> {
     p.validate()?;
-    if p.model.context_dim.is_some() {
-        return Err(DiffusionError::config(
-            "model.context_dim",
-            "the sample stage draws unconditional base models; conditional sampling needs prompts",
-        ));
-    }
+    check_contexts(p, contexts)?;
     let device = default_device();
     let model = UNet::load(&p.model, &model_dir.join("model.safetensors"), &device)?;
     let schedule = NoiseSchedule::from_config(&p.schedule)?;
@@ -605,14 +678,31 @@ pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Re
     };
     let seeds: Vec<u64> = (0..sc.num_images as u64).map(|i| sc.seed + i).collect();
     let nb = seeds.len().div_ceil(sc.batch_size);
-    let pb = progress_bar(
+    let pb = acpo_core::progress::bar_with_template(
         (nb * per_batch) as u64,
         "sample {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
     );
     let t0 = Instant::now();
+    let labels: Option<Vec<i64>> =
+        contexts.map(|c| (0..seeds.len()).map(|i| (i % c.classes()) as i64).collect());
     let mut pixels = Vec::new();
-    for chunk in seeds.chunks(sc.batch_size) {
-        let x = sample(&model, &schedule, chunk, None, &opts, &device, || pb.inc(1))?;
+    for (k, chunk) in seeds.chunks(sc.batch_size).enumerate() {
+        let ctx = match (contexts, &labels) {
+            (Some(c), Some(l)) => {
+                let start = k * sc.batch_size;
+                Some(c.first(&l[start..start + chunk.len()], &device)?)
+            }
+            _ => None,
+        };
+        let x = sample(
+            &model,
+            &schedule,
+            chunk,
+            ctx.as_ref(),
+            &opts,
+            &device,
+            || pb.inc(1),
+        )?;
         pixels.extend(to_u8_hwc(&x)?);
     }
     pb.finish_and_clear();
@@ -624,6 +714,7 @@ pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Re
         s,
         s,
         &seeds,
+        labels.as_deref(),
         &out_dir.join("samples.safetensors"),
     )?;
     crate::grid::write_grid(

@@ -1,6 +1,8 @@
 //! Finite-difference gradient checks (in f64) of every building block used in training, and
 //! regression tests for the two candle 0.11 gradient traps listed in `STACK.md`.
 
+mod common;
+
 use acpo_diffusion::nn::{
     attention, softmax_last, timestep_embedding, upsample_nearest2x, Conv2d, GroupNorm, Linear,
 };
@@ -278,18 +280,7 @@ fn time_embedding_mlp_gradients() {
 }
 
 fn tiny_cfg(context: Option<usize>) -> UNetConfig {
-    UNetConfig {
-        image_size: 8,
-        in_channels: 3,
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attention_resolutions: vec![4],
-        num_heads: 2,
-        dropout: 0.0,
-        norm_groups: 4,
-        context_dim: context,
-    }
+    common::tiny_unet(context)
 }
 
 /// The whole tiny UNet (self- and cross-attention, down- and upsampling, skips) in f64: every

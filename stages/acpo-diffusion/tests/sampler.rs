@@ -4,6 +4,8 @@
 //! values were computed by the sampler before the fine-tuning probe's copy of DDIM was folded
 //! into it, so the evaluations of earlier runs and of later ones draw the same images.
 
+mod common;
+
 use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::sampler::{sample, Ddim, SamplerOpts};
@@ -12,18 +14,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
 fn tiny_config() -> UNetConfig {
-    UNetConfig {
-        image_size: 8,
-        in_channels: 3,
-        channels: 8,
-        channel_mult: vec![1, 2],
-        num_res_blocks: 1,
-        attention_resolutions: vec![4],
-        num_heads: 2,
-        dropout: 0.0,
-        norm_groups: 4,
-        context_dim: None,
-    }
+    common::tiny_unet(None)
 }
 
 /// A tiny UNet whose every weight is a seeded normal draw (a fresh model's zero-initialised

@@ -1,5 +1,7 @@
 //! `train-base` end to end on a tiny model and dataset: exact resume, outputs, sampling.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -7,6 +9,7 @@ use acpo_diffusion::config::{BenchmarkParams, SamplerKind};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::{sample_stage, train_base, UNetConfig};
 use candle_core::{Device, Tensor};
+use common::bytes;
 
 fn write_split(path: &Path, n: usize, seed: u64) {
     let mut r = SeededRng::new(seed, &[]);
@@ -35,16 +38,8 @@ fn write_split(path: &Path, n: usize, seed: u64) {
 fn tiny_params(steps: usize) -> BenchmarkParams {
     let mut p = BenchmarkParams {
         model: UNetConfig {
-            image_size: 8,
-            in_channels: 3,
-            channels: 8,
-            channel_mult: vec![1, 2],
-            num_res_blocks: 1,
-            attention_resolutions: vec![4],
-            num_heads: 2,
             dropout: 0.1,
-            norm_groups: 4,
-            context_dim: None,
+            ..common::tiny_unet(None)
         },
         ..Default::default()
     };
@@ -60,10 +55,6 @@ fn tiny_params(steps: usize) -> BenchmarkParams {
     p.sample.batch_size = 4;
     p.sample.grid_cols = 3;
     p
-}
-
-fn bytes(p: &Path) -> Vec<u8> {
-    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[test]

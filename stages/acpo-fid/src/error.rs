@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong in this crate. Errors that concern a file name it.
 #[derive(Debug, thiserror::Error)]
 pub enum FidError {
+    /// An output could not be written (acpo-core's atomic write names the file).
+    #[error(transparent)]
+    Write(#[from] acpo_core::AtomicError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -627,7 +627,7 @@ impl InceptionV3 {
         if batch_size == 0 {
             return Err(FidError::Input("batch_size must be > 0".into()));
         }
-        let bar = crate::progress_bar(indices.len() as u64, label);
+        let bar = acpo_core::progress::bar(indices.len() as u64, label);
         let mut out = Vec::with_capacity(indices.len().div_ceil(batch_size));
         for chunk in indices.chunks(batch_size) {
             let imgs = set.nchw(chunk, &self.device)?;

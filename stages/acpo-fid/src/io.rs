@@ -4,40 +4,16 @@ use crate::error::{FidError, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A temporary sibling name for `path` (same directory, so the rename is atomic).
-fn tmp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-fn ensure_parent(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|e| FidError::io(parent, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Write `bytes` to `path` through a temporary file renamed into place.
+/// Write `bytes` to `path` through a temporary file renamed into place (acpo-core).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    ensure_parent(path)?;
-    let tmp = tmp_name(path);
-    std::fs::write(&tmp, bytes).map_err(|e| FidError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| FidError::io(path, e))
+    Ok(acpo_core::write_atomic(path, bytes)?)
 }
 
-/// Write a value as pretty JSON, atomically.
+/// Write a value as pretty JSON, atomically (acpo-core).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(value)
-        .map_err(|e| FidError::data(path, format!("JSON serialisation failed: {e}")))?;
-    s.push('\n');
-    write_atomic(path, s.as_bytes())
+    Ok(acpo_core::write_json(path, value)?)
 }
 
 /// Write tensors (and optional string metadata) as safetensors, atomically.
@@ -49,8 +25,6 @@ pub fn write_safetensors<'a, I>(
 where
     I: IntoIterator<Item = (&'a String, &'a Tensor)>,
 {
-    ensure_parent(path)?;
-    let tmp = tmp_name(path);
     // safetensors needs contiguous CPU data.
     let cpu: Vec<(String, Tensor)> = tensors
         .into_iter()
@@ -58,9 +32,8 @@ where
         .collect::<Result<_>>()?;
     // Sorted header keys: the same tensors and metadata give the same bytes (acpo_data::canonical).
     let bytes = acpo_data::canonical::serialize(cpu.iter().map(|(k, t)| (k, t)), metadata)
-        .map_err(|e| FidError::data(&tmp, format!("writing safetensors failed: {e}")))?;
-    std::fs::write(&tmp, bytes).map_err(|e| FidError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| FidError::io(path, e))
+        .map_err(|e| FidError::data(path, format!("writing safetensors failed: {e}")))?;
+    write_atomic(path, &bytes)
 }
 
 /// A set of 8-bit RGB images, all of one size, stored `[N, H, W, 3]`.

@@ -28,19 +28,3 @@ pub use stats::{feature_diversity, pixel_diversity, Diversity, GaussianStats, Ki
 pub fn default_device() -> Result<candle_core::Device> {
     Ok(candle_core::Device::cuda_if_available(0)?)
 }
-
-/// A progress bar on stderr, hidden when stderr is not a terminal.
-pub(crate) fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg} [{elapsed_precise}] {bar:30} {pos}/{len} ({per_sec}, eta {eta})",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_message(label.to_string());
-    bar
-}

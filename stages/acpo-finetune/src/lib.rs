@@ -42,6 +42,9 @@ use std::path::PathBuf;
 /// Errors of the fine-tuning library.
 #[derive(Debug, thiserror::Error)]
 pub enum FinetuneError {
+    /// An output could not be written (acpo-core's atomic write names the file).
+    #[error(transparent)]
+    Write(#[from] acpo_core::AtomicError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

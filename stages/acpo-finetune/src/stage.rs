@@ -32,11 +32,9 @@ use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::{Cnniqa, Judge, PatchMode, Registry, RgbImage};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -426,40 +424,18 @@ fn io_err(path: &Path, source: std::io::Error) -> FinetuneError {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    Ok(acpo_core::write_atomic(path, bytes)?)
 }
 
 fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    acpo_core::atomic::write_with(path, |tmp| {
+        candle_core::safetensors::save(map, tmp).map_err(FinetuneError::from)
+    })
 }
 
 fn json_string<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("config types serialise")
-}
-
-fn progress_bar(len: u64) -> ProgressBar {
-    let pb = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("finetune {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-    {
-        pb.set_style(style);
-    }
-    pb
 }
 
 const LOSS_HEADER: &str = "step,loss,l_perc,q_batch,l_anchor,l_simple,grad_norm";
@@ -949,7 +925,10 @@ pub fn run_finetune(
     }
     let n_train = train.n;
     let on_policy = cfg.on_policy.partial(&cfg.objective);
-    let pb = progress_bar(cfg.steps as u64);
+    let pb = acpo_core::progress::bar_with_template(
+        cfg.steps as u64,
+        "finetune {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}",
+    );
     pb.set_position(start as u64);
     let t0 = Instant::now();
     let mut last_row: Option<CurveRow> = None;

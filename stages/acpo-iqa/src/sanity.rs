@@ -131,10 +131,7 @@ pub fn run_sanity(
     registry: &Registry,
     images: &[RgbImage],
 ) -> Result<Vec<SanityRow>> {
-    let progress = indicatif::ProgressBar::new(0);
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let progress = acpo_core::progress::bar(0, "judge sanity");
     let families: Vec<Vec<Distortion>> = vec![
         cfg.blur_sigma
             .iter()

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 /// Errors of the report crate.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// An output could not be written (acpo-core's atomic write names the file).
+    #[error(transparent)]
+    Write(#[from] acpo_core::AtomicError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

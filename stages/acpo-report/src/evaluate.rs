@@ -323,7 +323,7 @@ fn draw_samples(
         SamplerKind::Ddpm => schedule.timesteps(),
         SamplerKind::Ddim => cfg.steps,
     };
-    let pb = crate::progress::bar(
+    let pb = acpo_core::progress::bar(
         (seeds.len().div_ceil(cfg.batch_size) * per_batch) as u64,
         "sample",
     );
@@ -442,7 +442,7 @@ fn heldout(
     let d = c * h * w;
     let batch = cfg.batch_size.max(1);
     let mut out = Heldout::default();
-    let pb = crate::progress::bar((n * cfg.heldout_draws) as u64, "held-out");
+    let pb = acpo_core::progress::bar((n * cfg.heldout_draws) as u64, "held-out");
     for j in 0..cfg.heldout_draws {
         let mut start = 0;
         while start < n {
@@ -1010,7 +1010,7 @@ fn inception_features(
 ) -> Result<Tensor> {
     let n = u8_nchw.dim(0)?;
     let mut feats = Vec::new();
-    let pb = crate::progress::bar(n as u64, "inception");
+    let pb = acpo_core::progress::bar(n as u64, "inception");
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
         feats.push(

@@ -16,7 +16,6 @@ pub mod experiment;
 pub mod fsio;
 pub mod html;
 pub mod plots;
-mod progress;
 pub mod schema;
 pub mod stats;
 pub mod study;

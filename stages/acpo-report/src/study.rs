@@ -324,7 +324,7 @@ fn score(
         spacing: ev.spacing,
     };
     let seeds: Vec<u64> = (0..ev.samples as u64).map(|i| ev.seed + i).collect();
-    let pb = crate::progress::bar(seeds.len() as u64, "study sample+inception");
+    let pb = acpo_core::progress::bar(seeds.len() as u64, "study sample+inception");
     let mut pixels = Vec::new();
     let mut feats = Vec::new();
     let s = p.model.image_size;

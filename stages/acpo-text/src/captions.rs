@@ -5,12 +5,15 @@
 //! (`text.captions.templates`, each with one `{}` for the class name), so the model sees
 //! several phrasings per class and the encoder's token states vary within a class.
 
-use serde::Serialize;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TextError};
 
 /// One caption: its class and the template it came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Caption {
     /// Class index (the dataset's label).
     pub label: usize,
@@ -58,6 +61,55 @@ pub fn build_captions(classes: &[String], templates: &[String]) -> Result<Vec<Ca
         }
     }
     Ok(out)
+}
+
+/// A captions folder as `embed-captions` writes it: `captions.json` and the `tokens` of
+/// `embeddings.safetensors`, row for row.
+#[derive(Debug, Clone)]
+pub struct CaptionEmbeddings {
+    pub captions: Vec<Caption>,
+    /// `[K, L, D]` F32 token states, zero at padding.
+    pub tokens: Tensor,
+}
+
+impl CaptionEmbeddings {
+    /// Reads `dir/captions.json` and `dir/embeddings.safetensors`, checking they agree.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let cpath = dir.join("captions.json");
+        let text = std::fs::read_to_string(&cpath).map_err(|e| TextError::io(&cpath, e))?;
+        let captions: Vec<Caption> = serde_json::from_str(&text).map_err(|e| {
+            TextError::bad(
+                &cpath,
+                format!("expected a list of captions (embed-captions): {e}"),
+            )
+        })?;
+        let epath = dir.join("embeddings.safetensors");
+        let map = candle_core::safetensors::load(&epath, device)
+            .map_err(|e| TextError::bad(&epath, format!("not a readable safetensors file: {e}")))?;
+        let tokens = map
+            .get("tokens")
+            .ok_or_else(|| TextError::bad(&epath, "no `tokens` tensor"))?
+            .clone();
+        match tokens.dims() {
+            [k, _, _] if *k == captions.len() => {}
+            d => {
+                return Err(TextError::bad(
+                    &epath,
+                    format!(
+                        "`tokens` has shape {d:?}, expected [{}, L, D] (one row per caption of {})",
+                        captions.len(),
+                        cpath.display()
+                    ),
+                ))
+            }
+        }
+        Ok(CaptionEmbeddings { captions, tokens })
+    }
+
+    /// The class of every row.
+    pub fn labels(&self) -> Vec<usize> {
+        self.captions.iter().map(|c| c.label).collect()
+    }
 }
 
 #[cfg(test)]

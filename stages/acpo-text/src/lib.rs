@@ -22,7 +22,7 @@ pub mod error;
 pub mod files;
 pub mod prompts;
 
-pub use captions::{build_captions, Caption};
+pub use captions::{build_captions, Caption, CaptionEmbeddings};
 pub use embeddings::{EmbeddingSet, EmbeddingSummary};
 pub use encoder::{Encoded, TextEncoder, TokenizedPrompt};
 pub use error::{Result, TextError};

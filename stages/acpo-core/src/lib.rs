@@ -1,0 +1,16 @@
+//! The foundation under the stage crates (issue 13): one owner for what each of them used to
+//! write for itself.
+//!
+//! - [`atomic`]: outputs written to a temporary sibling and renamed into place only on success,
+//!   so an interrupted or failed stage never leaves a half-written artifact under its real name.
+//! - [`progress`]: progress bars that draw on a terminal and, when stderr is a log (the engine
+//!   pipes every stage's output), print one plain line every `ACPO_PROGRESS_SECS` seconds
+//!   (default 30) instead of going quiet.
+//!
+//! It knows nothing of diffusion, images or the engine; stage crates depend on it, it depends
+//! on none of them.
+
+pub mod atomic;
+pub mod progress;
+
+pub use atomic::{write_atomic, write_json, AtomicError};
