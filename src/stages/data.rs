@@ -101,38 +101,50 @@ fn prepare(a: PrepareArgs) -> anyhow::Result<()> {
     let dest = a.out.join(dataset.name());
     let key = format!("data.{}", dataset.name());
     let started = std::time::Instant::now();
-    let work = || -> anyhow::Result<serde_json::Value> {
+    // One line for the log; the full manifest is `<dest>/manifest.json`.
+    let work = || -> anyhow::Result<String> {
+        let splits = |s: &std::collections::BTreeMap<String, acpo_data::output::SplitStats>| {
+            s.iter()
+                .map(|(name, st)| format!("{name} {}", st.count))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         Ok(match dataset {
             Dataset::Cifar10 => {
                 let cfg: cifar::Cifar10Config = stage_param(&key)?;
-                let m = cifar::prepare(&cfg, &sources, &locator, &dest)?;
-                serde_json::to_value(&m.splits)?
+                splits(&cifar::prepare(&cfg, &sources, &locator, &dest)?.splits)
             }
             Dataset::Anime64 | Dataset::Anime32 => {
                 let side = if dataset == Dataset::Anime64 { 64 } else { 32 };
                 let cfg: anime::AnimeConfig = stage_param(&key)?;
-                let m = anime::prepare(&cfg, side, &sources, &locator, &dest)?;
-                serde_json::to_value(&m.splits)?
+                splits(&anime::prepare(&cfg, side, &sources, &locator, &dest)?.splits)
             }
             Dataset::Church256Standin => {
                 let cfg: church::Church256Config = stage_param(&key)?;
-                let m = church::prepare(&cfg, &sources, &locator, &dest)?;
-                serde_json::to_value(&m.splits)?
+                splits(&church::prepare(&cfg, &sources, &locator, &dest)?.splits)
             }
             Dataset::Prompts => {
                 let cfg: prompts::PromptsConfig = stage_param(&key)?;
                 let m = prompts::prepare(&cfg, &sources, &locator, &dest)?;
-                serde_json::json!({ "counts": m.counts, "overlap": m.overlap })
+                let sets: Vec<String> = m
+                    .counts
+                    .iter()
+                    .map(|(set, splits)| {
+                        let n: Vec<String> =
+                            splits.iter().map(|(sp, n)| format!("{sp} {n}")).collect();
+                        format!("{set}: {}", n.join("/"))
+                    })
+                    .collect();
+                format!("{} prompts ({})", m.rows, sets.join("; "))
             }
         })
     };
     let summary = work().with_context(|| format!("preparing {}", dataset.name()))?;
     eprintln!(
-        "prepared {} in {:.1} s -> {}",
+        "prepared {} in {:.1} s: {summary} -> {} (manifest.json)",
         dataset.name(),
         started.elapsed().as_secs_f64(),
         dest.display()
     );
-    println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

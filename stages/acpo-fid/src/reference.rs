@@ -7,7 +7,9 @@ use crate::io::{self, ImageSet};
 use crate::stats::{self, Diversity, GaussianStats, Kid, KidConfig};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, DVector};
-use rand::{rngs::StdRng, SeedableRng};
+// ChaCha12 named explicitly (rand 0.9's StdRng, which promises no algorithm across versions).
+use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng as StdRng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

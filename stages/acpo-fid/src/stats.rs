@@ -21,7 +21,10 @@
 use crate::error::{FidError, Result};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, DVector};
-use rand::{rngs::StdRng, SeedableRng};
+// ChaCha12 named explicitly: `StdRng` promises no algorithm across rand versions (it is
+// ChaCha12 in rand 0.9, so the KID subsets are those drawn before this was spelled out).
+use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng as StdRng;
 use serde::{Deserialize, Serialize};
 
 /// Mean and covariance of a feature set.

@@ -6,10 +6,8 @@
 //! generator that cannot be seeded).
 
 use crate::Result;
+use acpo_diffusion::rng::SeededRng;
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, StandardNormal};
 
 /// Named streams, so that different uses of one seed never share draws.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,34 +25,27 @@ pub enum Stream {
     Calibration = 5,
 }
 
-/// SplitMix64 finaliser, to spread `(seed, stream, step)` over the seed space.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The generator of one step of one stream.
-pub fn rng(seed: u64, stream: Stream, step: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ stream as u64) ^ step))
+/// The generator of one step of one stream: acpo-diffusion's [`SeededRng`] (the project's one
+/// seeded generator, ChaCha12) keyed by `(seed, stream, step)`.
+pub fn rng(seed: u64, stream: Stream, step: u64) -> SeededRng {
+    SeededRng::new(seed, &[stream as u64, step])
 }
 
 /// Standard normal `f32` tensor of the given shape.
-pub fn normal(rng: &mut impl Rng, dims: &[usize], device: &Device) -> Result<Tensor> {
-    let n: usize = dims.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
-    Ok(Tensor::from_vec(v, dims, device)?)
+pub fn normal(rng: &mut SeededRng, dims: &[usize], device: &Device) -> Result<Tensor> {
+    Ok(rng.normal(dims, device)?)
 }
 
 /// `n` timesteps uniform in `[t_min, t_max]` (inclusive).
-pub fn timesteps(rng: &mut impl Rng, n: usize, t_min: usize, t_max: usize) -> Vec<usize> {
-    (0..n).map(|_| rng.random_range(t_min..=t_max)).collect()
+pub fn timesteps(rng: &mut SeededRng, n: usize, t_min: usize, t_max: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| t_min + rng.below(t_max - t_min + 1))
+        .collect()
 }
 
 /// `n` indices uniform in `0..len`, with replacement.
-pub fn indices(rng: &mut impl Rng, n: usize, len: usize) -> Vec<usize> {
-    (0..n).map(|_| rng.random_range(0..len)).collect()
+pub fn indices(rng: &mut SeededRng, n: usize, len: usize) -> Vec<usize> {
+    (0..n).map(|_| rng.below(len)).collect()
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use crate::draws::{self, Stream};
 use crate::objective::{EpsModel, ObjectiveBatch, Schedule};
 use crate::{FinetuneError, Result};
 use acpo_diffusion::config::Spacing;
+use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::sampler::Ddim;
 use candle_core::{Device, Tensor};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of the partial sampling path.
@@ -70,7 +70,7 @@ pub fn ddim_sample(
     x_start: &Tensor,
     cond: Option<&Tensor>,
     n_steps: usize,
-    rng: &mut impl Rng,
+    rng: &mut SeededRng,
 ) -> Result<Tensor> {
     let n = x_start.dim(0)?;
     let dev = x_start.device().clone();
@@ -99,7 +99,7 @@ pub fn sample(
     steps: usize,
     spacing: Spacing,
     eta: f64,
-    rng: &mut impl Rng,
+    rng: &mut SeededRng,
     device: &Device,
 ) -> Result<Tensor> {
     let ddim = trajectory(schedule.num_steps(), steps, spacing, eta, "sample_steps")?;
@@ -144,7 +144,7 @@ pub fn partial_sample_batch(
         ));
     }
     let mut rng = draws::rng(seed, Stream::Refl, step);
-    let k = eligible[rng.random_range(0..eligible.len())];
+    let k = eligible[rng.below(eligible.len())];
     let x_start = draws::normal(&mut rng, dims, device)?;
     let x_t = ddim_sample(model, schedule, &ddim, &x_start, cond.as_ref(), k, &mut rng)?;
     Ok(ObjectiveBatch {

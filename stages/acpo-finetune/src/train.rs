@@ -135,7 +135,7 @@ fn draw_batch(
     schedule: &Schedule,
     cfg: &ObjectiveConfig,
     batch_size: usize,
-    mut rng: rand_chacha::ChaCha8Rng,
+    mut rng: acpo_diffusion::rng::SeededRng,
 ) -> Result<ObjectiveBatch> {
     if n_images == 0 {
         return Err(FinetuneError::config("images", "no training images"));
