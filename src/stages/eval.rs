@@ -39,6 +39,9 @@ pub enum EvalCommand {
         /// Reference statistics of the test split (FID, KID); omitted: skipped.
         #[arg(long)]
         fid_ref: Option<PathBuf>,
+        /// The Inception's ONNX export (`fid-onnx`): run its forward in ONNX Runtime.
+        #[arg(long)]
+        inception_onnx: Option<PathBuf>,
         /// Output folder (default `results/eval/<benchmark>/<run>`).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -92,6 +95,7 @@ fn eval_paths(benchmark: &str, dataset: Option<&str>, run: &str, judges: PathBuf
         data_dir: PathBuf::from("data/prepared").join(dataset.unwrap_or(benchmark)),
         judges,
         inception: None,
+        inception_onnx: None,
         fid_ref: None,
         out_dir: PathBuf::from("results/eval").join(benchmark).join(run),
         fix_base: format!("acpo repro train-base@{benchmark}"),
@@ -111,12 +115,14 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             judges,
             inception,
             fid_ref,
+            inception_onnx,
             out,
         } => {
             let cfg: EvalConfig = stage_param("report.evaluate")?;
             let mut paths = eval_paths(&benchmark, dataset.as_deref(), &run, judges);
             paths.inception = inception;
             paths.fid_ref = fid_ref;
+            paths.inception_onnx = inception_onnx;
             if let Some(out) = out {
                 paths.out_dir = out;
             }
@@ -164,6 +170,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             let paths = StudyPaths {
                 data_dir: PathBuf::from("data/prepared").join(b),
                 inception: PathBuf::from("results/fid/inception-fid.safetensors"),
+                inception_onnx: Some(PathBuf::from("results/fid/inception-fid.onnx")),
                 fid_ref: PathBuf::from("results/fid/ref").join(format!("{b}.safetensors")),
                 out_dir: PathBuf::from("results/study").join(&config),
             };

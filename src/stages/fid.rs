@@ -12,6 +12,7 @@ use serde_json::json;
 use super::params::stage_param;
 
 const WEIGHTS: &str = "results/fid/inception-fid.safetensors";
+const ONNX: &str = "results/fid/inception-fid.onnx";
 
 #[derive(Debug, Subcommand)]
 pub enum FidCommand {
@@ -22,6 +23,14 @@ pub enum FidCommand {
         #[arg(long)]
         source: Option<PathBuf>,
         #[arg(long, default_value = WEIGHTS)]
+        out: PathBuf,
+    },
+    /// Export the FID Inception (the weights of `fid-weights`) to ONNX, for ONNX Runtime:
+    /// the forward of `ref`, `compare` and the evaluations with `--onnx`.
+    Onnx {
+        #[arg(long, default_value = WEIGHTS)]
+        weights: PathBuf,
+        #[arg(long, default_value = ONNX)]
         out: PathBuf,
     },
     /// Reference statistics (mean, covariance, its square root, KID features) of a
@@ -35,6 +44,10 @@ pub enum FidCommand {
         images: Option<PathBuf>,
         #[arg(long, default_value = WEIGHTS)]
         weights: PathBuf,
+        /// Run the Inception forward through this ONNX export (`acpo stage fid onnx`) with
+        /// ONNX Runtime instead of candle.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
         #[arg(long, default_value = "results/fid/ref")]
         out_dir: PathBuf,
     },
@@ -49,6 +62,9 @@ pub enum FidCommand {
         reference: PathBuf,
         #[arg(long, default_value = WEIGHTS)]
         weights: PathBuf,
+        /// Run the Inception forward through this ONNX export with ONNX Runtime.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -63,13 +79,31 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{suffix}"))
 }
 
-fn load_model(weights: &Path) -> anyhow::Result<InceptionV3> {
-    InceptionV3::load(weights, &acpo_fid::default_device()?).with_context(|| {
+fn load_model(weights: &Path, onnx: Option<&Path>) -> anyhow::Result<InceptionV3> {
+    let model = InceptionV3::load(weights, &acpo_fid::default_device()?).with_context(|| {
         format!(
             "loading the FID Inception weights {} (made by `acpo repro fid-weights`)",
             weights.display()
         )
+    })?;
+    Ok(match onnx {
+        Some(path) => model.with_onnx(path, 0).with_context(|| {
+            format!("loading {} (made by `acpo repro fid-onnx`)", path.display())
+        })?,
+        None => model,
     })
+}
+
+/// `cfg` as JSON with the Inception back end beside it.
+fn with_backend<T: serde::Serialize>(
+    cfg: &T,
+    model: &InceptionV3,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(cfg)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("inception_backend".into(), json!(model.backend()));
+    }
+    Ok(v)
 }
 
 pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
@@ -98,10 +132,17 @@ pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        FidCommand::Onnx { weights, out } => {
+            acpo_fid::onnx::export_onnx(&weights, &out)
+                .with_context(|| format!("exporting {} to ONNX", weights.display()))?;
+            eprintln!("fid-onnx: {} -> {}", weights.display(), out.display());
+            Ok(())
+        }
         FidCommand::Ref {
             dataset,
             images,
             weights,
+            onnx,
             out_dir,
         } => {
             let params: RefParams = stage_param("fid.ref")?;
@@ -109,13 +150,13 @@ pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
                 PathBuf::from(format!("data/prepared/{dataset}/test.safetensors"))
             });
             let cfg = params.into_config(&dataset, images, weights);
-            let model = load_model(&cfg.weights)?;
+            let model = load_model(&cfg.weights, onnx.as_deref())?;
             let (stats, metrics) = compute_reference(&cfg, &model)
                 .with_context(|| format!("reference statistics of {}", cfg.images.display()))?;
             let out = out_dir.join(format!("{dataset}.safetensors"));
             stats.save(&out)?;
             acpo_fid::io::write_json(&sidecar(&out, "metrics.json"), &metrics)?;
-            acpo_fid::io::write_json(&sidecar(&out, "config.json"), &cfg)?;
+            acpo_fid::io::write_json(&sidecar(&out, "config.json"), &with_backend(&cfg, &model)?)?;
             eprintln!(
                 "fid-ref {dataset}: {} of {} images, {:.2} images/s -> {}",
                 metrics.images_used,
@@ -129,11 +170,12 @@ pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
             images,
             reference,
             weights,
+            onnx,
             out,
         } => {
             let params: CompareParams = stage_param("fid.compare")?;
             let cfg = params.into_config(images, reference, weights);
-            let model = load_model(&cfg.weights)?;
+            let model = load_model(&cfg.weights, onnx.as_deref())?;
             let m = compare(&cfg, &model).with_context(|| {
                 format!(
                     "comparing {} with {}",
@@ -142,7 +184,7 @@ pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
                 )
             })?;
             acpo_fid::io::write_json(&out.join("metrics.json"), &m)?;
-            acpo_fid::io::write_json(&out.join("config.json"), &cfg)?;
+            acpo_fid::io::write_json(&out.join("config.json"), &with_backend(&cfg, &model)?)?;
             eprintln!(
                 "fid-compare: FID {:.3}, KID {:.5} +- {:.5} ({} vs {} images)",
                 m.fid_kid.fid, m.fid_kid.kid_mean, m.fid_kid.kid_std, m.fid_kid.n, m.fid_kid.n_ref

@@ -8,6 +8,9 @@ pub enum FidError {
     /// An output could not be written (acpo-core's atomic write names the file).
     #[error(transparent)]
     Write(#[from] acpo_core::AtomicError),
+    /// Exporting or running the ONNX graph failed (acpo-iqa's writer and ONNX Runtime).
+    #[error(transparent)]
+    Onnx(#[from] acpo_iqa::IqaError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -417,6 +417,8 @@ pub struct InceptionV3 {
     device: Device,
     /// Where the weights came from (for error messages and reports).
     pub source: PathBuf,
+    /// The same network exported to ONNX ([`crate::onnx`]): when set, the forward runs there.
+    onnx: Option<std::sync::Arc<acpo_iqa::onnx::OnnxModel>>,
 }
 
 #[derive(Debug, Clone)]
@@ -473,6 +475,7 @@ impl InceptionV3 {
             mixed_10: BlockE::load(&ctx, "mixed_10", true)?,
             device: Device::Cpu,
             source: path.to_path_buf(),
+            onnx: None,
         };
         let expected = model.n_convs();
         let found = tensors.keys().filter(|k| k.ends_with(".weight")).count();
@@ -525,6 +528,7 @@ impl InceptionV3 {
             mixed_10: self.mixed_10.to_device(device)?,
             device: device.clone(),
             source: self.source.clone(),
+            onnx: self.onnx.clone(),
         })
     }
 
@@ -577,8 +581,40 @@ impl InceptionV3 {
             .clamp(-1f32, INPUT_MAX as f32)?)
     }
 
+    /// Runs the forward through `onnx`, this network exported by [`crate::onnx::export_onnx`]
+    /// (ONNX Runtime with `threads` intra-op threads, 0 = its default; the library is found as
+    /// acpo-iqa's judges find it, `$ORT_DYLIB_PATH`). Pre-processing stays this crate's.
+    pub fn with_onnx(mut self, onnx: &Path, threads: usize) -> Result<Self> {
+        acpo_iqa::onnx::init_ort(None)?;
+        self.onnx = Some(std::sync::Arc::new(acpo_iqa::onnx::OnnxModel::load(
+            onnx, threads,
+        )?));
+        Ok(self)
+    }
+
+    /// Which back end runs the forward: `candle`, or `onnxruntime (<file>)`.
+    pub fn backend(&self) -> String {
+        match &self.onnx {
+            Some(m) => format!("onnxruntime ({})", m.path().display()),
+            None => "candle".into(),
+        }
+    }
+
     /// Pool3 features of pre-processed input `[N, 3, 299, 299]`: `[N, 2048]`.
     pub fn forward_preprocessed(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.onnx {
+            Some(m) => {
+                let n = x.dim(0)?;
+                let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let f = m.run(v, &[n, 3, INPUT_SIZE, INPUT_SIZE])?;
+                Ok(Tensor::from_vec(f, (n, FEATURE_DIM), &self.device)?)
+            }
+            None => self.forward_candle(x),
+        }
+    }
+
+    /// [`Self::forward_preprocessed`] through candle.
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = self.stem[0].forward(x)?;
         x = self.stem[1].forward(&x)?;
         x = self.stem[2].forward(&x)?;

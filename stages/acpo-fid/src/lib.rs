@@ -4,6 +4,8 @@
 //!   (`default_1.pt`) and converts it to safetensors (stage `fid-weights`).
 //! - [`inception`]: the network and the reference pre-processing;
 //!   [`InceptionV3::features`] gives `[N, 2048]` pool3 features.
+//! - [`onnx`]: the same network exported to ONNX and run by ONNX Runtime
+//!   ([`InceptionV3::with_onnx`]; the pipeline's FID stages use it).
 //! - [`stats`]: FID (f64, symmetric eigendecomposition), KID, pairwise diversity.
 //! - [`reference`]: cached reference statistics of a dataset split (stage
 //!   `fid-ref@<dataset>`), [`fid_kid`] against them, and image-set comparisons.
@@ -11,6 +13,7 @@
 pub mod error;
 pub mod inception;
 pub mod io;
+pub mod onnx;
 pub mod reference;
 pub mod stats;
 pub mod torchscript;

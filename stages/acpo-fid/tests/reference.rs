@@ -121,9 +121,38 @@ fn conversion_refuses_other_files() {
 
 #[test]
 fn features_match_the_reference_implementation() {
+    check_against_reference(model(), "candle");
+}
+
+/// The pipeline's back end: the same weights exported to ONNX and run by ONNX Runtime (only the
+/// forward moves; pre-processing stays candle's) meet the same reference within the same
+/// tolerances.
+#[test]
+fn the_onnx_runtime_forward_matches_the_reference_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("inception-fid.onnx");
+    acpo_fid::onnx::export_onnx(&model().source, &onnx).unwrap();
+    let ort = model().clone().with_onnx(&onnx, 2).unwrap();
+    assert!(
+        ort.backend().starts_with("onnxruntime"),
+        "{}",
+        ort.backend()
+    );
+    check_against_reference(&ort, "onnxruntime");
+    // and against candle on one batch of two images, feature by feature
+    let (pix, h, w) = image("rings_64x48");
+    let x = nchw(&pix, h, w);
+    let a = model().features(&x).unwrap();
+    let b = ort.features(&x).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let d = d.to_scalar::<f32>().unwrap();
+    eprintln!("candle vs onnxruntime: largest feature difference {d:.2e}");
+    assert!(d < 1e-3, "{d}");
+}
+
+fn check_against_reference(m: &InceptionV3, what: &str) {
     let fx = fixture();
     let stride = fx["stride"].as_u64().unwrap() as usize;
-    let m = model();
     let (mut worst_rel_norm, mut worst_elem) = (0f64, 0f64);
     for (name, want) in fx["images"].as_object().unwrap() {
         let (pix, h, w) = image(name);
@@ -185,7 +214,7 @@ fn features_match_the_reference_implementation() {
         }
     }
     eprintln!(
-        "worst relative error: feature norm {worst_rel_norm:.2e}, single feature {worst_elem:.2e} (of the largest feature)"
+        "{what}: worst relative error: feature norm {worst_rel_norm:.2e}, single feature {worst_elem:.2e} (of the largest feature)"
     );
 }
 

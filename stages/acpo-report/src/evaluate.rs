@@ -160,6 +160,8 @@ pub struct EvalPaths {
     pub judges: PathBuf,
     /// Converted Inception weights (FID, KID, Inception diversity); None skips them.
     pub inception: Option<PathBuf>,
+    /// The same network exported to ONNX (`fid-onnx`): its forward runs in ONNX Runtime.
+    pub inception_onnx: Option<PathBuf>,
     /// Reference statistics of the test split; None skips FID and KID.
     pub fid_ref: Option<PathBuf>,
     /// `results/eval/<benchmark>/<run>/`.
@@ -869,7 +871,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
                 "acpo repro fid-weights",
                 false,
             )?;
-            let inc = acpo_fid::InceptionV3::load(w, &device)?;
+            let inc = load_inception(w, paths.inception_onnx.as_deref(), &device)?;
             let feats = inception_features(&inc, &u8_nchw, cfg.batch_size)?;
             diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
             match &paths.fid_ref {
@@ -1086,6 +1088,27 @@ fn fid_and_kid(feats: &Tensor, ref_path: &Path, cfg: &EvalConfig) -> Result<FidK
         },
         reference: ref_path.display().to_string(),
         n_ref: fk.n_ref,
+    })
+}
+
+/// The FID Inception of `weights`, its forward in ONNX Runtime when `onnx` is given.
+pub(crate) fn load_inception(
+    weights: &Path,
+    onnx: Option<&Path>,
+    device: &Device,
+) -> Result<acpo_fid::InceptionV3> {
+    let inc = acpo_fid::InceptionV3::load(weights, device)?;
+    Ok(match onnx {
+        Some(o) => {
+            require(
+                o,
+                "the ONNX export of the Inception",
+                "acpo repro fid-onnx",
+                false,
+            )?;
+            inc.with_onnx(o, 0)?
+        }
+        None => inc,
     })
 }
 

@@ -159,6 +159,8 @@ pub struct StudyPaths {
     pub data_dir: PathBuf,
     /// Converted Inception weights.
     pub inception: PathBuf,
+    /// The same network exported to ONNX: its forward runs in ONNX Runtime.
+    pub inception_onnx: Option<PathBuf>,
     /// Reference statistics of the benchmark's test split.
     pub fid_ref: PathBuf,
     /// `results/study/<config>/`.
@@ -393,7 +395,11 @@ pub fn run_study(
     let mut test = ImageSet::load(&paths.data_dir.join("test.safetensors"))?;
     test.truncate(settings.evaluate.heldout_images);
     let test = test.all(&device)?;
-    let inception = acpo_fid::InceptionV3::load(&paths.inception, &device)?;
+    let inception = crate::evaluate::load_inception(
+        &paths.inception,
+        paths.inception_onnx.as_deref(),
+        &device,
+    )?;
     let reference = acpo_fid::RefStats::load(&paths.fid_ref)?;
     let run_dir = paths.out_dir.join("run");
     for d in [paths.out_dir.join("points"), run_dir.clone()] {

@@ -151,6 +151,7 @@ fn paths(root: &Path, run: &str) -> EvalPaths {
         judges: root.join("judges.yaml"),
         inception: None,
         fid_ref: None,
+        inception_onnx: None,
         out_dir: root.join("results/eval/tiny").join(run),
         fix_base: "acpo repro train-base@tiny".into(),
         fix_run: format!("acpo repro finetune@tiny-{run}"),

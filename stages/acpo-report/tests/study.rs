@@ -111,6 +111,7 @@ fn paths(s: &Setup, name: &str) -> StudyPaths {
         data_dir: s.data.clone(),
         inception: s.inception.clone(),
         fid_ref: s.fid_ref.clone(),
+        inception_onnx: None,
         out_dir: s.root.join("study").join(name),
     }
 }
