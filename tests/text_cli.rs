@@ -43,13 +43,16 @@ fn captions_of_a_prepared_dataset_every_template_with_every_class() {
     .unwrap();
     let model = minilm();
     let model = model.to_str().unwrap();
+    let run = |p: &serde_json::Value| {
+        run_stage_in(
+            d.path(),
+            p,
+            "embed-captions@toy",
+            &["text", "captions", "toy", "--model", model],
+        )
+    };
     let p = params(&["a photo of a {}", "a {}"]);
-    let (code, err) = run_stage_in(
-        d.path(),
-        &p,
-        "embed-captions@toy",
-        &["text", "captions", "toy", "--model", model],
-    );
+    let (code, err) = run(&p);
     assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("6 captions (3 classes x 2 templates)"),
@@ -68,22 +71,12 @@ fn captions_of_a_prepared_dataset_every_template_with_every_class() {
     let first = std::fs::read(out.join("embeddings.safetensors")).unwrap();
 
     // Same inputs, same bytes (the stage's output is content-hashed downstream).
-    let (code, err) = run_stage_in(
-        d.path(),
-        &p,
-        "embed-captions@toy",
-        &["text", "captions", "toy", "--model", model],
-    );
+    let (code, err) = run(&p);
     assert_eq!(code, Some(0), "{err}");
     assert!(first == std::fs::read(out.join("embeddings.safetensors")).unwrap());
 
     // A template without its slot: exit 2 naming the param; the output stays as it was.
-    let (code, err) = run_stage_in(
-        d.path(),
-        &params(&["a photo of a {}", "a photo"]),
-        "embed-captions@toy",
-        &["text", "captions", "toy", "--model", model],
-    );
+    let (code, err) = run(&params(&["a photo of a {}", "a photo"]));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("text.captions.templates[1]"), "{err}");
     assert!(first == std::fs::read(out.join("embeddings.safetensors")).unwrap());

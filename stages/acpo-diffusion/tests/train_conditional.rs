@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use acpo_diffusion::config::{BenchmarkParams, ScheduleKind};
@@ -28,16 +27,7 @@ fn write_split(path: &Path, n: usize, seed: u64) {
             px.push((base + 30.0 * (r.uniform() - 0.5)) as u8);
         }
     }
-    let mut m = HashMap::new();
-    m.insert(
-        "images".to_string(),
-        Tensor::from_vec(px, (n, 8, 8, 3), &Device::Cpu).unwrap(),
-    );
-    m.insert(
-        "labels".to_string(),
-        Tensor::from_vec(labels, n, &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&m, path).unwrap();
+    common::save_split(path, px, labels);
 }
 
 /// Two captions per class (`[4, 2, 4]`): distinct token states, zero-padded second token for

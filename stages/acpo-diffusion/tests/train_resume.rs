@@ -23,16 +23,7 @@ fn write_split(path: &Path, n: usize, seed: u64) {
             }
         }
     }
-    let mut m = HashMap::new();
-    m.insert(
-        "images".to_string(),
-        Tensor::from_vec(px, (n, 8, 8, 3), &Device::Cpu).unwrap(),
-    );
-    m.insert(
-        "labels".to_string(),
-        Tensor::zeros(n, candle_core::DType::I64, &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&m, path).unwrap();
+    common::save_split(path, px, vec![0; n]);
 }
 
 fn tiny_params(steps: usize) -> BenchmarkParams {
