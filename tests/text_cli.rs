@@ -129,6 +129,108 @@ fn prompt_files_drop_and_count_empty_lines_and_truncate_long_prompts() {
     assert!(!d.path().join("emb2").exists());
 }
 
+fn prompt_row(
+    set: &str,
+    split: &str,
+    i: usize,
+    prompt: &str,
+    cat: &str,
+) -> acpo_data::prompts::PromptRow {
+    acpo_data::prompts::PromptRow {
+        set: set.into(),
+        split: split.into(),
+        id: i.to_string(),
+        prompt: prompt.into(),
+        category: cat.into(),
+    }
+}
+
+#[test]
+fn prompt_sets_are_seeded_subsets_cut_to_the_context_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let table = d.path().join("data/prepared/prompts");
+    std::fs::create_dir_all(&table).unwrap();
+    let long =
+        "a very detailed oil painting of a castle on a hill at sunset, trending on artstation";
+    let mut rows: Vec<_> = (0..10)
+        .map(|i| {
+            prompt_row(
+                "diffusiondb",
+                "train",
+                i,
+                &format!("a photo of cat number {i}"),
+                "",
+            )
+        })
+        .collect();
+    rows.push(prompt_row("diffusiondb", "train", 10, long, ""));
+    rows.extend((0..4).map(|i| {
+        let cat = if i < 3 { "Colors" } else { "Counting" };
+        prompt_row("drawbench", "test", i, &format!("a blue bird {i}"), cat)
+    }));
+    acpo_data::prompts::write_parquet(&rows, &table.join("prompts.parquet")).unwrap();
+    let model = minilm();
+    let params = |sets: serde_json::Value| json!({ "text": { "prompts": { "max_tokens": 8, "batch": 4, "seed": 3, "sets": sets } } });
+    let sets = json!({
+        "train": { "set": "diffusiondb", "split": "train", "count": 0 },
+        "drawbench": { "set": "drawbench", "split": "test", "count": 2 },
+    });
+    let run = |p: &serde_json::Value| {
+        run_stage_in(
+            d.path(),
+            p,
+            "embed-prompts",
+            &["text", "prompts", "--model", model.to_str().unwrap()],
+        )
+    };
+    let (code, err) = run(&params(sets.clone()));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "prompts train: 11 of 11 diffusiondb/train prompts (0 empty skipped, 1 cut to 8 tokens"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("prompts drawbench: 2 of 4 drawbench/test"),
+        "{err}"
+    );
+    let out = d.path().join("data/prepared/prompt-embeddings");
+    let train =
+        acpo_text::PromptTable::load(&out.join("train"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(train.len(), 11);
+    assert_eq!(train.tokens.dims(), &[11, 8, 384]);
+    let cut = &train.records[10];
+    assert!(
+        cut.truncated && cut.tokens == 8 && cut.prompt == long,
+        "{cut:?}"
+    );
+    let drawbench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("drawbench/prompts.json")).unwrap())
+            .unwrap();
+    assert_eq!(drawbench.as_array().unwrap().len(), 2);
+    assert!(drawbench[0]["category"] == "Colors" || drawbench[0]["category"] == "Counting");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["sets"]["train"]["embeddings"]["truncated"], 1);
+    // The same params choose the same rows.
+    let first = std::fs::read(out.join("drawbench/prompts.json")).unwrap();
+    let (code, err) = run(&params(sets.clone()));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(first == std::fs::read(out.join("drawbench/prompts.json")).unwrap());
+
+    // A set and split the table does not have: exit 2 naming the param; nothing replaced.
+    let (code, err) = run(&params(
+        json!({ "x": { "set": "parti", "split": "test", "count": 1 } }),
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("text.prompts.sets.x") && err.contains("parti"),
+        "{err}"
+    );
+    assert!(first == std::fs::read(out.join("drawbench/prompts.json")).unwrap());
+}
+
 #[test]
 fn a_corrupt_weight_file_is_bad_input_naming_the_expected_checksum() {
     let d = tempfile::tempdir().unwrap();

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use acpo_report::experiment::group_of;
 use acpo_report::study::StudyEval;
 use acpo_report::{
-    evaluate, evaluate_step_study, run_study, EvalConfig, EvalPaths, StepStudy, StudyConfig,
-    StudyPaths, StudySettings,
+    evaluate, evaluate_step_study, evaluate_text, run_study, EvalConfig, EvalPaths, StepStudy,
+    StudyConfig, StudyPaths, StudySettings, TextEvalConfig, TextEvalPaths,
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -45,6 +45,24 @@ pub enum EvalCommand {
         /// Output folder (default `results/eval/<benchmark>/<run>`).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Evaluate one prompt-conditioned model (params `report.text_evaluate`) on the held-out
+    /// prompt sets into `results/eval-text/<data>/<run>/`: per set and category, scores,
+    /// improvement over the base on the same prompts and noise, pixel drift, diversity per
+    /// prompt.
+    EvaluateText {
+        /// Text dataset (its base is `results/base/<data>-text/`).
+        #[arg(long)]
+        data: String,
+        /// `base`, or a run in `results/finetune/<data>-text/<run>/` (`<method>-s<seed>`).
+        #[arg(long, default_value = "base")]
+        run: String,
+        /// Judge registry.
+        #[arg(long, default_value = "judges.yaml")]
+        judges: PathBuf,
+        /// Prompt sets (`embed-prompts`).
+        #[arg(long, default_value = "data/prepared/prompt-embeddings")]
+        prompts: PathBuf,
     },
     /// Sampler-steps study `report.step_study.<STUDY>`: its benchmark's base and listed runs
     /// sampled again with the study's DDIM steps (other settings `report.evaluate`, no
@@ -135,6 +153,40 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 m.pixel_drift.mean,
                 m.fid_kid.as_ref().map(|f| format!(", FID {:.2}", f.fid.mean)).unwrap_or_default()
             );
+        }
+        EvalCommand::EvaluateText {
+            data,
+            run,
+            judges,
+            prompts,
+        } => {
+            let cfg: TextEvalConfig = stage_param("report.text_evaluate")?;
+            let is_base = run == "base";
+            let model = format!("{data}-text");
+            let fix_run = match group_of(&run) {
+                Some(g) => format!(
+                    "acpo repro finetune-text@{data}-{g}-{}",
+                    &run[g.len() + 2..]
+                ),
+                None => format!("acpo repro finetune-text@{data}-{run}"),
+            };
+            let paths = TextEvalPaths {
+                base_dir: PathBuf::from("results/base").join(&model),
+                run_dir: (!is_base)
+                    .then(|| PathBuf::from("results/finetune").join(&model).join(&run)),
+                base_eval_dir: (!is_base)
+                    .then(|| PathBuf::from("results/eval-text").join(&data).join("base")),
+                prompts_dir: prompts,
+                judges,
+                out_dir: PathBuf::from("results/eval-text").join(&data).join(&run),
+                fix_base: format!("acpo repro train-base-text@{data}"),
+                fix_run,
+                fix_base_eval: format!("acpo repro evaluate-text-base@{data}"),
+                fix_prompts: "acpo repro embed-prompts".into(),
+                data: data.clone(),
+                run: run.clone(),
+            };
+            evaluate_text(&cfg, &paths).with_context(|| format!("evaluate-text {data}/{run}"))?;
         }
         EvalCommand::EvaluateSteps { study, judges } => {
             let cfg: EvalConfig = stage_param("report.evaluate")?;

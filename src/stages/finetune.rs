@@ -1,10 +1,12 @@
 //! `acpo stage finetune`: ACPO fine-tuning and its baselines from a `train-base` model
 //! (crate `acpo-finetune`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use acpo_finetune::stage::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::text::TextInputs;
 use acpo_finetune::Method;
+use acpo_text::PromptTable;
 use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
@@ -52,6 +54,25 @@ pub struct FinetuneArgs {
     /// which the evaluation depends on.
     #[arg(long)]
     timing: Option<PathBuf>,
+    /// A run on prompts: the `embed-prompts` folder (its `train` and `probe` sets), with
+    /// `--captions`, for a prompt-conditioned base.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// The base's training captions (`embed-captions`, e.g. `data/prepared/cifar10-captions`).
+    #[arg(long)]
+    captions: Option<PathBuf>,
+}
+
+/// The prompt sets and captions of a run on prompts.
+fn text_inputs(prompts: &Path, captions: &Path) -> anyhow::Result<TextInputs> {
+    let dev = candle_core::Device::Cpu;
+    let table = |name: &str| PromptTable::load(&prompts.join(name), &dev);
+    let c = acpo_text::CaptionEmbeddings::load(captions, &dev)?;
+    Ok(TextInputs {
+        train: table("train")?,
+        probe: table("probe")?,
+        captions: acpo_diffusion::ClassContexts::new(c.tokens.clone(), &c.labels())?,
+    })
 }
 
 pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
@@ -92,6 +113,14 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
             fix_eval: format!("acpo repro evaluate-base@{}", a.benchmark),
             fix_train: format!("acpo repro train-base@{}", a.benchmark),
         }),
+        text: match (&a.prompts, &a.captions) {
+            (None, None) => None,
+            (Some(p), Some(c)) => Some(text_inputs(p, c)?),
+            _ => anyhow::bail!(acpo_finetune::FinetuneError::Config {
+                field: "--prompts/--captions".into(),
+                msg: "a run on prompts needs both (the prompt sets and the base's captions)".into(),
+            }),
+        },
     };
     let outcome = run_finetune(
         &cfg,

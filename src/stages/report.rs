@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use acpo_report::experiment::HeadlineConfig;
 use acpo_report::{
-    aggregate, study_report, BenchmarkSpec, Provenance, ReportSpec, StepStudy, StudyReportSpec,
+    aggregate, study_report, text_report, BenchmarkSpec, Provenance, ReportSpec, StepStudy,
+    StudyReportSpec, TextReportSpec,
 };
 use anyhow::Context;
 use clap::Subcommand;
@@ -23,6 +24,15 @@ pub enum ReportCommand {
         /// Profile name shown in the report (default `ACPO_PROFILE`, else `cpu`).
         #[arg(long, env = "ACPO_PROFILE", default_value = "cpu")]
         profile: String,
+    },
+    /// The text-to-image rows of one text dataset (params `finetune.text`): its base and runs
+    /// from `results/eval-text/<data>/` into `reports/<data>-text/`.
+    TextReport {
+        #[arg(long)]
+        data: String,
+        /// Output folder (default `reports/<data>-text`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The `study.configs` runs of one benchmark into `reports/study/<benchmark>/` (table,
     /// plot, sample grids), beside real train images (`results/fid/train-vs-test/<benchmark>`).
@@ -134,6 +144,33 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 spec.benchmark,
                 runs.len(),
                 spec.out_dir.join("study.md").display()
+            );
+        }
+        ReportCommand::TextReport { data, out } => {
+            let methods: Vec<String> = stage_param("finetune.text.methods")?;
+            let seeds: Vec<u64> = stage_param("finetune.text.seeds")?;
+            let allow_dirty: bool = stage_param("report.allow_dirty")?;
+            let spec = TextReportSpec {
+                eval_dir: PathBuf::from("results/eval-text").join(&data),
+                finetune_dir: PathBuf::from("results/finetune").join(format!("{data}-text")),
+                base_metrics: PathBuf::from("results/base")
+                    .join(format!("{data}-text"))
+                    .join("metrics.json"),
+                runs: methods
+                    .iter()
+                    .flat_map(|m| seeds.iter().map(move |s| format!("{m}-s{s}")))
+                    .collect(),
+                out_dir: out
+                    .unwrap_or_else(|| PathBuf::from("reports").join(format!("{data}-text"))),
+                revision: git_revision(allow_dirty)?,
+                data,
+            };
+            let path = text_report(&spec).context("text-report")?;
+            eprintln!(
+                "text-report {}: {} runs -> {}",
+                spec.data,
+                spec.runs.len(),
+                path.display()
             );
         }
         ReportCommand::Aggregate { out, profile } => {

@@ -26,6 +26,20 @@ pub enum TextCommand {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Prompt sets of `data/prepared/prompts/prompts.parquet` (params `text.prompts`: each a
+    /// seeded subset of one set and split), encoded with the context limit `max_tokens` ->
+    /// `data/prepared/prompt-embeddings/<name>/{embeddings.safetensors, prompts.json}`.
+    Prompts {
+        /// Output folder (default `data/prepared/prompt-embeddings`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `prompts.parquet` (default `data/prepared/prompts/prompts.parquet`).
+        #[arg(long)]
+        table: Option<PathBuf>,
+        /// Model folder (default `$ACPO_ASSETS/minilm`).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Encode a text file of prompts (one per line; empty lines dropped and counted) ->
     /// `<out>/{embeddings.safetensors, prompts.json, manifest.json}`.
     Embed {
@@ -50,6 +64,44 @@ struct CaptionParams {
     templates: Vec<String>,
     /// Prompts per forward pass of the encoder.
     batch: usize,
+}
+
+/// Params `text.prompts`: the prompt sets of the text-to-image rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptParams {
+    /// Most tokens per prompt (`[CLS]`, `[SEP]` included): the text-to-image model's context
+    /// length; longer prompts are cut and counted.
+    max_tokens: usize,
+    /// Prompts per forward pass of the encoder.
+    batch: usize,
+    /// Seed of the subsets.
+    seed: u64,
+    /// Output name -> which rows.
+    sets: std::collections::BTreeMap<String, PromptSubset>,
+}
+
+/// One prompt set: `count` rows (0 = all) of `set`/`split`, chosen with `seed` and the name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromptSubset {
+    set: String,
+    split: String,
+    count: usize,
+}
+
+/// What `embed-prompts` wrote for one set (its manifest entry).
+#[derive(Debug, Serialize)]
+struct PromptSetSummary {
+    set: String,
+    split: String,
+    /// Rows of that set and split in the table, and how many were kept.
+    available: usize,
+    chosen: usize,
+    /// Empty prompts skipped.
+    empty: usize,
+    embeddings: acpo_text::EmbeddingSummary,
+    categories: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +156,46 @@ pub fn run(cmd: TextCommand) -> anyhow::Result<()> {
                 summary.tokens_max,
                 out.display()
             );
+            Ok(())
+        }
+        TextCommand::Prompts { out, table, model } => {
+            let p: PromptParams = stage_param("text.prompts")?;
+            let table =
+                table.unwrap_or_else(|| PathBuf::from("data/prepared/prompts/prompts.parquet"));
+            let out = out.unwrap_or_else(|| PathBuf::from("data/prepared/prompt-embeddings"));
+            let rows = acpo_data::prompts::read_parquet(&table)?;
+            let dir = model.unwrap_or_else(|| super::assets().join("minilm"));
+            let enc = TextEncoder::load(&dir, &Device::Cpu)?.with_max_tokens(p.max_tokens)?;
+            let staging = Staging::new(&out)?;
+            let mut manifest = std::collections::BTreeMap::new();
+            for (name, sub) in &p.sets {
+                let (summary, records, emb) = embed_subset(&enc, &rows, name, sub, &p)?;
+                let folder = staging.path(name);
+                std::fs::create_dir_all(&folder)
+                    .with_context(|| format!("creating {}", folder.display()))?;
+                let path = folder.join("embeddings.safetensors");
+                std::fs::write(&path, emb.to_safetensors()?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                staging.write_json(&format!("{name}/prompts.json"), &records)?;
+                eprintln!(
+                    "prompts {name}: {} of {} {}/{} prompts ({} empty skipped, {} cut to {} tokens, {:.1} tokens on average)",
+                    summary.chosen,
+                    summary.available,
+                    sub.set,
+                    sub.split,
+                    summary.empty,
+                    summary.embeddings.truncated,
+                    p.max_tokens,
+                    summary.embeddings.tokens_mean
+                );
+                manifest.insert(name.clone(), summary);
+            }
+            staging.write_json(
+                "manifest.json",
+                &serde_json::json!({ "encoder": encoder_name(&enc), "sets": manifest }),
+            )?;
+            staging.write_json("config.json", &serde_json::json!({ "text.prompts": p }))?;
+            staging.commit()?;
             Ok(())
         }
         TextCommand::Embed {
@@ -162,6 +254,76 @@ fn encode<S: AsRef<str>>(
     let set = EmbeddingSet::encode(&enc, prompts, batch, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok((enc, set))
+}
+
+/// One subset of `text.prompts.sets`: its rows of the table (seeded by `seed` and the name),
+/// empty prompts skipped, encoded.
+fn embed_subset(
+    enc: &TextEncoder,
+    rows: &[acpo_data::prompts::PromptRow],
+    name: &str,
+    sub: &PromptSubset,
+    p: &PromptParams,
+) -> anyhow::Result<(PromptSetSummary, Vec<acpo_text::PromptRecord>, EmbeddingSet)> {
+    let of_set: Vec<&acpo_data::prompts::PromptRow> = rows
+        .iter()
+        .filter(|r| r.set == sub.set && r.split == sub.split)
+        .collect();
+    if of_set.is_empty() {
+        return Err(acpo_data::DataError::Config(format!(
+            "params `text.prompts.sets.{name}`: prompts.parquet has no rows of set `{}` split `{}`",
+            sub.set, sub.split
+        ))
+        .into());
+    }
+    let name_key = name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let mut rng = acpo_diffusion::rng::SeededRng::new(p.seed, &[name_key]);
+    let chosen: Vec<&acpo_data::prompts::PromptRow> =
+        acpo_text::choose_subset(of_set.len(), sub.count, |n| rng.below(n))
+            .into_iter()
+            .map(|i| of_set[i])
+            .collect();
+    let texts: Vec<&str> = chosen.iter().map(|r| r.prompt.as_str()).collect();
+    let kept = PromptSet::new(&texts);
+    if kept.is_empty() {
+        return Err(acpo_data::DataError::Config(format!(
+            "params `text.prompts.sets.{name}`: every chosen prompt is empty"
+        ))
+        .into());
+    }
+    let bar = acpo_core::progress::bar(kept.len() as u64, &format!("encode {name}"));
+    let emb = EmbeddingSet::encode(enc, &kept.prompts, p.batch, |d| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    let records: Vec<acpo_text::PromptRecord> = kept
+        .source_index
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| acpo_text::PromptRecord {
+            set: chosen[i].set.clone(),
+            split: chosen[i].split.clone(),
+            id: chosen[i].id.clone(),
+            prompt: kept.prompts[k].clone(),
+            category: chosen[i].category.clone(),
+            tokens: emb.lengths[k],
+            truncated: emb.truncated[k],
+        })
+        .collect();
+    let mut categories = std::collections::BTreeMap::new();
+    for r in &records {
+        *categories.entry(r.category.clone()).or_insert(0) += 1;
+    }
+    let summary = PromptSetSummary {
+        set: sub.set.clone(),
+        split: sub.split.clone(),
+        available: of_set.len(),
+        chosen: chosen.len(),
+        empty: kept.empty,
+        embeddings: emb.summary(enc),
+        categories,
+    };
+    Ok((summary, records, emb))
 }
 
 fn write_embeddings(staging: &Staging, set: &EmbeddingSet) -> anyhow::Result<()> {

@@ -46,6 +46,21 @@ impl Default for PromptsConfig {
     }
 }
 
+/// Writes `rows` as the table `prompts.parquet` (uncompressed) at `path`.
+pub fn write_parquet(rows: &[PromptRow], path: &Path) -> Result<()> {
+    let werr = |e: PolarsError| DataError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut df = to_dataframe(rows).map_err(werr)?;
+    let f = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
+    ParquetWriter::new(f)
+        .with_compression(ParquetCompression::Uncompressed)
+        .finish(&mut df)
+        .map_err(werr)?;
+    Ok(())
+}
+
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptRow {
@@ -500,17 +515,7 @@ pub fn prepare(
         sources: recs,
     };
     let staging = Staging::new(dest)?;
-    let pq = staging.path("prompts.parquet");
-    let werr = |e: PolarsError| DataError::Write {
-        path: dest.join("prompts.parquet"),
-        message: e.to_string(),
-    };
-    let mut df = to_dataframe(&rows).map_err(werr)?;
-    let f = std::fs::File::create(&pq).map_err(|e| DataError::io(&pq, e))?;
-    ParquetWriter::new(f)
-        .with_compression(ParquetCompression::Uncompressed)
-        .finish(&mut df)
-        .map_err(werr)?;
+    write_parquet(&rows, &staging.path("prompts.parquet"))?;
     staging.write_json("manifest.json", &manifest)?;
     staging.write_json("config.json", cfg)?;
     staging.commit()?;
@@ -665,12 +670,8 @@ mod tests {
                 ..row("t", "test", "2", "b")
             },
         ];
-        let mut df = to_dataframe(&rows).unwrap();
         let p = dir.path().join("p.parquet");
-        ParquetWriter::new(std::fs::File::create(&p).unwrap())
-            .with_compression(ParquetCompression::Uncompressed)
-            .finish(&mut df)
-            .unwrap();
+        write_parquet(&rows, &p).unwrap();
         assert_eq!(read_parquet(&p).unwrap(), rows);
     }
 

@@ -48,6 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         guidance: mirror.join("iqa/CNNIQA-LIVE.safetensors"),
         judges: PathBuf::from(a.get(5).map(String::as_str).unwrap_or("judges.yaml")),
         base_eval: None,
+        text: None,
     };
     let out = run_finetune(&cfg, &paths, &RunOptions::default())?;
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -23,6 +23,10 @@ pub enum Stream {
     Refl = 4,
     /// The calibration draws of `normalize: base`.
     Calibration = 5,
+    /// The prompts of a step (runs on prompts).
+    Prompts = 6,
+    /// The captions of a step's data images (runs on prompts).
+    Captions = 7,
 }
 
 /// The generator of one step of one stream: acpo-diffusion's [`SeededRng`] (the project's one

@@ -17,6 +17,8 @@
 //!   (no-gradient sampling down to a late step, then one differentiable step);
 //! - [`stage`]: the `finetune` stage on acpo-diffusion's UNet with CNNIQA guidance (probe set,
 //!   judges, drift stop, checkpoints, exact resume);
+//! - [`text`]: runs on prompts (a prompt-conditioned base; on-policy draws with
+//!   classifier-free guidance, the data term on the base's captioned training images);
 //! - [`train`]: one optimisation step, the data batch of the unconditional path, and the
 //!   held-out probe metrics (anchor distance, held-out MSE, guidance on `x0_hat`).
 
@@ -25,16 +27,17 @@ pub mod objective;
 pub mod optim;
 pub mod refl;
 pub mod stage;
+pub mod text;
 pub mod train;
 
 pub use objective::{
-    acpo_loss, Calibration, EpsModel, Guidance, Lambdas, LossOutput, Method, Normalize,
-    ObjectiveBatch, ObjectiveConfig, Schedule, Weighting,
+    acpo_loss, acpo_loss_with_data, Calibration, EpsModel, Guidance, Lambdas, LossOutput, Method,
+    Normalize, ObjectiveBatch, ObjectiveConfig, Schedule, Weighting,
 };
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use train::{
-    calibration_batches, data_batch, data_batch_from, probe_metrics, train_step, ProbeMetrics,
-    ProbeSet, Stat, StepStats,
+    calibration_batches, data_batch, data_batch_from, probe_metrics, train_step,
+    train_step_with_data, ProbeMetrics, ProbeSet, Stat, StepStats,
 };
 
 use std::path::PathBuf;

@@ -533,6 +533,22 @@ pub fn acpo_loss(
     cfg: &ObjectiveConfig,
     batch: &ObjectiveBatch,
 ) -> Result<LossOutput> {
+    acpo_loss_with_data(model, reference, guidance, schedule, cfg, batch, None)
+}
+
+/// As [`acpo_loss`], with the data term `L_simple` on its own batch `data` when given: the
+/// perceptual and anchor terms on `batch` (e.g. on-policy draws of prompts, which have no
+/// data noise), the denoising loss on data images (the base's training pairs). Without
+/// `data`, every term uses `batch`.
+pub fn acpo_loss_with_data(
+    model: &dyn EpsModel,
+    reference: &dyn EpsModel,
+    guidance: &dyn Guidance,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch: &ObjectiveBatch,
+    data: Option<&ObjectiveBatch>,
+) -> Result<LossOutput> {
     let lambdas = cfg.lambdas();
     let t_tensor = Schedule::t_tensor(&batch.t, batch.x_t.device())?;
     let eps_theta = model.eps(&batch.x_t, &t_tensor, batch.cond.as_ref())?;
@@ -569,13 +585,20 @@ pub fn acpo_loss(
         loss = (loss + (anchor * (lambdas.a / cfg.eps_scale))?)?;
     }
     if lambdas.d > 0.0 {
-        let eps = batch.eps.as_ref().ok_or_else(|| {
+        let (db, eps_theta_d) = match data {
+            Some(d) => {
+                let td = Schedule::t_tensor(&d.t, d.x_t.device())?;
+                (d, model.eps(&d.x_t, &td, d.cond.as_ref())?)
+            }
+            None => (batch, eps_theta.clone()),
+        };
+        let eps = db.eps.as_ref().ok_or_else(|| {
             FinetuneError::config(
                 "lambda_d",
                 "the data term needs the noise of a data image; this batch has none (ReFL path)",
             )
         })?;
-        let simple = (eps - &eps_theta)?.sqr()?.mean_all()?;
+        let simple = (eps - &eps_theta_d)?.sqr()?.mean_all()?;
         out.simple = Some(scalar(&simple)?);
         loss = (loss + (simple * (lambdas.d / cfg.eps_scale))?)?;
     }

@@ -22,8 +22,10 @@ use crate::objective::{
 };
 use crate::optim::{AdamW, AdamWConfig};
 use crate::refl;
+use crate::text::{self, Guided, TextConfig, TextInputs};
 use crate::train::{
-    calibration_batches, data_batch_from, per_item_mean, probe_metrics, train_step, ProbeSet, Stat,
+    calibration_batches, data_batch_from, per_item_mean, probe_metrics, train_step_with_data,
+    ProbeSet, Stat,
 };
 use crate::{FinetuneError, Result};
 use acpo_diffusion::config::Spacing;
@@ -187,6 +189,11 @@ pub struct FinetuneConfig {
     pub on_policy: OnPolicyConfig,
     /// The held-out probe.
     pub probe: ProbeConfig,
+    /// Runs on prompts ([`FinetunePaths::text`] given): the guidance scale of the trajectories
+    /// (default: [`TextConfig`]'s). Not written when unset, so runs without prompts keep
+    /// their config bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextConfig>,
 }
 
 impl Default for FinetuneConfig {
@@ -206,6 +213,7 @@ impl Default for FinetuneConfig {
             draws: DrawSource::Forward,
             on_policy: OnPolicyConfig::default(),
             probe: ProbeConfig::default(),
+            text: None,
         }
     }
 }
@@ -239,8 +247,24 @@ impl FinetuneConfig {
         serde_json::from_value(v).map_err(|e| FinetuneError::config(what, e.to_string()))
     }
 
-    /// Check ranges (the objective against a schedule of `num_steps` timesteps).
+    /// Check ranges (the objective against a schedule of `num_steps` timesteps) for a run
+    /// without prompts.
     pub fn validate(&self, num_steps: usize) -> Result<()> {
+        self.validate_for(num_steps, false)
+    }
+
+    /// Check ranges; `on_prompts`: a run on prompts, which draws on-policy and takes its data
+    /// term from the base's captioned images.
+    pub fn validate_for(&self, num_steps: usize, on_prompts: bool) -> Result<()> {
+        if on_prompts {
+            if self.draws != DrawSource::OnPolicy {
+                return Err(FinetuneError::config(
+                    "draws",
+                    "prompts have no images to noise forward: a run on prompts needs draws: on-policy",
+                ));
+            }
+            self.text.clone().unwrap_or_default().validate()?;
+        }
         self.objective.validate(num_steps)?;
         let pos = |name: &str, v: usize| {
             if v == 0 {
@@ -267,7 +291,7 @@ impl FinetuneConfig {
             )?;
         }
         if self.draws == DrawSource::OnPolicy {
-            if self.objective.lambdas().d != 0.0 {
+            if self.objective.lambdas().d != 0.0 && !on_prompts {
                 return Err(FinetuneError::config(
                     "draws",
                     format!(
@@ -323,6 +347,8 @@ pub struct FinetunePaths {
     pub judges: PathBuf,
     /// The base's evaluation, read only when `base_max_kid` is set.
     pub base_eval: Option<BaseEval>,
+    /// A run on prompts: the prompt sets and the base's captions (see [`crate::text`]).
+    pub text: Option<TextInputs>,
 }
 
 /// Where the base-quality gate reads the base's KID, and the commands named in its errors.
@@ -527,6 +553,8 @@ struct Probe {
     noise: Option<Tensor>,
     base_samples: Option<Tensor>,
     judges: Vec<Judge>,
+    /// The probe samples' prompts and guidance scale (runs on prompts).
+    prompts: Option<(Tensor, f64)>,
 }
 
 impl Probe {
@@ -552,7 +580,7 @@ impl Probe {
         let empty = Stat::of(&[]);
         let (mut gs, mut drift, mut judges) = (empty, empty, vec![]);
         if let (Some(noise), Some(base)) = (&self.noise, &self.base_samples) {
-            let x = sample_from(model, schedule, noise, &cfg.probe)?;
+            let x = self.samples(model, schedule, noise, &cfg.probe)?;
             let q = guidance.quality(&((&x + 1.0)? * 0.5)?)?;
             gs = Stat::of(&q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
             drift = Stat::of(&per_item_mean(&(&x - base)?.sqr()?)?);
@@ -576,11 +604,34 @@ impl Probe {
     }
 }
 
-/// DDIM samples (eta 0) from fixed initial noise, in batches.
+impl Probe {
+    /// The probe samples of `model`: with its prompts and guidance on a run on prompts.
+    fn samples(
+        &self,
+        model: &UNet,
+        schedule: &Schedule,
+        noise: &Tensor,
+        probe: &ProbeConfig,
+    ) -> Result<Tensor> {
+        match &self.prompts {
+            None => sample_from(model, schedule, noise, None, probe),
+            Some((cond, scale)) => {
+                let guided = Guided {
+                    model,
+                    scale: *scale,
+                };
+                sample_from(&guided, schedule, noise, Some(cond), probe)
+            }
+        }
+    }
+}
+
+/// DDIM samples (eta 0) from fixed initial noise (and conditions, row for row), in batches.
 fn sample_from(
     model: &dyn EpsModel,
     schedule: &Schedule,
     noise: &Tensor,
+    cond: Option<&Tensor>,
     probe: &ProbeConfig,
 ) -> Result<Tensor> {
     let ddim = refl::trajectory(
@@ -598,12 +649,16 @@ fn sample_from(
     let (batch, len_all) = (probe.batch_size, ddim.timesteps().len());
     while start < n {
         let len = batch.min(n - start);
+        let c = match cond {
+            Some(c) => Some(c.narrow(0, start, len)?),
+            None => None,
+        };
         let x0 = refl::ddim_sample(
             model,
             schedule,
             &ddim,
             &noise.narrow(0, start, len)?,
-            None,
+            c.as_ref(),
             len_all,
             &mut rng,
         )?;
@@ -649,6 +704,9 @@ struct Resolved<'a> {
     data_dir: String,
     /// The base's statistics that set the loss units (`objective.normalize: base`).
     calibration: Option<Calibration>,
+    /// A run on prompts: its training and probe prompt counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompts: Option<(usize, usize)>,
 }
 
 /// The base-quality gate: with `base_max_kid` set, the base's KID (its `base_quality` at the
@@ -721,8 +779,9 @@ pub fn run_finetune(
     let bp = load_base_params(&paths.base_dir)?;
     let ns = NoiseSchedule::from_config(&bp.schedule).map_err(diffusion_err)?;
     let schedule = Schedule::from_alpha_bar(ns.alphas_cumprod.clone())?;
-    cfg.validate(schedule.num_steps())?;
+    cfg.validate_for(schedule.num_steps(), paths.text.is_some())?;
     check_base_quality(cfg, paths)?;
+    let guidance_scale = cfg.text.clone().unwrap_or_default().guidance;
     let device = Device::cuda_if_available(0)?;
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
@@ -751,18 +810,34 @@ pub fn run_finetune(
             ),
         });
     }
+    if let Some(t) = &paths.text {
+        t.check(m.context_dim, &train.labels)?;
+    }
     let fetch = |idx: &[usize]| train.batch(idx, &[], &device);
     let calibration = match cfg.objective.normalize {
         Normalize::None => None,
         Normalize::Base => {
-            let batches = calibration_batches(
-                train.n,
-                &fetch,
-                &schedule,
-                &cfg.objective,
-                cfg.probe.batch_size,
-                cfg.probe.seed,
-            )?;
+            let batches = match &paths.text {
+                None => calibration_batches(
+                    train.n,
+                    &fetch,
+                    &schedule,
+                    &cfg.objective,
+                    cfg.probe.batch_size,
+                    cfg.probe.seed,
+                )?,
+                Some(t) => text::calibration_batches(
+                    train.n,
+                    &fetch,
+                    &train.labels,
+                    &t.captions,
+                    &schedule,
+                    &cfg.objective,
+                    cfg.probe.batch_size,
+                    cfg.probe.seed,
+                    &device,
+                )?,
+            };
             Some(Calibration::measure(
                 &reference, &guidance, &schedule, &batches,
             )?)
@@ -786,14 +861,31 @@ pub fn run_finetune(
         base_dir: paths.base_dir.display().to_string(),
         data_dir: paths.data_dir.display().to_string(),
         calibration,
+        prompts: paths.text.as_ref().map(|t| (t.train.len(), t.probe.len())),
     });
     let val = ImageSet::load(&paths.data_dir.join("val.safetensors")).map_err(diffusion_err)?;
-    let set = ProbeSet::new(
+    let mut set = ProbeSet::new(
         &val.all(&device)?,
         &schedule,
         cfg.probe.draws,
         cfg.probe.seed,
     )?;
+    let mut probe_prompts = None;
+    if let Some(t) = &paths.text {
+        t.check(m.context_dim, &val.labels)?;
+        let labels: Vec<i64> = set.images.iter().map(|&i| val.labels[i]).collect();
+        let captions = t
+            .captions
+            .first(&labels, &device)
+            .map_err(|e| FinetuneError::config("captions", e.to_string()))?;
+        set = set.with_cond(captions)?;
+        if cfg.probe.samples > 0 {
+            probe_prompts = Some((
+                t.probe_contexts(cfg.probe.samples, &device)?,
+                guidance_scale,
+            ));
+        }
+    }
     let (noise, base_samples, judges) = if cfg.probe.samples > 0 {
         let mut rng = draws::rng(cfg.probe.seed, Stream::ProbeSamples, 0);
         let noise = draws::normal(
@@ -801,7 +893,14 @@ pub fn run_finetune(
             &[cfg.probe.samples, m.in_channels, m.image_size, m.image_size],
             &device,
         )?;
-        let base = sample_from(&reference, &schedule, &noise, &cfg.probe)?;
+        let sampler = Probe {
+            set: set.clone(),
+            noise: None,
+            base_samples: None,
+            judges: vec![],
+            prompts: probe_prompts.clone(),
+        };
+        let base = sampler.samples(&reference, &schedule, &noise, &cfg.probe)?;
         let judges = if cfg.probe.judges.is_empty() {
             vec![]
         } else {
@@ -825,6 +924,7 @@ pub fn run_finetune(
         noise,
         base_samples,
         judges,
+        prompts: probe_prompts,
     };
     let judge_names: Vec<String> = probe.judges.iter().map(|j| j.name().to_string()).collect();
     let curve_hdr = curve_header(&judge_names);
@@ -945,24 +1045,58 @@ pub fn run_finetune(
                 cfg.seed,
                 step as u64,
             )?,
-            DrawSource::OnPolicy => refl::partial_sample_batch(
-                &model,
+            DrawSource::OnPolicy => {
+                let dims = [cfg.batch_size, m.in_channels, m.image_size, m.image_size];
+                match &paths.text {
+                    None => refl::partial_sample_batch(
+                        &model,
+                        &schedule,
+                        &on_policy,
+                        &dims,
+                        None,
+                        cfg.seed,
+                        step as u64,
+                        &device,
+                    )?,
+                    Some(t) => refl::partial_sample_batch(
+                        &Guided {
+                            model: &model,
+                            scale: guidance_scale,
+                        },
+                        &schedule,
+                        &on_policy,
+                        &dims,
+                        Some(t.draw_prompts(cfg.batch_size, cfg.seed, step as u64, &device)?),
+                        cfg.seed,
+                        step as u64,
+                        &device,
+                    )?,
+                }
+            }
+        };
+        let data = match &paths.text {
+            Some(t) if cfg.objective.lambdas().d > 0.0 => Some(text::data_batch(
+                n_train,
+                &fetch,
+                &train.labels,
+                &t.captions,
                 &schedule,
-                &on_policy,
-                &[cfg.batch_size, m.in_channels, m.image_size, m.image_size],
-                None,
+                &cfg.objective,
+                cfg.batch_size,
                 cfg.seed,
                 step as u64,
                 &device,
-            )?,
+            )?),
+            _ => None,
         };
-        let st = train_step(
+        let st = train_step_with_data(
             &model,
             &reference,
             &guidance,
             &schedule,
             &cfg.objective,
             &batch,
+            data.as_ref(),
             &mut opt,
             cfg.grad_clip,
         )?;
@@ -1080,6 +1214,7 @@ mod tests {
                 fix_eval: "acpo repro evaluate-base@anime32".into(),
                 fix_train: "acpo repro train-base@anime32".into(),
             }),
+            text: None,
         }
     }
 

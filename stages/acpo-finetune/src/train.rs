@@ -1,7 +1,9 @@
 //! One fine-tuning step, the data batch of the unconditional path, and the probe metrics.
 
 use crate::draws::{self, Stream};
-use crate::objective::{acpo_loss, EpsModel, Guidance, ObjectiveBatch, ObjectiveConfig, Schedule};
+use crate::objective::{
+    acpo_loss_with_data, EpsModel, Guidance, ObjectiveBatch, ObjectiveConfig, Schedule,
+};
 use crate::optim::{clip_grad_norm, AdamW};
 use crate::{FinetuneError, Result};
 use candle_core::{DType, Tensor, Var};
@@ -35,7 +37,26 @@ pub fn train_step(
     opt: &mut AdamW,
     clip: f64,
 ) -> Result<StepStats> {
-    let out = acpo_loss(model, reference, guidance, schedule, cfg, batch)?;
+    train_step_with_data(
+        model, reference, guidance, schedule, cfg, batch, None, opt, clip,
+    )
+}
+
+/// As [`train_step`], with the data term on its own batch `data` when given (see
+/// [`acpo_loss_with_data`]).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_with_data(
+    model: &dyn EpsModel,
+    reference: &dyn EpsModel,
+    guidance: &dyn Guidance,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch: &ObjectiveBatch,
+    data: Option<&ObjectiveBatch>,
+    opt: &mut AdamW,
+    clip: f64,
+) -> Result<StepStats> {
+    let out = acpo_loss_with_data(model, reference, guidance, schedule, cfg, batch, data)?;
     let loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !loss.is_finite() {
         return Err(FinetuneError::config(
@@ -135,8 +156,21 @@ fn draw_batch(
     schedule: &Schedule,
     cfg: &ObjectiveConfig,
     batch_size: usize,
-    mut rng: acpo_diffusion::rng::SeededRng,
+    rng: acpo_diffusion::rng::SeededRng,
 ) -> Result<ObjectiveBatch> {
+    Ok(draw_batch_indexed(n_images, fetch, schedule, cfg, batch_size, rng)?.0)
+}
+
+/// A forward-noised batch drawn from `rng` (indices, timesteps in the window, noise) and the
+/// indices of its images.
+pub(crate) fn draw_batch_indexed(
+    n_images: usize,
+    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
+    schedule: &Schedule,
+    cfg: &ObjectiveConfig,
+    batch_size: usize,
+    mut rng: acpo_diffusion::rng::SeededRng,
+) -> Result<(ObjectiveBatch, Vec<usize>)> {
     if n_images == 0 {
         return Err(FinetuneError::config("images", "no training images"));
     }
@@ -145,12 +179,13 @@ fn draw_batch(
     let x0 = fetch(&idx)?;
     let eps = draws::normal(&mut rng, x0.dims(), x0.device())?.to_dtype(x0.dtype())?;
     let x_t = schedule.add_noise(&x0, &eps, &t)?;
-    Ok(ObjectiveBatch {
+    let batch = ObjectiveBatch {
         x_t,
         t,
         eps: Some(eps),
         cond: None,
-    })
+    };
+    Ok((batch, idx))
 }
 
 /// A fixed held-out probe set: draws of `(image, t, noise)`, with `t` uniform over the whole
@@ -161,6 +196,10 @@ pub struct ProbeSet {
     pub eps: Tensor,
     pub t: Vec<usize>,
     pub x_t: Tensor,
+    /// Indices of the draws' images in the set they were drawn from.
+    pub images: Vec<usize>,
+    /// The condition of every draw (`[n, L, D]`; `None` for unconditional models).
+    pub cond: Option<Tensor>,
 }
 
 impl ProbeSet {
@@ -184,7 +223,28 @@ impl ProbeSet {
         let x0 = images.index_select(&idx_t, 0)?;
         let eps = draws::normal(&mut rng, x0.dims(), images.device())?.to_dtype(images.dtype())?;
         let x_t = schedule.add_noise(&x0, &eps, &t)?;
-        Ok(Self { x0, eps, t, x_t })
+        Ok(Self {
+            x0,
+            eps,
+            t,
+            x_t,
+            images: idx,
+            cond: None,
+        })
+    }
+
+    /// The same draws with a condition per draw (`cond` `[n, L, D]`).
+    pub fn with_cond(self, cond: Tensor) -> Result<Self> {
+        if cond.dim(0)? != self.len() {
+            return Err(FinetuneError::config(
+                "probe",
+                format!("{} conditions for {} draws", cond.dim(0)?, self.len()),
+            ));
+        }
+        Ok(Self {
+            cond: Some(cond),
+            ..self
+        })
     }
 
     /// Number of draws.
@@ -261,8 +321,12 @@ pub fn probe_metrics(
         let eps = probe.eps.narrow(0, start, len)?;
         let t = &probe.t[start..start + len];
         let t_tensor = Schedule::t_tensor(t, dev)?;
-        let e_theta = model.eps(&x_t, &t_tensor, None)?.detach();
-        let e_ref = reference.eps(&x_t, &t_tensor, None)?.detach();
+        let cond = match &probe.cond {
+            Some(c) => Some(c.narrow(0, start, len)?),
+            None => None,
+        };
+        let e_theta = model.eps(&x_t, &t_tensor, cond.as_ref())?.detach();
+        let e_ref = reference.eps(&x_t, &t_tensor, cond.as_ref())?.detach();
         anchor.extend(per_item_mean(&(&e_theta - e_ref)?.sqr()?)?);
         mse.extend(per_item_mean(&(&eps - &e_theta)?.sqr()?)?);
         let win: Vec<usize> = (0..len)

@@ -97,6 +97,7 @@ fn setup(dir: &Path, run: &str) -> FinetunePaths {
         guidance: mirror().join("iqa/CNNIQA-LIVE.safetensors"),
         judges: dir.join("judges.yaml"),
         base_eval: None,
+        text: None,
     }
 }
 

@@ -282,7 +282,7 @@ fn md_escape(s: &str) -> String {
 }
 
 /// Markdown table; `cells` gives the text per (row, column).
-fn md_table(header: &[String], rows: &[Vec<String>]) -> String {
+pub(crate) fn md_table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut s = format!(
         "| {} |\n|{}|\n",
         header
@@ -383,7 +383,8 @@ pub fn paper_comparison(all: &BTreeMap<String, Vec<EvalMetrics>>) -> Vec<PaperRo
             })
             .unwrap_or_default()
     };
-    let t2i = "text-to-image is not evaluated by this pipeline yet (no conditional evaluation stage); no number";
+    let t2i = "evaluated on the prompt-conditioned CIFAR-10 model by the text stages (finetune-text, evaluate-text): \
+               see reports/cifar10-text/summary.md (text-report@cifar10); not in this table";
     vec![
         PaperRow {
             benchmark: "CIFAR-10 32×32".into(),

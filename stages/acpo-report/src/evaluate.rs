@@ -196,7 +196,7 @@ fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
     })
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| ReportError::io(path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| ReportError::bad(path, format!("line {}", e.line()), e.to_string()))
@@ -204,7 +204,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 
 /// The run's method and lambdas from the fine-tuning run's `metrics.json` (read loosely, so
 /// that this crate does not depend on the fine-tuning crate's types).
-fn run_info(run_dir: &Path) -> Result<RunInfo> {
+pub(crate) fn run_info(run_dir: &Path) -> Result<RunInfo> {
     let p = run_dir.join("metrics.json");
     let v = read_json(&p)?;
     let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
@@ -368,14 +368,15 @@ type NamedColumns = Vec<(String, Vec<f64>)>;
 
 /// The guidance (as `guidance` = Q, higher = better) and every judge of `cfg` on `images`:
 /// the scores with their t-intervals and the per-image columns.
-fn score_images(
+pub(crate) fn score_images(
     registry: &Registry,
-    cfg: &EvalConfig,
+    guidance: &str,
+    judges: &[String],
     images: &[RgbImage],
 ) -> Result<(BTreeMap<String, Score>, NamedColumns)> {
     let mut cols: Vec<(String, Vec<f64>)> = Vec::new();
     let mut scores = BTreeMap::new();
-    let g = registry.load_judge(&cfg.guidance)?;
+    let g = registry.load_judge(guidance)?;
     let raw = acpo_iqa::judge_images(&g, images)?;
     // Q is oriented higher = better (SPEC section 3).
     let q: Vec<f64> = raw
@@ -391,7 +392,7 @@ fn score_images(
         },
     );
     cols.push(("guidance".into(), q));
-    for name in &cfg.judges {
+    for name in judges {
         let j = registry.load_judge(name)?;
         let v = acpo_iqa::judge_images(&j, images)?;
         scores.insert(
@@ -512,7 +513,11 @@ fn by_t_bins(h: &Heldout, edges: &[usize]) -> Vec<TBin> {
 }
 
 /// Per-seed scores file: `seed,<name>...` with the guidance as `guidance` (= -score).
-fn write_scores_csv(path: &Path, seeds: &[u64], cols: &[(String, Vec<f64>)]) -> Result<()> {
+pub(crate) fn write_scores_csv(
+    path: &Path,
+    seeds: &[u64],
+    cols: &[(String, Vec<f64>)],
+) -> Result<()> {
     let mut s = String::from("seed");
     for (name, _) in cols {
         s.push(',');
@@ -756,13 +761,13 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     // 2. Guidance and judge scores per sample (and, for the base, of as many real test images:
     //    the reference every score is read against).
     let t0 = Instant::now();
-    let (scores, mut cols) = score_images(&registry, cfg, &images)?;
+    let (scores, mut cols) = score_images(&registry, &cfg.guidance, &cfg.judges, &images)?;
     let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
     let real_test = if is_base {
         let real = rgb_images(&test.pixels, test.n.min(cfg.samples), test.h, test.w)?;
         Some(RealTest {
             images: real.len(),
-            scores: score_images(&registry, cfg, &real)?.0,
+            scores: score_images(&registry, &cfg.guidance, &cfg.judges, &real)?.0,
         })
     } else {
         None

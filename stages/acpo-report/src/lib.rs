@@ -5,6 +5,8 @@
 //!   drift (anchor distance, pixel MSE to the base's sample from the same noise), diversity,
 //!   FID and KID, each with its sample count and 95% interval ([`stats`]); written as
 //!   `metrics.json` with a `schema` version ([`schema`]).
+//! - [`text_eval`]: the `evaluate-text` stage, a prompt-conditioned model on the held-out
+//!   prompt sets, per set and category (improvement, drift, diversity per prompt).
 //! - [`aggregate`]: the `aggregate` stage: tables (polars; CSV, Markdown, Parquet), the
 //!   comparison with the paper, plots ([`plots`]) and `reports/index.html` ([`html`]).
 
@@ -20,6 +22,8 @@ pub mod schema;
 pub mod stats;
 pub mod study;
 pub mod study_report;
+pub mod text_eval;
+pub mod text_report;
 
 pub use aggregate::{aggregate, AggregateOutcome, BenchmarkSpec, Provenance, ReportSpec};
 pub use error::{ReportError, Result};
@@ -27,3 +31,5 @@ pub use evaluate::{evaluate, evaluate_step_study, EvalConfig, EvalPaths, StepStu
 pub use schema::{read_metrics, EvalMetrics, SCHEMA};
 pub use study::{run_study, StudyConfig, StudyMetrics, StudyPaths, StudySettings};
 pub use study_report::{study_report, StudyReportSpec};
+pub use text_eval::{evaluate_text, TextEvalConfig, TextEvalMetrics, TextEvalPaths};
+pub use text_report::{text_report, TextReportSpec};

@@ -137,6 +137,27 @@ impl TextEncoder {
         self.max_tokens
     }
 
+    /// This encoder with prompts cut to at most `max_tokens` tokens (`[CLS]` and `[SEP]`
+    /// included; at most the model's own limit): the context length of a text-to-image model,
+    /// as CLIP's 77 is Stable Diffusion's. A cut prompt is flagged `truncated`.
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Result<Self> {
+        if max_tokens < 3 {
+            return Err(TextError::Param {
+                key: "max_tokens".into(),
+                msg: format!("{max_tokens} leaves no room for a token ([CLS] and [SEP] take 2)"),
+            });
+        }
+        let limit = max_tokens.min(self.max_tokens);
+        self.tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: limit,
+                ..Default::default()
+            }))
+            .map_err(|e| TextError::bad(self.dir.join("tokenizer.json"), e.to_string()))?;
+        self.max_tokens = limit;
+        Ok(self)
+    }
+
     /// The model folder this encoder was loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir

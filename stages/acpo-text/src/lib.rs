@@ -20,6 +20,7 @@ pub mod embeddings;
 pub mod encoder;
 pub mod error;
 pub mod files;
+pub mod prompt_table;
 pub mod prompts;
 
 pub use captions::{build_captions, Caption, CaptionEmbeddings};
@@ -27,4 +28,5 @@ pub use embeddings::{EmbeddingSet, EmbeddingSummary};
 pub use encoder::{Encoded, TextEncoder, TokenizedPrompt};
 pub use error::{Result, TextError};
 pub use files::{verify_model_dir, ModelFile, MINILM_FILES};
+pub use prompt_table::{choose_subset, PromptRecord, PromptTable};
 pub use prompts::PromptSet;

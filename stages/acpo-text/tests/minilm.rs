@@ -183,6 +183,37 @@ fn long_prompts_are_truncated_and_flagged_empty_ones_refused() {
 }
 
 #[test]
+fn a_context_limit_cuts_long_prompts_keeping_sep_and_leaves_short_ones_alone() {
+    let full = encoder();
+    let short = "a photo of a frog";
+    let reference = full.encode(&[short]).unwrap();
+    let enc = encoder().with_max_tokens(8).unwrap();
+    assert_eq!(enc.max_tokens(), 8);
+    let long = "a cat sitting on a mat next to a dog in the sun";
+    let out = enc.encode(&[long, short]).unwrap();
+    assert_eq!(out.lengths, vec![8, reference.lengths[0]]);
+    assert_eq!(out.truncated, vec![true, false]);
+    // the cut prompt still ends with [SEP] (id 102), as the tokenizer's own truncation does
+    let ids = enc.tokenize(0, long).unwrap().ids;
+    assert_eq!((ids.len(), ids[0], ids[7]), (8, 101, 102));
+    // a prompt within the limit encodes exactly as without it
+    let same = enc.encode(&[short]).unwrap();
+    let d = (same.pooled - reference.pooled)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+    // a limit above the model's is the model's; one with no room for a token is refused
+    assert_eq!(encoder().with_max_tokens(1000).unwrap().max_tokens(), 256);
+    let err = encoder().with_max_tokens(2).err().unwrap();
+    assert!(err.to_string().contains("max_tokens"), "{err}");
+}
+
+#[test]
 fn missing_or_corrupt_files_are_refused_with_the_expected_checksum() {
     let src = model_dir();
     let d = tempfile::tempdir().unwrap();
