@@ -1,21 +1,15 @@
 //! The `finetune` stage end to end on a tiny UNet, tiny data made here, and the real CNNIQA
 //! weights from the mirror: exact resume, lambda_p = 0, the drift stop rule, judges.
 
-use acpo_diffusion::config::ScheduleConfig;
-use acpo_diffusion::{BenchmarkParams, UNet, UNetConfig};
+mod common;
+
+use acpo_diffusion::UNetConfig;
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::{Method, Normalize};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn mirror() -> PathBuf {
-    std::env::var_os("ACPO_MIRROR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-}
+use std::path::Path;
 
 fn write_split(path: &Path, n: usize, seed: u64) {
     let mut rng = draws::rng(seed, Stream::Probe, 3);
@@ -63,38 +57,16 @@ fn setup(dir: &Path, run: &str) -> FinetunePaths {
             norm_groups: 4,
             context_dim: None,
         };
-        let bp = BenchmarkParams {
-            model: model.clone(),
-            schedule: ScheduleConfig {
-                timesteps: 100,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let vm = VarMap::new();
-        let unet = UNet::new_trainable(&model, &vm, 3, &Device::Cpu).unwrap();
-        unet.save(&base_dir.join("model.safetensors")).unwrap();
-        std::fs::write(
-            base_dir.join("config.json"),
-            serde_json::to_string_pretty(&bp).unwrap(),
-        )
-        .unwrap();
+        common::stage_fixture::write_base(&base_dir, &model);
         write_split(&data_dir.join("train.safetensors"), 24, 1);
         write_split(&data_dir.join("val.safetensors"), 8, 2);
-        std::fs::write(
-            dir.join("judges.yaml"),
-            format!(
-                "judges:\n  - name: cnniqa\n    kind: cnniqa\n    model: {}\n    higher_is_better: false\n",
-                mirror().join("iqa/CNNIQA-LIVE.safetensors").display()
-            ),
-        )
-        .unwrap();
+        common::stage_fixture::write_judges(dir);
     }
     FinetunePaths {
         base_dir,
         data_dir,
         out_dir: dir.join(run),
-        guidance: mirror().join("iqa/CNNIQA-LIVE.safetensors"),
+        guidance: common::stage_fixture::cnniqa(),
         judges: dir.join("judges.yaml"),
         base_eval: None,
         text: None,

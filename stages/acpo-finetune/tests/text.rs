@@ -1,25 +1,19 @@
 //! Fine-tuning on prompts end to end: a tiny prompt-conditioned UNet, tiny captioned data
 //! and prompt sets made here, the real CNNIQA weights from the mirror.
 
-use acpo_diffusion::config::ScheduleConfig;
-use acpo_diffusion::{BenchmarkParams, ClassContexts, UNet, UNetConfig};
+mod common;
+
+use acpo_diffusion::{ClassContexts, UNetConfig};
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::text::{TextConfig, TextInputs};
 use acpo_finetune::Method;
 use acpo_text::{PromptRecord, PromptTable};
 use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const D: usize = 8;
-
-fn mirror() -> PathBuf {
-    std::env::var_os("ACPO_MIRROR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-}
 
 fn normal(seed: u64, dims: &[usize]) -> Tensor {
     draws::normal(&mut draws::rng(seed, Stream::Probe, 11), dims, &Device::Cpu).unwrap()
@@ -98,32 +92,10 @@ fn setup(dir: &Path, run: &str, context_dim: Option<usize>, prompt_seed: u64) ->
         std::fs::create_dir_all(&base_dir).unwrap();
         std::fs::create_dir_all(&data_dir).unwrap();
         let model = model_config(context_dim);
-        let bp = BenchmarkParams {
-            model: model.clone(),
-            schedule: ScheduleConfig {
-                timesteps: 100,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let vm = VarMap::new();
-        let unet = UNet::new_trainable(&model, &vm, 3, &Device::Cpu).unwrap();
-        unet.save(&base_dir.join("model.safetensors")).unwrap();
-        std::fs::write(
-            base_dir.join("config.json"),
-            serde_json::to_string_pretty(&bp).unwrap(),
-        )
-        .unwrap();
+        common::stage_fixture::write_base(&base_dir, &model);
         write_split(&data_dir.join("train.safetensors"), 12, 1);
         write_split(&data_dir.join("val.safetensors"), 6, 2);
-        std::fs::write(
-            dir.join("judges.yaml"),
-            format!(
-                "judges:\n  - name: cnniqa\n    kind: cnniqa\n    model: {}\n    higher_is_better: false\n",
-                mirror().join("iqa/CNNIQA-LIVE.safetensors").display()
-            ),
-        )
-        .unwrap();
+        common::stage_fixture::write_judges(dir);
     }
     let prompts = dir.join(format!("prompts-{prompt_seed}"));
     let train = prompt_table(&prompts.join("train"), &[3, 5, 2, 4, 6, 3], prompt_seed);
@@ -134,7 +106,7 @@ fn setup(dir: &Path, run: &str, context_dim: Option<usize>, prompt_seed: u64) ->
         base_dir,
         data_dir,
         out_dir: dir.join(run),
-        guidance: mirror().join("iqa/CNNIQA-LIVE.safetensors"),
+        guidance: common::stage_fixture::cnniqa(),
         judges: dir.join("judges.yaml"),
         base_eval: None,
         text: Some(TextInputs {

@@ -2,6 +2,8 @@
 //! frozen, differentiable conv "quality" model. Weights come from seeded draws.
 #![allow(dead_code)]
 
+pub mod stage_fixture;
+
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::{EpsModel, Guidance};
 use candle_core::{DType, Device, Module, Tensor, Var};
