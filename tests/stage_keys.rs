@@ -145,7 +145,29 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
                 );
             }
         }
-        for s in p.stages.iter().filter(|s| s.base.starts_with("finetune")) {
+        // (finetune-text has no KID gate: the prompt-conditioned base has no reference
+        // statistics for prompts, so its params must turn the gate off, or the run would refuse
+        // for want of an evaluation no stage writes.)
+        let params = Params::load(root, profile, &[]).unwrap();
+        for s in p.stages.iter().filter(|s| s.base == "finetune-text") {
+            let bench = s
+                .deps
+                .iter()
+                .find_map(|d| d.strip_prefix("results/base/"))
+                .unwrap_or_else(|| panic!("{profile}: {} has no base", s.name));
+            let key = format!("finetune.{bench}.base_max_kid");
+            assert_eq!(
+                params.get(&key),
+                Some(&serde_json::Value::Null),
+                "{profile}: {} needs {key}: null",
+                s.name
+            );
+        }
+        for s in p
+            .stages
+            .iter()
+            .filter(|s| s.base.starts_with("finetune") && s.base != "finetune-text")
+        {
             let bench = s
                 .deps
                 .iter()
