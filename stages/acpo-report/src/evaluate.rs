@@ -177,7 +177,7 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
-fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
+pub(crate) fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
     if path.exists() {
         return Ok(());
     }

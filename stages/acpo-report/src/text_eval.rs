@@ -20,7 +20,7 @@
 //! `<set>/{scores.csv, samples.safetensors, grid.png, prompts.json}`.
 
 use crate::error::{ReportError, Result};
-use crate::evaluate::{read_scores_csv, score_images, write_scores_csv};
+use crate::evaluate::{read_scores_csv, require, score_images, write_scores_csv};
 use crate::fsio::write_json;
 use crate::schema::{RunInfo, Score};
 use crate::stats::{self, Estimate, Improvement};
@@ -190,18 +190,6 @@ pub struct TextEvalMetrics {
 pub const NO_ALIGNMENT: &str = "not measured: no image-text model is available offline \
     (all-MiniLM-L6-v2 embeds text only) and no caption-free proxy measures prompt alignment";
 
-fn require(path: &Path, what: &str, fix: &str) -> Result<()> {
-    if path.exists() {
-        Ok(())
-    } else {
-        Err(ReportError::MissingInput {
-            what: what.into(),
-            path: path.to_path_buf(),
-            fix: fix.into(),
-        })
-    }
-}
-
 /// A set's samples: u8 HWC pixels of every image.
 struct SetSamples {
     n: usize,
@@ -339,6 +327,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         &base_model,
         "the prompt-conditioned base model",
         &paths.fix_base,
+        false,
     )?;
     let (model_path, info) = match &paths.run_dir {
         None => (
@@ -354,6 +343,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
                 &m,
                 &format!("fine-tuning run `{}`", paths.run),
                 &paths.fix_run,
+                false,
             )?;
             (m, crate::evaluate::run_info(dir)?)
         }
@@ -386,6 +376,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
                 &dir.join("prompts.json"),
                 &format!("prompt set `{name}`"),
                 &paths.fix_prompts,
+                false,
             )?;
             PromptTable::load(&dir, &device)
                 .map_err(|e| ReportError::config(format!("prompt set `{name}`"), e.to_string()))
@@ -406,6 +397,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
                     &scores_path,
                     "the base's text evaluation",
                     &paths.fix_base_eval,
+                    false,
                 )?;
                 let (base_seeds, base_cols) = read_scores_csv(&scores_path)?;
                 if base_seeds != seeds {
@@ -500,6 +492,14 @@ fn set_metrics(
     samples: &SetSamples,
     base: Option<&(crate::evaluate::ScoreColumns, SetSamples)>,
 ) -> Result<TextSetMetrics> {
+    if let Some((bc, bs)) = base {
+        if bs.n != samples.n || cols.iter().any(|(n, _)| !bc.contains_key(n)) {
+            return Err(ReportError::config(
+                "base evaluation",
+                "the base was evaluated with other judges or image counts; re-run it",
+            ));
+        }
+    }
     let k = cfg.images_per_prompt;
     let direction = |name: &str| scores.get(name).map(|s| s.higher_is_better).unwrap_or(true);
     let improve = |idx: &[usize]| -> Option<BTreeMap<String, Improvement>> {
@@ -550,14 +550,6 @@ fn set_metrics(
                 improvement: improve(&idx),
             },
         );
-    }
-    if let Some((bc, bs)) = base {
-        if bs.n != samples.n || cols.iter().any(|(n, _)| !bc.contains_key(n)) {
-            return Err(ReportError::config(
-                "base evaluation",
-                "the base was evaluated with other judges or image counts; re-run it",
-            ));
-        }
     }
     let first = records.first();
     Ok(TextSetMetrics {
