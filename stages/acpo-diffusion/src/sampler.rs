@@ -47,11 +47,14 @@ pub fn ddim_timesteps(timesteps: usize, steps: usize, spacing: Spacing) -> Vec<u
     v
 }
 
-/// A DDIM trajectory: its timesteps (descending) and stochasticity `eta`.
+/// A DDIM trajectory: its timesteps (descending), stochasticity `eta`, and whether the
+/// predicted `x0` is clipped to the image range `[-1, 1]` (pixel models; latent models, whose
+/// states are not images, turn it off).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ddim {
     timesteps: Vec<usize>,
     eta: f64,
+    clip_x0: bool,
 }
 
 impl Ddim {
@@ -73,7 +76,17 @@ impl Ddim {
         Ok(Self {
             timesteps: ddim_timesteps(num_timesteps, steps, spacing),
             eta,
+            clip_x0: true,
         })
+    }
+
+    /// The same trajectory without clipping the predicted `x0` (latent diffusion: Stable
+    /// Diffusion's DDIM does not clip).
+    pub fn without_x0_clip(self) -> Self {
+        Self {
+            clip_x0: false,
+            ..self
+        }
     }
 
     /// The trajectory's timesteps, descending.
@@ -113,9 +126,17 @@ impl Ddim {
                 None
             };
             let ab_prev = t_prev.map_or(1.0, alpha_bar);
-            x = ddim_update(&x, &e, alpha_bar(t), ab_prev, self.eta, z.as_ref())?
-                .x_prev
-                .detach();
+            x = ddim_update(
+                &x,
+                &e,
+                alpha_bar(t),
+                ab_prev,
+                self.eta,
+                z.as_ref(),
+                self.clip_x0,
+            )?
+            .x_prev
+            .detach();
             on_step();
         }
         Ok(x)
@@ -156,12 +177,13 @@ pub struct ReverseStep {
     pub mean: Tensor,
     /// Its standard deviation (a scalar shared by all pixels; 0 for deterministic DDIM).
     pub std: f64,
-    /// The predicted clean image (clipped to [-1, 1]).
+    /// The predicted clean image (clipped to [-1, 1] unless the step was asked not to).
     pub x0_pred: Tensor,
 }
 
 /// The DDIM update from `x_t` (cumulative alpha `ab`) to the state at cumulative alpha
-/// `ab_prev` (1 for the clean image), given the predicted noise `eps`.
+/// `ab_prev` (1 for the clean image), given the predicted noise `eps`; the predicted `x0` is
+/// clipped to `[-1, 1]` when `clip_x0` is set.
 pub fn ddim_update(
     x_t: &Tensor,
     eps: &Tensor,
@@ -169,8 +191,10 @@ pub fn ddim_update(
     ab_prev: f64,
     eta: f64,
     noise: Option<&Tensor>,
+    clip_x0: bool,
 ) -> candle_core::Result<ReverseStep> {
-    let x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? * (1.0 / ab.sqrt()))?.clamp(-1f32, 1f32)?;
+    let x0 = ((x_t - (eps * (1.0 - ab).sqrt())?)? * (1.0 / ab.sqrt()))?;
+    let x0 = if clip_x0 { x0.clamp(-1f32, 1f32)? } else { x0 };
     let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).max(0.0).sqrt();
     let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
     let mean = ((&x0 * ab_prev.sqrt())? + (eps * dir)?)?;
@@ -346,8 +370,60 @@ mod tests {
         let x0 = (r.normal(&[2, 3, 4, 4], &dev).unwrap() * 0.3).unwrap();
         let eps = r.normal(&[2, 3, 4, 4], &dev).unwrap();
         let xt = s.q_sample(&x0, &[40, 40], &eps).unwrap();
-        let st = ddim_update(&xt, &eps, s.alpha_bar(40), 1.0, 0.0, None).unwrap();
+        let st = ddim_update(&xt, &eps, s.alpha_bar(40), 1.0, 0.0, None, true).unwrap();
         let d = (st.x_prev - x0).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn an_unclipped_trajectory_keeps_states_beyond_the_image_range() {
+        // Latents are not images: with the exact eps, the unclipped DDIM returns an x0 of
+        // std 3; the clipped one (pixel models) cuts it to [-1, 1].
+        let dev = Device::Cpu;
+        let s = NoiseSchedule::linear(100, 1e-4, 0.02);
+        let mut r = SeededRng::new(1, &[]);
+        let x0 = (r.normal(&[2, 4, 4, 4], &dev).unwrap() * 3.0).unwrap();
+        let eps = r.normal(&[2, 4, 4, 4], &dev).unwrap();
+        let ddim = Ddim::new(100, 5, Spacing::Leading, 0.0).unwrap();
+        let t0 = ddim.timesteps()[0];
+        let xt = s.q_sample(&x0, &[t0, t0], &eps).unwrap();
+        let run = |d: &Ddim| {
+            let mut eps_of = |x: &Tensor, t: usize| {
+                // the exact noise of x at t for this x0
+                (x - (&x0 * s.alpha_bar(t).sqrt())?)? * (1.0 / (1.0 - s.alpha_bar(t)).sqrt())
+            };
+            d.run(
+                &xt,
+                0..d.timesteps().len(),
+                &|t| s.alpha_bar(t),
+                &mut eps_of,
+                &mut || unreachable!("eta 0 draws no noise"),
+                &mut || {},
+            )
+            .unwrap()
+        };
+        let err = |x: Tensor| {
+            (x - &x0)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(err(run(&ddim.clone().without_x0_clip())) < 1e-3);
+        let clipped = run(&ddim);
+        assert!(
+            clipped
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                <= 1.0
+        );
+        assert!(err(clipped) > 1.0);
     }
 }
