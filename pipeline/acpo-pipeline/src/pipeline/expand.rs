@@ -169,13 +169,12 @@ impl Ctx<'_> {
                 let mut axes = Vec::new();
                 for (axis, _, v) in matrix.0 {
                     let items = self.collection(name, line, &format!("matrix.{axis}"), v)?;
-                    if items.is_empty() {
-                        return Err(self.err(
-                            line,
-                            format!("stage `{name}`: matrix axis `{axis}` is empty"),
-                        ));
-                    }
                     axes.push((axis, items));
+                }
+                // An empty (or null) axis has no combinations: no stages, as an empty
+                // `foreach` (a params switch such as `stable_diffusion.run: []`).
+                if axes.iter().any(|(_, items)| items.is_empty()) {
+                    return Ok(());
                 }
                 // Counted before any combination is built: 8 axes of 10 values must fail
                 // here, not on the way to 10^8 stages.

@@ -454,6 +454,18 @@ mod tests {
     }
 
     #[test]
+    fn a_matrix_with_an_empty_or_null_axis_has_no_stages() {
+        let text = "stages:\n  s:\n    matrix:\n      m: ${sd.run}\n      k: [a, b]\n    cmd: echo ${item.m} ${item.k}\n  t:\n    cmd: echo t\n";
+        for run in [json!([]), json!(null)] {
+            let p = load(text, json!({"sd": {"run": run}})).unwrap();
+            let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["t"]);
+        }
+        let p = load(text, json!({"sd": {"run": ["x"]}})).unwrap();
+        assert_eq!(p.stages.len(), 3);
+    }
+
+    #[test]
     fn foreach_and_matrix_expand_like_dvc() {
         let text = r#"
 stages:
