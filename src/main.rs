@@ -665,6 +665,12 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     {
         return 2;
     }
+    if err
+        .downcast_ref::<acpo_sd::SdError>()
+        .is_some_and(|e| e.is_bad_input())
+    {
+        return 2;
+    }
     if matches!(
         err.downcast_ref::<acpo_diffusion::DiffusionError>(),
         Some(acpo_diffusion::DiffusionError::Config { .. })

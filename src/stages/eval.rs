@@ -60,9 +60,13 @@ pub enum EvalCommand {
         /// Judge registry.
         #[arg(long, default_value = "judges.yaml")]
         judges: PathBuf,
-        /// Prompt sets (`embed-prompts`).
+        /// Prompt sets (`embed-prompts`; with `--sd`, `embed-prompts-sd`'s).
         #[arg(long, default_value = "data/prepared/prompt-embeddings")]
         prompts: PathBuf,
+        /// `<data>` is a linked Stable Diffusion model (`results/base/<data>/sd.json`), its
+        /// runs in `results/finetune/<data>/`; params `report.sd_evaluate`.
+        #[arg(long)]
+        sd: bool,
     },
     /// Sampler-steps study `report.step_study.<STUDY>`: its benchmark's base and listed runs
     /// sampled again with the study's DDIM steps (other settings `report.evaluate`, no
@@ -159,16 +163,31 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             run,
             judges,
             prompts,
+            sd,
         } => {
-            let cfg: TextEvalConfig = stage_param("report.text_evaluate")?;
+            let cfg: TextEvalConfig = stage_param(if sd {
+                "report.sd_evaluate"
+            } else {
+                "report.text_evaluate"
+            })?;
             let is_base = run == "base";
-            let model = format!("{data}-text");
-            let fix_run = match group_of(&run) {
-                Some(g) => format!(
-                    "acpo repro finetune-text@{data}-{g}-{}",
-                    &run[g.len() + 2..]
+            let (model, finetune, link, prompts_stage) = match sd {
+                true => (
+                    data.clone(),
+                    "finetune-sd",
+                    format!("link-sd@{data}"),
+                    format!("embed-prompts-sd@{data}"),
                 ),
-                None => format!("acpo repro finetune-text@{data}-{run}"),
+                false => (
+                    format!("{data}-text"),
+                    "finetune-text",
+                    format!("train-base-text@{data}"),
+                    "embed-prompts".into(),
+                ),
+            };
+            let fix_run = match group_of(&run) {
+                Some(g) => format!("acpo repro {finetune}@{data}-{g}-{}", &run[g.len() + 2..]),
+                None => format!("acpo repro {finetune}@{data}-{run}"),
             };
             let paths = TextEvalPaths {
                 base_dir: PathBuf::from("results/base").join(&model),
@@ -179,10 +198,13 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 prompts_dir: prompts,
                 judges,
                 out_dir: PathBuf::from("results/eval-text").join(&data).join(&run),
-                fix_base: format!("acpo repro train-base-text@{data}"),
+                fix_base: format!("acpo repro {link}"),
                 fix_run,
-                fix_base_eval: format!("acpo repro evaluate-text-base@{data}"),
-                fix_prompts: "acpo repro embed-prompts".into(),
+                fix_base_eval: format!(
+                    "acpo repro {}-base@{data}",
+                    if sd { "evaluate-sd" } else { "evaluate-text" }
+                ),
+                fix_prompts: format!("acpo repro {prompts_stage}"),
                 data: data.clone(),
                 run: run.clone(),
             };

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use acpo_finetune::sd::{run_finetune_sd, SdPaths};
 use acpo_finetune::stage::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::text::TextInputs;
 use acpo_finetune::Method;
@@ -61,6 +62,10 @@ pub struct FinetuneArgs {
     /// The base's training captions (`embed-captions`, e.g. `data/prepared/cifar10-captions`).
     #[arg(long)]
     captions: Option<PathBuf>,
+    /// A linked Stable Diffusion model (`link-sd`) in `--base-dir`, with `--prompts` encoded
+    /// by its CLIP (`embed-prompts-sd`).
+    #[arg(long)]
+    sd: bool,
 }
 
 /// The prompt sets and captions of a run on prompts.
@@ -94,6 +99,29 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
     if let Some(seed) = a.seed {
         cfg.seed = seed;
     }
+    let opts = RunOptions {
+        fresh: a.fresh,
+        stop_after: None,
+    };
+    if a.sd {
+        let paths = SdPaths {
+            base_dir: a
+                .base_dir
+                .context("--sd needs --base-dir (the link-sd folder)")?,
+            prompts_dir: a
+                .prompts
+                .context("--sd needs --prompts (the embed-prompts-sd folder)")?,
+            out_dir: a.out.clone(),
+            guidance: a
+                .guidance
+                .unwrap_or_else(|| super::mirror().join("iqa/CNNIQA-LIVE.safetensors")),
+            judges: a.judges,
+        };
+        let outcome = run_finetune_sd(&cfg, &paths, &opts)
+            .with_context(|| format!("finetune (SD) {} -> {}", a.benchmark, a.out.display()))?
+            .context("the run stopped before its last step")?;
+        return report(&a.benchmark, a.timing.as_deref(), &outcome);
+    }
     let paths = FinetunePaths {
         base_dir: a
             .base_dir
@@ -122,17 +150,19 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
             }),
         },
     };
-    let outcome = run_finetune(
-        &cfg,
-        &paths,
-        &RunOptions {
-            fresh: a.fresh,
-            stop_after: None,
-        },
-    )
-    .with_context(|| format!("finetune {} -> {}", a.benchmark, a.out.display()))?
-    .context("the run stopped before its last step")?;
-    if let Some(path) = &a.timing {
+    let outcome = run_finetune(&cfg, &paths, &opts)
+        .with_context(|| format!("finetune {} -> {}", a.benchmark, a.out.display()))?
+        .context("the run stopped before its last step")?;
+    report(&a.benchmark, a.timing.as_deref(), &outcome)
+}
+
+/// Write the timing file and print the run's one-line summary.
+fn report(
+    benchmark: &str,
+    timing: Option<&Path>,
+    outcome: &acpo_finetune::stage::FinetuneOutcome,
+) -> anyhow::Result<()> {
+    if let Some(path) = timing {
         super::write_timing(path, &outcome.invocation)?;
     }
     let judges: Vec<String> = outcome
@@ -155,7 +185,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
         .collect();
     eprintln!(
         "finetune {} ({}, lambda_a {}): {} steps at {:.2} steps/s; anchor distance {:.3e}, held-out MSE {:.4} -> {:.4}, guidance(samples) {:.3} -> {:.3}; {}{}",
-        a.benchmark,
+        benchmark,
         outcome.method,
         outcome.lambda_a,
         outcome.steps,

@@ -9,6 +9,7 @@ pub mod finetune;
 pub mod iqa;
 pub mod params;
 pub mod report;
+pub mod sd;
 pub mod text;
 
 use clap::Subcommand;
@@ -38,6 +39,9 @@ pub enum StageCommand {
     /// The prompt encoder (all-MiniLM-L6-v2): captions of a dataset, prompt files (acpo-text).
     #[command(subcommand)]
     Text(text::TextCommand),
+    /// Stable Diffusion from local weights: link (train-base's stand-in), prompts (acpo-sd).
+    #[command(subcommand)]
+    Sd(sd::SdCommand),
 }
 
 /// The data mirror: `$ACPO_MIRROR` (which `acpo` itself defaults to `<pipeline dir>/../shared/data`
@@ -66,6 +70,7 @@ pub fn run(cmd: StageCommand) -> anyhow::Result<()> {
         StageCommand::Eval(c) => eval::run(c),
         StageCommand::Report(c) => report::run(c),
         StageCommand::Text(c) => text::run(c),
+        StageCommand::Sd(c) => sd::run(c),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod draws;
 pub mod objective;
 pub mod optim;
 pub mod refl;
+pub mod sd;
 pub mod stage;
 pub mod text;
 pub mod train;

@@ -60,6 +60,9 @@ where
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
     alpha_bar: Vec<f64>,
+    /// `x0_hat` is clamped to `[-limit, limit]` when asked (`None`: never; latents are not
+    /// in `[-1, 1]`).
+    x0_limit: Option<f64>,
 }
 
 impl Schedule {
@@ -82,7 +85,25 @@ impl Schedule {
                 ));
             }
         }
-        Ok(Self { alpha_bar })
+        Ok(Self {
+            alpha_bar,
+            x0_limit: Some(1.0),
+        })
+    }
+
+    /// Whether `x0_hat` (and the DDIM trajectories over this schedule) are clamped to the
+    /// image range.
+    pub fn clamps_x0(&self) -> bool {
+        self.x0_limit.is_some()
+    }
+
+    /// The same schedule for a latent model: `x0_hat` is never clamped (pixel models clamp
+    /// it to the image range `[-1, 1]`).
+    pub fn without_x0_clamp(self) -> Self {
+        Self {
+            x0_limit: None,
+            ..self
+        }
     }
 
     /// The linear beta schedule of Ho et al. (2020): `beta_t` from `beta_start` to `beta_end`.
@@ -153,13 +174,17 @@ impl Schedule {
     }
 
     /// The one-step estimate `x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)`, clamped to
-    /// `[-1, 1]` when `clamp` is set. Differentiable in `eps` (zero gradient where clamped).
+    /// `[-1, 1]` when `clamp` is set (unless the schedule is [`Self::without_x0_clamp`]).
+    /// Differentiable in `eps` (zero gradient where clamped).
     pub fn x0_hat(&self, x_t: &Tensor, eps: &Tensor, t: &[usize], clamp: bool) -> Result<Tensor> {
         let (dt, dev) = (x_t.dtype(), x_t.device());
         let inv_a = self.per_sample(t, |ab| 1.0 / ab.sqrt(), dt, dev)?;
         let b = self.per_sample(t, |ab| (1.0 - ab).sqrt(), dt, dev)?;
         let x0 = (x_t - eps.broadcast_mul(&b)?)?.broadcast_mul(&inv_a)?;
-        Ok(if clamp { x0.clamp(-1.0, 1.0)? } else { x0 })
+        Ok(match (clamp, self.x0_limit) {
+            (true, Some(l)) => x0.clamp(-l, l)?,
+            _ => x0,
+        })
     }
 }
 

@@ -59,6 +59,22 @@ pub fn trajectory(
         .map_err(|e| FinetuneError::config(key, e.to_string()))
 }
 
+/// The DDIM trajectory of `steps` steps over `schedule`, clipping its predicted `x0` to the
+/// image range only when the schedule clamps `x0_hat` (pixel models; not latent ones).
+pub fn trajectory_for(
+    schedule: &Schedule,
+    steps: usize,
+    spacing: Spacing,
+    eta: f64,
+    key: &str,
+) -> Result<Ddim> {
+    let ddim = trajectory(schedule.num_steps(), steps, spacing, eta, key)?;
+    Ok(match schedule.clamps_x0() {
+        true => ddim,
+        false => ddim.without_x0_clip(),
+    })
+}
+
 /// Run `ddim` from `x_start` (at its first timestep) for `n_steps` steps without gradient.
 /// Returns the state at `ddim.timesteps()[n_steps]`, or the final `x0` when `n_steps` is the
 /// trajectory's length (more is an error of [`Ddim::run`]). Noise for `eta > 0` comes from
@@ -102,7 +118,7 @@ pub fn sample(
     rng: &mut SeededRng,
     device: &Device,
 ) -> Result<Tensor> {
-    let ddim = trajectory(schedule.num_steps(), steps, spacing, eta, "sample_steps")?;
+    let ddim = trajectory_for(schedule, steps, spacing, eta, "sample_steps")?;
     let x_t = draws::normal(rng, dims, device)?;
     let len = ddim.timesteps().len();
     ddim_sample(model, schedule, &ddim, &x_t, cond, len, rng)
@@ -123,8 +139,8 @@ pub fn partial_sample_batch(
     step: u64,
     device: &Device,
 ) -> Result<ObjectiveBatch> {
-    let ddim = trajectory(
-        schedule.num_steps(),
+    let ddim = trajectory_for(
+        schedule,
         cfg.sample_steps,
         cfg.spacing,
         cfg.eta,

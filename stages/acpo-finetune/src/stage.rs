@@ -17,6 +17,7 @@
 //! every draw of step `s` comes from `(seed, s)`, so a resumed run is bit-identical on the CPU.
 
 use crate::draws::{self, Stream};
+use crate::objective::ObjectiveBatch;
 use crate::objective::{
     Calibration, EpsModel, Guidance, Method, Normalize, ObjectiveConfig, Schedule,
 };
@@ -32,7 +33,7 @@ use acpo_diffusion::config::Spacing;
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::{Cnniqa, Judge, PatchMode, Registry, RgbImage};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -454,7 +455,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(acpo_core::write_atomic(path, bytes)?)
 }
 
-fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+pub(crate) fn save_tensors_atomic(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     acpo_core::atomic::write_with(path, |tmp| {
         candle_core::safetensors::save(map, tmp).map_err(FinetuneError::from)
     })
@@ -547,31 +548,58 @@ fn write_csv(path: &Path, header: &str, rows: &[String]) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
-/// The fixed probe: draws from the validation split, sample noise, base samples, judges.
-struct Probe {
-    set: ProbeSet,
-    noise: Option<Tensor>,
-    base_samples: Option<Tensor>,
-    judges: Vec<Judge>,
+/// A network a run can tune: its noise prediction, and the classifier-free guided prediction
+/// that its on-policy trajectories and probe samples use on prompts.
+pub trait Tunable: EpsModel {
+    /// The guided prediction at `scale` (the condition is the prompt's context).
+    fn guided(&self, scale: f64) -> Box<dyn EpsModel + '_>;
+}
+
+impl Tunable for UNet {
+    fn guided(&self, scale: f64) -> Box<dyn EpsModel + '_> {
+        Box::new(Guided { model: self, scale })
+    }
+}
+
+/// Turns a model's samples into images in `[-1, 1]` (a latent model's VAE decoder; pixel
+/// models need none).
+pub type Decoder = std::sync::Arc<dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+
+/// The fixed probe: held-out draws, sample noise, base samples, judges.
+pub(crate) struct Probe {
+    pub(crate) set: ProbeSet,
+    pub(crate) noise: Option<Tensor>,
+    /// The base's samples as images in `[-1, 1]`.
+    pub(crate) base_samples: Option<Tensor>,
+    pub(crate) judges: Vec<Judge>,
     /// The probe samples' prompts and guidance scale (runs on prompts).
-    prompts: Option<(Tensor, f64)>,
+    pub(crate) prompts: Option<(Tensor, f64)>,
+    /// Latent models: their samples to images.
+    pub(crate) decode: Option<Decoder>,
+}
+
+/// The guidance of a run: `objective` scores the objective's `x0_hat` (a latent model's
+/// decodes first), `images` scores images (the probe samples).
+#[derive(Clone, Copy)]
+pub(crate) struct Guides<'a> {
+    pub(crate) objective: &'a dyn Guidance,
+    pub(crate) images: &'a dyn Guidance,
 }
 
 impl Probe {
-    #[allow(clippy::too_many_arguments)] // the probe's inputs, each needed
-    fn row(
+    pub(crate) fn row<M: Tunable>(
         &self,
         step: usize,
-        model: &UNet,
-        reference: &UNet,
-        guidance: &CnniqaGuidance,
+        model: &M,
+        reference: &M,
+        guides: Guides,
         schedule: &Schedule,
         cfg: &FinetuneConfig,
     ) -> Result<CurveRow> {
         let pm = probe_metrics(
             model,
             reference,
-            guidance,
+            guides.objective,
             schedule,
             &cfg.objective,
             &self.set,
@@ -580,8 +608,9 @@ impl Probe {
         let empty = Stat::of(&[]);
         let (mut gs, mut drift, mut judges) = (empty, empty, vec![]);
         if let (Some(noise), Some(base)) = (&self.noise, &self.base_samples) {
-            let x = self.samples(model, schedule, noise, &cfg.probe)?;
-            let q = guidance.quality(&((&x + 1.0)? * 0.5)?)?;
+            let x = self.sample(model, schedule, noise, &cfg.probe)?;
+            let x = self.images(&x, cfg.probe.batch_size)?;
+            let q = guides.images.quality(&((&x + 1.0)? * 0.5)?)?;
             gs = Stat::of(&q.to_dtype(DType::F64)?.to_vec1::<f64>()?);
             drift = Stat::of(&per_item_mean(&(&x - base)?.sqr()?)?);
             let imgs = to_rgb_images(&x)?;
@@ -602,13 +631,12 @@ impl Probe {
             judges,
         })
     }
-}
 
-impl Probe {
-    /// The probe samples of `model`: with its prompts and guidance on a run on prompts.
-    fn samples(
+    /// The probe samples of `model` (latents for a latent model): with its prompts and
+    /// guidance on a run on prompts.
+    pub(crate) fn sample<M: Tunable>(
         &self,
-        model: &UNet,
+        model: &M,
         schedule: &Schedule,
         noise: &Tensor,
         probe: &ProbeConfig,
@@ -616,26 +644,36 @@ impl Probe {
         match &self.prompts {
             None => sample_from(model, schedule, noise, None, probe),
             Some((cond, scale)) => {
-                let guided = Guided {
-                    model,
-                    scale: *scale,
-                };
-                sample_from(&guided, schedule, noise, Some(cond), probe)
+                sample_from(&*model.guided(*scale), schedule, noise, Some(cond), probe)
             }
         }
+    }
+
+    /// Samples as images in `[-1, 1]`: decoded (and clamped) for a latent model, in `probe`
+    /// batches.
+    pub(crate) fn images(&self, x: &Tensor, batch: usize) -> Result<Tensor> {
+        let Some(decode) = &self.decode else {
+            return Ok(x.clone());
+        };
+        let (n, b) = (x.dim(0)?, batch.max(1));
+        let parts = (0..n)
+            .step_by(b)
+            .map(|s| decode(&x.narrow(0, s, b.min(n - s))?)?.clamp(-1.0, 1.0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 
 /// DDIM samples (eta 0) from fixed initial noise (and conditions, row for row), in batches.
-fn sample_from(
+pub(crate) fn sample_from(
     model: &dyn EpsModel,
     schedule: &Schedule,
     noise: &Tensor,
     cond: Option<&Tensor>,
     probe: &ProbeConfig,
 ) -> Result<Tensor> {
-    let ddim = refl::trajectory(
-        schedule.num_steps(),
+    let ddim = refl::trajectory_for(
+        schedule,
         probe.sample_steps,
         probe.spacing,
         0.0,
@@ -668,7 +706,7 @@ fn sample_from(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-fn to_rgb_images(x: &Tensor) -> Result<Vec<RgbImage>> {
+pub(crate) fn to_rgb_images(x: &Tensor) -> Result<Vec<RgbImage>> {
     let (n, _c, h, w) = x.dims4()?;
     let bytes = to_u8_hwc(x)?;
     let per = h * w * 3;
@@ -793,8 +831,11 @@ pub fn run_finetune(
         UNet::load_trainable(&bp.model, &base_path, &varmap, &device).map_err(diffusion_err)?;
     let reference = UNet::load(&bp.model, &base_path, &device).map_err(diffusion_err)?;
     let vars = model.vars().map_err(diffusion_err)?;
-    let mut opt = AdamW::new(vars.clone(), cfg.optim.clone())?;
     let guidance = CnniqaGuidance::load(&paths.guidance, cfg.guidance_patch_mode, &device)?;
+    let guides = Guides {
+        objective: &guidance,
+        images: &guidance,
+    };
 
     // data
     let mut train =
@@ -843,17 +884,7 @@ pub fn run_finetune(
             )?)
         }
     };
-    let calibrated;
-    let cfg = match &calibration {
-        Some(c) => {
-            calibrated = FinetuneConfig {
-                objective: cfg.objective.calibrated(c),
-                ..cfg.clone()
-            };
-            &calibrated
-        }
-        None => cfg,
-    };
+    let cfg = &calibrated(cfg, calibration.as_ref());
     let resolved = json_string(&Resolved {
         finetune: cfg,
         base_model: &bp.model,
@@ -886,115 +917,276 @@ pub fn run_finetune(
             ));
         }
     }
-    let (noise, base_samples, judges) = if cfg.probe.samples > 0 {
-        let mut rng = draws::rng(cfg.probe.seed, Stream::ProbeSamples, 0);
-        let noise = draws::normal(
-            &mut rng,
-            &[cfg.probe.samples, m.in_channels, m.image_size, m.image_size],
-            &device,
-        )?;
-        let sampler = Probe {
-            set: set.clone(),
-            noise: None,
-            base_samples: None,
-            judges: vec![],
-            prompts: probe_prompts.clone(),
-        };
-        let base = sampler.samples(&reference, &schedule, &noise, &cfg.probe)?;
-        let judges = if cfg.probe.judges.is_empty() {
-            vec![]
-        } else {
-            let reg = Registry::load(&paths.judges)
-                .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))?;
-            cfg.probe
-                .judges
-                .iter()
-                .map(|n| {
-                    reg.load_judge(n)
-                        .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
-        (Some(noise), Some(base), judges)
-    } else {
-        (None, None, vec![])
-    };
-    let probe = Probe {
+    let mut probe = Probe {
         set,
-        noise,
-        base_samples,
-        judges,
+        noise: None,
+        base_samples: None,
+        judges: vec![],
         prompts: probe_prompts,
+        decode: None,
     };
-    let judge_names: Vec<String> = probe.judges.iter().map(|j| j.name().to_string()).collect();
-    let curve_hdr = curve_header(&judge_names);
-
-    // resume
-    let ckpt_path = out.join("checkpoint.safetensors");
-    let loss_path = out.join("loss.csv");
-    let curve_path = out.join("curve.csv");
-    let mut start = 0usize;
-    let mut drift_stop: Option<DriftStop> = None;
-    let mut loss_rows: Vec<String> = vec![];
-    let mut curve_rows: Vec<String> = vec![];
-    if !opts.fresh && ckpt_path.exists() {
-        let t = candle_core::safetensors::load(&ckpt_path, &device).map_err(|e| {
-            FinetuneError::BadFile {
-                path: ckpt_path.clone(),
-                msg: e.to_string(),
-            }
-        })?;
-        let same_config = t
-            .get("meta.config")
-            .and_then(|c| c.to_vec1::<u8>().ok())
-            .map(|b| b == resolved.as_bytes())
-            .unwrap_or(false);
-        if same_config {
-            let step = t
-                .get("meta.step")
-                .and_then(|s| s.to_vec1::<u32>().ok())
-                .and_then(|v| v.first().copied())
-                .ok_or_else(|| FinetuneError::BadFile {
-                    path: ckpt_path.clone(),
-                    msg: "missing `meta.step`".into(),
-                })? as usize;
-            let model_t: HashMap<String, Tensor> = t
-                .iter()
-                .filter_map(|(k, v)| k.strip_prefix("model.").map(|n| (n.to_string(), v.clone())))
-                .collect();
-            model
-                .set_params(&model_t, &ckpt_path)
-                .map_err(diffusion_err)?;
-            opt.load_state(&t, step)?;
-            loss_rows = csv_rows_upto(&loss_path, LOSS_HEADER, step)?;
-            curve_rows = csv_rows_upto(&curve_path, &curve_hdr, step)?;
-            start = step;
-            if let Some(d) = t.get("meta.drift_stop") {
-                let v = d.to_vec1::<f64>()?;
-                drift_stop = Some(DriftStop {
-                    step: v[0] as usize,
-                    anchor_distance: v[1],
-                    threshold: v[2],
-                });
-            }
-        } else {
-            eprintln!(
-                "finetune: {} was written with another config; starting fresh",
-                ckpt_path.display()
-            );
-        }
+    if cfg.probe.samples > 0 {
+        let noise = probe_noise(cfg, &[m.in_channels, m.image_size, m.image_size], &device)?;
+        probe.base_samples = Some(probe.sample(&reference, &schedule, &noise, &cfg.probe)?);
+        probe.noise = Some(noise);
+        probe.judges = load_judges(cfg, &paths.judges)?;
     }
 
+    let n_train = train.n;
+    let on_policy = cfg.on_policy.partial(&cfg.objective);
+    let dims = [cfg.batch_size, m.in_channels, m.image_size, m.image_size];
+    let draw = |step: u64| -> Result<ObjectiveBatch> {
+        match (cfg.draws, &paths.text) {
+            (DrawSource::Forward, _) => data_batch_from(
+                n_train,
+                &fetch,
+                &schedule,
+                &cfg.objective,
+                cfg.batch_size,
+                cfg.seed,
+                step,
+            ),
+            (DrawSource::OnPolicy, None) => refl::partial_sample_batch(
+                &model, &schedule, &on_policy, &dims, None, cfg.seed, step, &device,
+            ),
+            (DrawSource::OnPolicy, Some(t)) => refl::partial_sample_batch(
+                &*model.guided(guidance_scale),
+                &schedule,
+                &on_policy,
+                &dims,
+                Some(t.draw_prompts(cfg.batch_size, cfg.seed, step, &device)?),
+                cfg.seed,
+                step,
+                &device,
+            ),
+        }
+    };
+    let data = |step: u64| -> Result<Option<ObjectiveBatch>> {
+        match &paths.text {
+            Some(t) if cfg.objective.lambdas().d > 0.0 => Ok(Some(text::data_batch(
+                n_train,
+                &fetch,
+                &train.labels,
+                &t.captions,
+                &schedule,
+                &cfg.objective,
+                cfg.batch_size,
+                cfg.seed,
+                step,
+                &device,
+            )?)),
+            _ => Ok(None),
+        }
+    };
+    run_loop(
+        cfg,
+        out,
+        Run {
+            model: &model,
+            reference: &reference,
+            vars,
+            guides,
+            schedule: &schedule,
+            probe,
+            draw: &draw,
+            data: &data,
+            save_model: &|path| model.save(path).map_err(diffusion_err),
+            num_params: model.num_params(),
+            train_images: n_train,
+            device: &device,
+            resolved,
+            calibration,
+        },
+        opts,
+    )
+}
+
+/// `cfg` with the objective's units set from the base's calibration, when there is one.
+pub(crate) fn calibrated(
+    cfg: &FinetuneConfig,
+    calibration: Option<&Calibration>,
+) -> FinetuneConfig {
+    match calibration {
+        Some(c) => FinetuneConfig {
+            objective: cfg.objective.calibrated(c),
+            ..cfg.clone()
+        },
+        None => cfg.clone(),
+    }
+}
+
+/// The probe samples' initial noise: `probe.samples` draws of `dims` from the probe seed.
+pub(crate) fn probe_noise(cfg: &FinetuneConfig, dims: &[usize], device: &Device) -> Result<Tensor> {
+    let mut rng = draws::rng(cfg.probe.seed, Stream::ProbeSamples, 0);
+    let mut shape = vec![cfg.probe.samples];
+    shape.extend_from_slice(dims);
+    draws::normal(&mut rng, &shape, device)
+}
+
+/// The judges of `probe.judges` from the registry.
+pub(crate) fn load_judges(cfg: &FinetuneConfig, registry: &Path) -> Result<Vec<Judge>> {
+    if cfg.probe.judges.is_empty() {
+        return Ok(vec![]);
+    }
+    let reg = Registry::load(registry)
+        .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))?;
+    cfg.probe
+        .judges
+        .iter()
+        .map(|n| {
+            reg.load_judge(n)
+                .map_err(|e| FinetuneError::config("probe.judges", e.to_string()))
+        })
+        .collect()
+}
+
+/// Everything the training loop needs from a run's set-up.
+pub(crate) struct Run<'a, M: Tunable> {
+    pub(crate) model: &'a M,
+    pub(crate) reference: &'a M,
+    pub(crate) vars: Vec<(String, Var)>,
+    pub(crate) guides: Guides<'a>,
+    pub(crate) schedule: &'a Schedule,
+    pub(crate) probe: Probe,
+    /// Step `s`'s training batch, and its data batch (methods with a data term).
+    pub(crate) draw: &'a dyn Fn(u64) -> Result<ObjectiveBatch>,
+    pub(crate) data: &'a dyn Fn(u64) -> Result<Option<ObjectiveBatch>>,
+    /// Write the tuned weights (`model.safetensors`).
+    pub(crate) save_model: &'a dyn Fn(&Path) -> Result<()>,
+    pub(crate) num_params: usize,
+    pub(crate) train_images: usize,
+    pub(crate) device: &'a Device,
+    /// The resolved config's JSON (`config.json`, and the checkpoint's `meta.config`).
+    pub(crate) resolved: String,
+    pub(crate) calibration: Option<Calibration>,
+}
+
+/// What a checkpoint restores.
+struct Resumed {
+    step: usize,
+    drift_stop: Option<DriftStop>,
+    loss_rows: Vec<String>,
+    curve_rows: Vec<String>,
+}
+
+/// Set every var of `vars` from `tensors` (checkpoint names `model.<var>`).
+fn set_vars(
+    vars: &[(String, Var)],
+    tensors: &HashMap<String, Tensor>,
+    origin: &Path,
+) -> Result<()> {
+    for (name, var) in vars {
+        let t = tensors
+            .get(&format!("model.{name}"))
+            .ok_or_else(|| FinetuneError::BadFile {
+                path: origin.to_path_buf(),
+                msg: format!("missing `model.{name}`"),
+            })?;
+        if t.dims() != var.dims() {
+            return Err(FinetuneError::BadFile {
+                path: origin.to_path_buf(),
+                msg: format!(
+                    "`model.{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            });
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Restore the checkpoint at `path` when it was written with the same resolved config.
+fn resume(
+    path: &Path,
+    run: &Run<'_, impl Tunable>,
+    opt: &mut AdamW,
+    out: &Path,
+    curve_hdr: &str,
+) -> Result<Option<Resumed>> {
+    let t =
+        candle_core::safetensors::load(path, run.device).map_err(|e| FinetuneError::BadFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    let same_config = t
+        .get("meta.config")
+        .and_then(|c| c.to_vec1::<u8>().ok())
+        .map(|b| b == run.resolved.as_bytes())
+        .unwrap_or(false);
+    if !same_config {
+        eprintln!(
+            "finetune: {} was written with another config; starting fresh",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let step = t
+        .get("meta.step")
+        .and_then(|s| s.to_vec1::<u32>().ok())
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| FinetuneError::BadFile {
+            path: path.to_path_buf(),
+            msg: "missing `meta.step`".into(),
+        })? as usize;
+    set_vars(&run.vars, &t, path)?;
+    opt.load_state(&t, step)?;
+    let drift_stop = match t.get("meta.drift_stop") {
+        Some(d) => {
+            let v = d.to_vec1::<f64>()?;
+            Some(DriftStop {
+                step: v[0] as usize,
+                anchor_distance: v[1],
+                threshold: v[2],
+            })
+        }
+        None => None,
+    };
+    Ok(Some(Resumed {
+        step,
+        drift_stop,
+        loss_rows: csv_rows_upto(&out.join("loss.csv"), LOSS_HEADER, step)?,
+        curve_rows: csv_rows_upto(&out.join("curve.csv"), curve_hdr, step)?,
+    }))
+}
+
+/// The optimisation loop of a run, its checkpoints and its final outputs (shared by every
+/// kind of network).
+pub(crate) fn run_loop<M: Tunable>(
+    cfg: &FinetuneConfig,
+    out: &Path,
+    run: Run<'_, M>,
+    opts: &RunOptions,
+) -> Result<Option<FinetuneOutcome>> {
+    let (model, reference, schedule, guides) = (run.model, run.reference, run.schedule, run.guides);
+    let mut opt = AdamW::new(run.vars.clone(), cfg.optim.clone())?;
+    let judge_names: Vec<String> = run
+        .probe
+        .judges
+        .iter()
+        .map(|j| j.name().to_string())
+        .collect();
+    let curve_hdr = curve_header(&judge_names);
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let resumed = match !opts.fresh && ckpt_path.exists() {
+        true => resume(&ckpt_path, &run, &mut opt, out, &curve_hdr)?,
+        false => None,
+    };
+    let (start, mut drift_stop, mut loss_rows, mut curve_rows) = match resumed {
+        Some(r) => (r.step, r.drift_stop, r.loss_rows, r.curve_rows),
+        None => (0, None, vec![], vec![]),
+    };
     let save_ckpt = |opt: &AdamW,
                      step: usize,
                      loss_rows: &[String],
                      curve_rows: &[String],
                      stop: Option<&DriftStop>|
      -> Result<()> {
-        write_csv(&loss_path, LOSS_HEADER, loss_rows)?;
-        write_csv(&curve_path, &curve_hdr, curve_rows)?;
+        write_csv(&out.join("loss.csv"), LOSS_HEADER, loss_rows)?;
+        write_csv(&out.join("curve.csv"), &curve_hdr, curve_rows)?;
         let mut map: HashMap<String, Tensor> = opt.state_tensors();
-        for (n, v) in &vars {
+        for (n, v) in &run.vars {
             map.insert(format!("model.{n}"), v.as_tensor().clone());
         }
         map.insert(
@@ -1003,7 +1195,7 @@ pub fn run_finetune(
         );
         map.insert(
             "meta.config".into(),
-            Tensor::new(resolved.as_bytes(), &Device::Cpu)?,
+            Tensor::new(run.resolved.as_bytes(), &Device::Cpu)?,
         );
         if let Some(d) = stop {
             map.insert(
@@ -1017,14 +1209,13 @@ pub fn run_finetune(
         save_tensors_atomic(&map, &ckpt_path)
     };
 
+    let probe = &run.probe;
     let mut base_row = None;
     if start == 0 {
-        let row = probe.row(0, &model, &reference, &guidance, &schedule, cfg)?;
+        let row = probe.row(0, model, reference, guides, schedule, cfg)?;
         curve_rows.push(curve_line(&row));
         base_row = Some(row);
     }
-    let n_train = train.n;
-    let on_policy = cfg.on_policy.partial(&cfg.objective);
     let pb = acpo_core::progress::bar_with_template(
         cfg.steps as u64,
         "finetune {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}",
@@ -1035,65 +1226,13 @@ pub fn run_finetune(
     let mut step = start;
     // a run that stopped on drift stays stopped
     while step < cfg.steps && drift_stop.is_none() {
-        let batch = match cfg.draws {
-            DrawSource::Forward => data_batch_from(
-                n_train,
-                &fetch,
-                &schedule,
-                &cfg.objective,
-                cfg.batch_size,
-                cfg.seed,
-                step as u64,
-            )?,
-            DrawSource::OnPolicy => {
-                let dims = [cfg.batch_size, m.in_channels, m.image_size, m.image_size];
-                match &paths.text {
-                    None => refl::partial_sample_batch(
-                        &model,
-                        &schedule,
-                        &on_policy,
-                        &dims,
-                        None,
-                        cfg.seed,
-                        step as u64,
-                        &device,
-                    )?,
-                    Some(t) => refl::partial_sample_batch(
-                        &Guided {
-                            model: &model,
-                            scale: guidance_scale,
-                        },
-                        &schedule,
-                        &on_policy,
-                        &dims,
-                        Some(t.draw_prompts(cfg.batch_size, cfg.seed, step as u64, &device)?),
-                        cfg.seed,
-                        step as u64,
-                        &device,
-                    )?,
-                }
-            }
-        };
-        let data = match &paths.text {
-            Some(t) if cfg.objective.lambdas().d > 0.0 => Some(text::data_batch(
-                n_train,
-                &fetch,
-                &train.labels,
-                &t.captions,
-                &schedule,
-                &cfg.objective,
-                cfg.batch_size,
-                cfg.seed,
-                step as u64,
-                &device,
-            )?),
-            _ => None,
-        };
+        let batch = (run.draw)(step as u64)?;
+        let data = (run.data)(step as u64)?;
         let st = train_step_with_data(
-            &model,
-            &reference,
-            &guidance,
-            &schedule,
+            model,
+            reference,
+            guides.objective,
+            schedule,
             &cfg.objective,
             &batch,
             data.as_ref(),
@@ -1114,7 +1253,7 @@ pub fn run_finetune(
         pb.inc(1);
         pb.set_message(format!("loss {:.4}", st.loss));
         if step.is_multiple_of(cfg.probe.every) || step == cfg.steps {
-            let row = probe.row(step, &model, &reference, &guidance, &schedule, cfg)?;
+            let row = probe.row(step, model, reference, guides, schedule, cfg)?;
             curve_rows.push(curve_line(&row));
             if let Some(th) = cfg.drift_stop {
                 if row.anchor_distance.mean > th {
@@ -1146,17 +1285,15 @@ pub fn run_finetune(
     // final outputs
     let last = match last_row {
         Some(r) => r,
-        None => probe.row(step, &model, &reference, &guidance, &schedule, cfg)?,
+        None => probe.row(step, model, reference, guides, schedule, cfg)?,
     };
     let base = match base_row {
         Some(r) => r,
-        None => probe.row(0, &reference, &reference, &guidance, &schedule, cfg)?,
+        None => probe.row(0, reference, reference, guides, schedule, cfg)?,
     };
     save_ckpt(&opt, step, &loss_rows, &curve_rows, drift_stop.as_ref())?;
-    model
-        .save(&out.join("model.safetensors"))
-        .map_err(diffusion_err)?;
-    write_atomic(&out.join("config.json"), resolved.as_bytes())?;
+    (run.save_model)(&out.join("model.safetensors"))?;
+    write_atomic(&out.join("config.json"), run.resolved.as_bytes())?;
     let tail = (loss_rows.len() / 10).max(1);
     let final_train_loss = loss_rows[loss_rows.len().saturating_sub(tail)..]
         .iter()
@@ -1174,10 +1311,10 @@ pub fn run_finetune(
         base,
         last,
         final_train_loss,
-        device: format!("{device:?}"),
-        num_params: model.num_params(),
-        train_images: n_train,
-        calibration,
+        device: format!("{:?}", run.device),
+        num_params: run.num_params,
+        train_images: run.train_images,
+        calibration: run.calibration,
         seed: cfg.seed,
         invocation: FinetuneInvocation {
             resumed_from: start,

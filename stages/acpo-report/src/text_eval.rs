@@ -15,6 +15,11 @@
 //! is available offline (MiniLM embeds text only), and no caption-free proxy was found that
 //! measures alignment rather than something else; the metrics say so (`alignment`).
 //!
+//! A Stable Diffusion model (a base folder with `link-sd`'s `sd.json`) is sampled the same
+//! way in latent space (acpo-sd's [`SdSampler`]: image `j` from the latent noise of
+//! seed `seed + j`, SD's empty-prompt context as the unconditional one) and decoded by its
+//! VAE; everything after the images is the same.
+//!
 //! Outputs in `out_dir` (`results/eval-text/<data>/<run>/`), written to a temporary sibling and
 //! renamed: `metrics.json` ([`TextEvalMetrics`]), `config.json`, and per set
 //! `<set>/{scores.csv, samples.safetensors, grid.png, prompts.json}`.
@@ -28,6 +33,8 @@ use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::sampler::{sample, SamplerOpts};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::Registry;
+use acpo_sd::sampling::{SdSampler, SdSampling};
+use acpo_sd::SdLink;
 use acpo_text::{PromptRecord, PromptTable};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -278,9 +285,19 @@ fn pixel_drift(a: &SetSamples, b: &SetSamples) -> Vec<f64> {
         .collect()
 }
 
+/// The model an evaluation samples: a small prompt-conditioned UNet in pixel space, or a
+/// linked Stable Diffusion model.
+#[allow(clippy::large_enum_variant)] // one per evaluation
+enum TextModel {
+    Pixel {
+        model: UNet,
+        schedule: NoiseSchedule,
+    },
+    Sd(Box<SdSampler>),
+}
+
 fn sample_set(
-    model: &UNet,
-    schedule: &NoiseSchedule,
+    text_model: &TextModel,
     table: &PromptTable,
     cfg: &TextEvalConfig,
     name: &str,
@@ -310,7 +327,24 @@ fn sample_set(
         let ctx = table
             .contexts(r, device)
             .map_err(|e| ReportError::config("prompts", e.to_string()))?;
-        let x = sample(model, schedule, s, Some(&ctx), &opts, device, || pb.inc(1))?;
+        let x = match text_model {
+            TextModel::Pixel { model, schedule } => {
+                sample(model, schedule, s, Some(&ctx), &opts, device, || pb.inc(1))?
+            }
+            TextModel::Sd(sd) => {
+                let sampling = SdSampling {
+                    steps: cfg.steps,
+                    spacing: cfg.spacing,
+                    scale: cfg.guidance_scale,
+                    batch: cfg.batch_size,
+                };
+                let x = sd
+                    .sample(s, &ctx, sampling)
+                    .map_err(|e| ReportError::config("stable diffusion", e.to_string()))?;
+                pb.inc(cfg.steps as u64);
+                x
+            }
+        };
         (h, w) = (x.dim(2)?, x.dim(3)?);
         pixels.extend(acpo_diffusion::data::to_u8_hwc(&x)?);
     }
@@ -321,8 +355,16 @@ fn sample_set(
 /// Evaluate one model on every set of `cfg.sets`. See the module docs.
 pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<TextEvalMetrics> {
     cfg.validate()?;
-    let device = Device::Cpu;
-    let base_model = paths.base_dir.join("model.safetensors");
+    let sd = SdLink::is_linked(&paths.base_dir);
+    // SD's UNet is sampled on the first CUDA device when there is one; the small models on
+    // the CPU
+    let device = match sd {
+        true => Device::cuda_if_available(0)?,
+        false => Device::Cpu,
+    };
+    let base_model = paths
+        .base_dir
+        .join(if sd { "sd.json" } else { "model.safetensors" });
     require(
         &base_model,
         "the prompt-conditioned base model",
@@ -359,12 +401,22 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         }
     };
     let registry = Registry::load(&paths.judges)?;
-    let bp: BenchmarkParams = serde_json::from_value(crate::evaluate::read_json(
-        &paths.base_dir.join("config.json"),
-    )?)
-    .map_err(|e| ReportError::bad(paths.base_dir.join("config.json"), "", e.to_string()))?;
-    let schedule = NoiseSchedule::from_config(&bp.schedule)?;
-    let model = UNet::load(&bp.model, &model_path, &device)?;
+    let (text_model, base_params) = if sd {
+        let tuned = paths.run_dir.as_ref().map(|_| model_path.as_path());
+        let s = SdSampler::load(&paths.base_dir, &paths.prompts_dir, tuned, &device)
+            .map_err(|e| ReportError::config("stable diffusion", e.to_string()))?;
+        let link = serde_json::to_value(&s.link).expect("link records serialise");
+        (TextModel::Sd(Box::new(s)), link)
+    } else {
+        let bp: BenchmarkParams = serde_json::from_value(crate::evaluate::read_json(
+            &paths.base_dir.join("config.json"),
+        )?)
+        .map_err(|e| ReportError::bad(paths.base_dir.join("config.json"), "", e.to_string()))?;
+        let schedule = NoiseSchedule::from_config(&bp.schedule)?;
+        let model = UNet::load(&bp.model, &model_path, &device)?;
+        let bp = serde_json::to_value(&bp).expect("base params serialise");
+        (TextModel::Pixel { model, schedule }, bp)
+    };
 
     // every prompt set is read before any sampling, so a missing one costs nothing
     let tables = cfg
@@ -386,7 +438,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         .map_err(|e| ReportError::config("out_dir", e.to_string()))?;
     let mut sets = BTreeMap::new();
     for (name, table) in cfg.sets.iter().zip(&tables) {
-        let (samples, rows, seeds) = sample_set(&model, &schedule, table, cfg, name, &device)?;
+        let (samples, rows, seeds) = sample_set(&text_model, table, cfg, name, &device)?;
         let images = rgb(&samples)?;
         let (scores, cols) = score_images(&registry, &cfg.guidance, &cfg.judges, &images)?;
         let base = match &base_eval {
@@ -460,7 +512,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
     write_json(
         &staging.path("config.json"),
         &serde_json::json!({ "text_evaluate": cfg, "data": paths.data, "run": paths.run,
-            "base_params": bp, "model": model_path, "prompts": paths.prompts_dir }),
+            "base_params": base_params, "model": model_path, "prompts": paths.prompts_dir }),
     )?;
     staging
         .commit()

@@ -12,11 +12,15 @@
 
 pub mod config;
 pub mod error;
+pub mod link;
 pub mod model;
+pub mod prompts;
+pub mod sampling;
 pub mod tiny;
 pub mod unet;
 
 pub use config::{Architecture, Prediction, SdConfig, SdVersion};
 pub use error::{Result, SdError};
+pub use link::SdLink;
 pub use model::{Denoiser, Encoded, SdWeights, TextEncoder, Vae};
 pub use unet::SdUNet;

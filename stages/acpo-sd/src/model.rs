@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model as clip;
 use candle_transformers::models::stable_diffusion as sd;
 use std::collections::HashMap;
+use std::path::Path;
 
 use crate::config::{alphas_cumprod, Architecture, Prediction, SdConfig, SdVersion, FILE_KEYS};
 use crate::error::{Result, SdError};
@@ -65,19 +66,29 @@ impl SdWeights {
     }
 
     fn tensors(&self, key: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let path = self.config.file(key);
-        let map = candle_core::safetensors::load(&path, device)
-            .map_err(|e| SdError::bad(&path, format!("not a safetensors file: {e}")))?;
-        map.into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect()
+        tensors_at(&self.config.file(key), device)
     }
 
     fn build_unet(&self, map: HashMap<String, Tensor>, device: &Device) -> Result<SdUNet> {
+        self.build_unet_from(map, &self.config.file("unet"), device)
+    }
+
+    /// A UNet of this architecture from another weight file (a fine-tuned one), frozen.
+    pub fn unet_from_file(&self, path: &Path, device: &Device) -> Result<Denoiser> {
+        let unet = self.build_unet_from(tensors_at(path, device)?, path, device)?;
+        Ok(Denoiser::new(unet, self))
+    }
+
+    fn build_unet_from(
+        &self,
+        map: HashMap<String, Tensor>,
+        origin: &Path,
+        device: &Device,
+    ) -> Result<SdUNet> {
         let vb = VarBuilder::from_tensors(map, DType::F32, device);
         SdUNet::new(vb, &self.arch.unet).map_err(|e| {
             SdError::bad(
-                self.config.file("unet"),
+                origin,
                 format!("does not fit the {:?} UNet: {e}", self.config.version),
             )
         })
@@ -130,6 +141,15 @@ impl SdWeights {
             scaling_factor: v.scaling_factor,
         })
     }
+}
+
+/// Every tensor of a safetensors file, as F32.
+fn tensors_at(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let map = candle_core::safetensors::load(path, device)
+        .map_err(|e| SdError::bad(path, format!("not a safetensors file: {e}")))?;
+    map.into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect()
 }
 
 /// The UNet as a noise predictor: v-prediction outputs are converted to `eps`.

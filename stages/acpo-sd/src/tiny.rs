@@ -25,8 +25,8 @@ pub const WORDS: [&str; 12] = [
 ];
 
 /// The tiny architecture: a two-level UNet (32 and 64 channels, cross-attention on the first level,
-/// 1x1-convolution or linear projections), a two-level VAE (16 px images, 8x8 latents) and a
-/// one-layer CLIP with a context of 8 tokens.
+/// 1x1-convolution or linear projections), a two-level VAE (16x16 latents) and a
+/// one-layer CLIP with a context of 8 tokens; 32 px images (CNNIQA scores 32x32 patches).
 pub fn tiny_architecture(linear_projection: bool, prediction: Prediction) -> Architecture {
     Architecture {
         unet: UNetSpec {
@@ -68,7 +68,7 @@ pub fn tiny_architecture(linear_projection: bool, prediction: Prediction) -> Arc
             heads: 2,
             pad_with: None,
         },
-        image_size: 16,
+        image_size: 32,
         prediction,
     }
 }

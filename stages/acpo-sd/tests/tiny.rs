@@ -475,3 +475,37 @@ fn candle_transformers_unet_drops_layer_norm_gradients() {
     assert!(grads.get(norm.as_tensor()).is_none());
     assert!(grads.get(vars["conv_out.weight"].as_tensor()).is_some());
 }
+
+#[test]
+fn an_image_depends_on_its_seed_and_prompt_not_on_its_batch() {
+    let (dir, cfg) = tiny(false);
+    let base = dir.path().join("base");
+    acpo_sd::SdLink::create(&cfg).unwrap().write(&base).unwrap();
+    let w = SdWeights::open(&cfg).unwrap();
+    let enc = w.text_encoder(&Device::Cpu).unwrap();
+    acpo_sd::prompts::write_null_context(&enc, dir.path(), &Device::Cpu).unwrap();
+    let s = acpo_sd::sampling::SdSampler::load(&base, dir.path(), None, &Device::Cpu).unwrap();
+    let ctx = enc
+        .encode(&["a red car", "a blue sky", "a cat"], &Device::Cpu)
+        .unwrap()
+        .states;
+    let sampling = |batch| acpo_sd::sampling::SdSampling {
+        steps: 3,
+        spacing: acpo_diffusion::config::Spacing::Leading,
+        scale: 3.0,
+        batch,
+    };
+    let a = s.sample(&[10, 11, 12], &ctx, sampling(3)).unwrap();
+    let b = s.sample(&[10, 11, 12], &ctx, sampling(2)).unwrap();
+    assert_eq!(a.dims(), &[3, 3, 32, 32]);
+    // The same image up to float summation order: the UNet's outputs differ by about 1e-6
+    // (relative) between batch sizes, which x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) at t near
+    // 999 amplifies; a quarter of one 8-bit level bounds it.
+    let d = max_abs(&(&a - &b).unwrap());
+    assert!(d < 2e-3, "batching changed an image by {d}");
+    let c = s.sample(&[10, 13, 12], &ctx, sampling(3)).unwrap();
+    let per_image = |x: &Tensor, i: usize| x.narrow(0, i, 1).unwrap();
+    assert!(max_abs(&(per_image(&a, 0) - per_image(&c, 0)).unwrap()) < 2e-3);
+    assert!(max_abs(&(per_image(&a, 1) - per_image(&c, 1)).unwrap()) > 1e-3);
+    assert!(max_abs(&a) <= 1.0);
+}
