@@ -145,17 +145,18 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
                 );
             }
         }
-        // (finetune-text has no KID gate: the prompt-conditioned base has no reference
-        // statistics for prompts, so its params must turn the gate off, or the run would refuse
-        // for want of an evaluation no stage writes.)
+        // (The runs on prompts and on Stable Diffusion have no KID gate: their bases have no
+        // reference statistics for prompts, so the params overlay they read must turn the gate
+        // off, or the run would refuse for want of an evaluation no stage writes.)
+        const NO_GATE: [&str; 3] = ["finetune-text", "finetune-text-sweep", "finetune-sd"];
         let params = Params::load(root, profile, &[]).unwrap();
-        for s in p.stages.iter().filter(|s| s.base == "finetune-text") {
-            let bench = s
-                .deps
+        for s in p.stages.iter().filter(|s| NO_GATE.contains(&s.base.as_str())) {
+            let overlay = s
+                .params
                 .iter()
-                .find_map(|d| d.strip_prefix("results/base/"))
-                .unwrap_or_else(|| panic!("{profile}: {} has no base", s.name));
-            let key = format!("finetune.{bench}.base_max_kid");
+                .rfind(|k| k.starts_with("finetune.") && *k != "finetune.defaults")
+                .unwrap_or_else(|| panic!("{profile}: {} reads no finetune overlay", s.name));
+            let key = format!("{overlay}.base_max_kid");
             assert_eq!(
                 params.get(&key),
                 Some(&serde_json::Value::Null),
@@ -166,7 +167,7 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
         for s in p
             .stages
             .iter()
-            .filter(|s| s.base.starts_with("finetune") && s.base != "finetune-text")
+            .filter(|s| s.base.starts_with("finetune") && !NO_GATE.contains(&s.base.as_str()))
         {
             let bench = s
                 .deps

@@ -186,7 +186,13 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
                 ),
             };
             let fix_run = match group_of(&run) {
-                Some(g) => format!("acpo repro {finetune}@{data}-{g}-{}", &run[g.len() + 2..]),
+                Some(g) => {
+                    let seed = &run[g.len() + 2..];
+                    match g.strip_prefix("sweep-la") {
+                        Some(la) => format!("acpo repro {finetune}-sweep@{data}-{la}-{seed}"),
+                        None => format!("acpo repro {finetune}@{data}-{g}-{seed}"),
+                    }
+                }
                 None => format!("acpo repro {finetune}@{data}-{run}"),
             };
             let paths = TextEvalPaths {

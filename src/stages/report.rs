@@ -45,6 +45,31 @@ pub enum ReportCommand {
     },
 }
 
+/// Params `finetune.text-sweep`: the anchor-weight sweep on prompts.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextSweep {
+    lambda_a: Vec<serde_json::Value>,
+    seeds: Vec<u64>,
+}
+
+impl TextSweep {
+    /// Run names `sweep-la<lambda_a>-s<seed>`, lambda_a spelt as in the params (as the
+    /// pipeline's `${item.lambda_a}` spells it).
+    fn runs(&self) -> Vec<String> {
+        self.lambda_a
+            .iter()
+            .flat_map(|la| {
+                let la = match la {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                self.seeds.iter().map(move |s| format!("sweep-la{la}-s{s}"))
+            })
+            .collect()
+    }
+}
+
 /// Files a run itself rewrites before the report is built: they never make a tree "changed".
 const WRITTEN_BY_THE_RUN: [&str; 2] = ["pipeline.lock", "reports/"];
 
@@ -149,6 +174,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         ReportCommand::TextReport { data, out } => {
             let methods: Vec<String> = stage_param("finetune.text.methods")?;
             let seeds: Vec<u64> = stage_param("finetune.text.seeds")?;
+            let sweep: TextSweep = stage_param("finetune.text-sweep")?;
             let allow_dirty: bool = stage_param("report.allow_dirty")?;
             let spec = TextReportSpec {
                 eval_dir: PathBuf::from("results/eval-text").join(&data),
@@ -159,6 +185,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 runs: methods
                     .iter()
                     .flat_map(|m| seeds.iter().map(move |s| format!("{m}-s{s}")))
+                    .chain(sweep.runs())
                     .collect(),
                 out_dir: out
                     .unwrap_or_else(|| PathBuf::from("reports").join(format!("{data}-text"))),

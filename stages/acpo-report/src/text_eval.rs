@@ -619,8 +619,10 @@ fn set_metrics(
     })
 }
 
-/// Reads a `metrics.json` written by [`evaluate_text`].
+/// Reads a `metrics.json` written by [`evaluate_text`]; a missing one is an error naming
+/// `fix`, the command that writes it.
 pub fn read_text_metrics(path: &Path, fix: &str) -> Result<TextEvalMetrics> {
+    require(path, "the text evaluation", fix, false)?;
     let v = crate::evaluate::read_json(path)?;
     let found = v.get("schema").and_then(|s| s.as_u64());
     if found != Some(TEXT_SCHEMA as u64) {

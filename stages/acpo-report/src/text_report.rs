@@ -80,12 +80,18 @@ fn across(values: &[f64]) -> String {
 
 /// Build the report. Returns the path of `summary.md`.
 pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
-    let fix = |run: &str| {
-        format!(
+    // the stage that evaluates `run`: a sweep point or a method's replicate
+    let fix = |run: &str| match run.strip_prefix("sweep-la") {
+        Some(rest) => format!(
+            "acpo repro evaluate-text-sweep@{}-{}",
+            spec.data,
+            rest.replacen("-s", "-", 1)
+        ),
+        None => format!(
             "acpo repro evaluate-text@{}-{}",
             spec.data,
             run.replacen("-s", "-", 1)
-        )
+        ),
     };
     let base = read_text_metrics(
         &spec.eval_dir.join("base/metrics.json"),

@@ -219,6 +219,17 @@ fn runs_are_paired_with_the_base_per_set_and_category_and_reported() {
         .exists());
     // the probe's held-out MSE change, 0.061 - 0.06, in the method row
     assert!(md.contains("0.0010"), "{md}");
+
+    // a sweep point on prompts not evaluated yet: the error names its stage
+    let spec = TextReportSpec {
+        runs: vec!["acpo-s0".into(), "sweep-la10-s2".into()],
+        ..spec
+    };
+    let e = text_report(&spec).unwrap_err().to_string();
+    assert!(
+        e.contains("acpo repro evaluate-text-sweep@tiny-10-2"),
+        "{e}"
+    );
 }
 
 #[test]
