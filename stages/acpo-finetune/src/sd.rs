@@ -28,7 +28,7 @@ use crate::stage::{
     CnniqaGuidance, DrawSource, FinetuneConfig, FinetuneOutcome, Guides, Probe, Run, RunOptions,
     Tunable,
 };
-use crate::train::{draw_batch_indexed, ProbeSet};
+use crate::train::{calibration_draws, draw_batch_indexed, select_rows, ProbeSet};
 use crate::{FinetuneError, Result};
 
 impl EpsModel for SdModel {
@@ -203,14 +203,7 @@ pub fn run_finetune_sd(
         &cfg.probe,
     )?;
     let set = ProbeSet::new(&base_latents, &schedule, cfg.probe.draws, cfg.probe.seed)?;
-    let set_ctx = probe_ctx.index_select(
-        &Tensor::from_vec(
-            set.images.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            set.images.len(),
-            &device,
-        )?,
-        0,
-    )?;
+    let set_ctx = select_rows(&probe_ctx, &set.images)?;
     let set = set.with_cond(set_ctx)?;
     let decode_vae = vae.clone();
     let mut probe = Probe {
@@ -224,41 +217,22 @@ pub fn run_finetune_sd(
     probe.base_samples = Some(probe.images(&base_latents, cfg.probe.batch_size)?);
 
     // calibration on the base's samples, forward-noised into the training window
-    let fetch = |idx: &[usize]| {
-        let ids = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            idx.len(),
-            &device,
-        )?;
-        base_latents.index_select(&ids, 0)
-    };
+    let fetch = |idx: &[usize]| select_rows(&base_latents, idx);
     let calibration = match cfg.objective.normalize {
         Normalize::None => None,
         Normalize::Base => {
-            let (total, batch) = (cfg.objective.calibration_draws, cfg.probe.batch_size.max(1));
-            let batches = (0..total.div_ceil(batch))
-                .map(|k| {
-                    let len = batch.min(total - k * batch);
-                    let rng = draws::rng(cfg.probe.seed, Stream::Calibration, k as u64);
-                    let (mut b, idx) = draw_batch_indexed(
-                        base_latents.dim(0)?,
-                        &fetch,
-                        &schedule,
-                        &cfg.objective,
-                        len,
-                        rng,
-                    )?;
-                    b.cond = Some(probe_ctx.index_select(
-                        &Tensor::from_vec(
-                            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                            idx.len(),
-                            &device,
-                        )?,
-                        0,
-                    )?);
+            let batches = calibration_draws(
+                &cfg.objective,
+                cfg.probe.batch_size,
+                cfg.probe.seed,
+                |len, rng, _| {
+                    let n = base_latents.dim(0)?;
+                    let (mut b, idx) =
+                        draw_batch_indexed(n, &fetch, &schedule, &cfg.objective, len, rng)?;
+                    b.cond = Some(select_rows(&probe_ctx, &idx)?);
                     Ok(b)
-                })
-                .collect::<Result<Vec<_>>>()?;
+                },
+            )?;
             Some(Calibration::measure(
                 &reference, &guidance, &schedule, &batches,
             )?)

@@ -196,22 +196,18 @@ pub fn calibration_batches(
     seed: u64,
     device: &Device,
 ) -> Result<Vec<ObjectiveBatch>> {
-    let (total, batch) = (cfg.calibration_draws, batch.max(1));
-    (0..total.div_ceil(batch))
-        .map(|k| {
-            let len = batch.min(total - k * batch);
-            captioned_batch(
-                n_images,
-                fetch,
-                labels,
-                captions,
-                schedule,
-                cfg,
-                len,
-                draws::rng(seed, Stream::Calibration, k as u64),
-                &mut draws::rng(seed, Stream::Captions, u64::MAX - k as u64),
-                device,
-            )
-        })
-        .collect()
+    crate::train::calibration_draws(cfg, batch, seed, |len, rng, k| {
+        captioned_batch(
+            n_images,
+            fetch,
+            labels,
+            captions,
+            schedule,
+            cfg,
+            len,
+            rng,
+            &mut draws::rng(seed, Stream::Captions, u64::MAX - k),
+            device,
+        )
+    })
 }

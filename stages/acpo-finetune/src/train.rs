@@ -89,14 +89,7 @@ pub fn data_batch(
     seed: u64,
     step: u64,
 ) -> Result<ObjectiveBatch> {
-    let fetch = |idx: &[usize]| -> candle_core::Result<Tensor> {
-        let idx_t = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            idx.len(),
-            images.device(),
-        )?;
-        images.index_select(&idx_t, 0)
-    };
+    let fetch = |idx: &[usize]| select_rows(images, idx);
     data_batch_from(
         images.dim(0)?,
         &fetch,
@@ -140,14 +133,41 @@ pub fn calibration_batches(
     batch: usize,
     seed: u64,
 ) -> Result<Vec<ObjectiveBatch>> {
+    calibration_draws(cfg, batch, seed, |len, rng, _| {
+        draw_batch(n_images, fetch, schedule, cfg, len, rng)
+    })
+}
+
+/// The loop of every kind of calibration draws: `cfg.calibration_draws` draws, `batch` at a
+/// time; `draw(len, rng, k)` makes batch `k` of `len` draws from `rng`, stream `Calibration`
+/// keyed by `seed` and `k`.
+pub(crate) fn calibration_draws(
+    cfg: &ObjectiveConfig,
+    batch: usize,
+    seed: u64,
+    mut draw: impl FnMut(usize, acpo_diffusion::rng::SeededRng, u64) -> Result<ObjectiveBatch>,
+) -> Result<Vec<ObjectiveBatch>> {
     let (total, batch) = (cfg.calibration_draws, batch.max(1));
     (0..total.div_ceil(batch))
         .map(|k| {
             let len = batch.min(total - k * batch);
-            let rng = draws::rng(seed, Stream::Calibration, k as u64);
-            draw_batch(n_images, fetch, schedule, cfg, len, rng)
+            draw(
+                len,
+                draws::rng(seed, Stream::Calibration, k as u64),
+                k as u64,
+            )
         })
         .collect()
+}
+
+/// Rows `idx` of `t` (along its first dimension).
+pub(crate) fn select_rows(t: &Tensor, idx: &[usize]) -> candle_core::Result<Tensor> {
+    let ids = Tensor::from_vec(
+        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        idx.len(),
+        t.device(),
+    )?;
+    t.index_select(&ids, 0)
 }
 
 fn draw_batch(
@@ -215,12 +235,7 @@ impl ProbeSet {
         let mut rng = draws::rng(seed, Stream::Probe, 0);
         let idx = draws::indices(&mut rng, n, m);
         let t = draws::timesteps(&mut rng, n, 0, schedule.num_steps() - 1);
-        let idx_t = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            n,
-            images.device(),
-        )?;
-        let x0 = images.index_select(&idx_t, 0)?;
+        let x0 = select_rows(images, &idx)?;
         let eps = draws::normal(&mut rng, x0.dims(), images.device())?.to_dtype(images.dtype())?;
         let x_t = schedule.add_noise(&x0, &eps, &t)?;
         Ok(Self {

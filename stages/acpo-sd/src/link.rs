@@ -5,12 +5,11 @@
 //! (`results/base/<name>/`). Later stages open the weights through that record, with the
 //! digests pinned, so weights replaced after linking are refused instead of silently used.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Architecture, SdConfig, FILE_KEYS};
+use crate::config::{Architecture, SdConfig};
 use crate::error::{Result, SdError};
 use crate::model::SdWeights;
 
@@ -30,16 +29,8 @@ pub struct SdLink {
 impl SdLink {
     /// Check the folder of `config` and hash its files (pins in `config` must match).
     pub fn create(config: &SdConfig) -> Result<Self> {
-        let w = SdWeights::open(config)?;
+        let (w, digests) = SdWeights::open_hashed(config)?;
         let mut pinned = config.clone();
-        let digests: BTreeMap<String, String> = FILE_KEYS
-            .iter()
-            .map(|k| {
-                let path = config.file(k);
-                let d = acpo_text::files::sha256_file(&path).map_err(|e| SdError::bad(&path, e))?;
-                Ok((k.to_string(), d))
-            })
-            .collect::<Result<_>>()?;
         pinned.sha256 = digests;
         Ok(Self {
             stable_diffusion: pinned,

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model as clip;
 use candle_transformers::models::stable_diffusion as sd;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::config::{alphas_cumprod, Architecture, Prediction, SdConfig, SdVersion, FILE_KEYS};
@@ -25,6 +25,16 @@ impl SdWeights {
     /// Check `config`: the architecture, then every file present and, where `sha256` pins
     /// one, with that digest. Reads no weights.
     pub fn open(config: &SdConfig) -> Result<Self> {
+        Ok(Self::check(config, false)?.0)
+    }
+
+    /// [`Self::open`], hashing every file (pinned or not) once: the weights and each file's
+    /// SHA-256 by key (`link-sd`).
+    pub fn open_hashed(config: &SdConfig) -> Result<(Self, BTreeMap<String, String>)> {
+        Self::check(config, true)
+    }
+
+    fn check(config: &SdConfig, hash_all: bool) -> Result<(Self, BTreeMap<String, String>)> {
         let arch = config.architecture()?;
         for key in config.sha256.keys() {
             if !FILE_KEYS.contains(&key.as_str()) {
@@ -34,6 +44,7 @@ impl SdWeights {
                 ));
             }
         }
+        let mut digests = BTreeMap::new();
         for key in FILE_KEYS {
             let path = config.file(key);
             let pinned = config.sha256.get(key);
@@ -45,24 +56,26 @@ impl SdWeights {
                     expected: pinned.map(|d| format!(", SHA-256 {d}")).unwrap_or_default(),
                 });
             }
-            if let Some(expected) = pinned {
-                let got =
-                    acpo_text::files::sha256_file(&path).map_err(|e| SdError::bad(&path, e))?;
-                if !got.eq_ignore_ascii_case(expected) {
-                    return Err(SdError::Checksum {
-                        path,
-                        key: format!("stable_diffusion.sha256.{key}"),
-                        expected: expected.clone(),
-                        got,
-                    });
-                }
+            if pinned.is_none() && !hash_all {
+                continue;
             }
+            let got = acpo_text::files::sha256_file(&path).map_err(|e| SdError::bad(&path, e))?;
+            if let Some(expected) = pinned.filter(|e| !got.eq_ignore_ascii_case(e)) {
+                return Err(SdError::Checksum {
+                    path,
+                    key: format!("stable_diffusion.sha256.{key}"),
+                    expected: expected.clone(),
+                    got,
+                });
+            }
+            digests.insert(key.to_string(), got);
         }
-        Ok(Self {
+        let weights = Self {
             config: config.clone(),
             arch,
             alphas_cumprod: alphas_cumprod(),
-        })
+        };
+        Ok((weights, digests))
     }
 
     fn tensors(&self, key: &str, device: &Device) -> Result<HashMap<String, Tensor>> {
