@@ -150,7 +150,11 @@ fn every_profile_loads_and_gates_every_fine_tuned_base() {
         // off, or the run would refuse for want of an evaluation no stage writes.)
         const NO_GATE: [&str; 3] = ["finetune-text", "finetune-text-sweep", "finetune-sd"];
         let params = Params::load(root, profile, &[]).unwrap();
-        for s in p.stages.iter().filter(|s| NO_GATE.contains(&s.base.as_str())) {
+        for s in p
+            .stages
+            .iter()
+            .filter(|s| NO_GATE.contains(&s.base.as_str()))
+        {
             let overlay = s
                 .params
                 .iter()
