@@ -11,7 +11,7 @@ use crate::error::{ReportError, Result};
 use crate::evaluate::StepStudy;
 use crate::experiment::{
     across_seeds, also_headlines, fmt_across, headline, headline_text, methods_cells,
-    pareto_panels, Headline, HeadlineConfig,
+    methods_compact_cells, pareto_panels, Headline, HeadlineConfig,
 };
 use crate::fsio::{read_string, write_atomic, write_json};
 use crate::plots::{plot, write_grid_png, Panel, Series};
@@ -591,6 +591,8 @@ pub struct BenchOutputs {
     pub also: Vec<Headline>,
     /// The methods table across seeds (header, cells).
     pub methods: (Vec<String>, Vec<Vec<String>>),
+    /// The same, compact: what the page shows first.
+    pub methods_compact: (Vec<String>, Vec<Vec<String>>),
 }
 
 /// What the Pareto plot shows.
@@ -735,8 +737,6 @@ fn plots_for(spec: &ReportSpec, bm: &BenchmarkSpec, evals: &[EvalMetrics]) -> Re
                     series: vec![series("base", x, &smooth(y, k))],
                 }],
             )?;
-            out.plots
-                .push((rel("train_base"), "Base model training loss".into()));
         }
     } else {
         out.notes
@@ -866,7 +866,7 @@ fn plots_for(spec: &ReportSpec, bm: &BenchmarkSpec, evals: &[EvalMetrics]) -> Re
             .join(&m.run)
             .join("samples.safetensors");
         let (n, h, w, px) = crate::evaluate::load_sample_pixels(&p)?;
-        let k = n.min(8);
+        let k = n.min(crate::base::STRIP);
         let name = format!("samples_{}", m.run);
         write_grid_png(
             &px[..k * h * w * 3],
@@ -1057,10 +1057,15 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         let mut outs = plots_for(spec, bm, &list)?;
         bases.push(crate::base::base_summary(spec, bm, &list[0])?);
         files.extend(
-            ["base.md", "base_samples.png", "real_test.png"]
-                .map(|f| dir.join(f))
-                .into_iter()
-                .filter(|p| p.exists()),
+            [
+                "base.md",
+                "base_samples.png",
+                "real_test.png",
+                "samples_real.png",
+            ]
+            .map(|f| dir.join(f))
+            .into_iter()
+            .filter(|p| p.exists()),
         );
         let sms = steps_metrics(spec, bm, &list)?;
         if !sms.is_empty() {
@@ -1086,6 +1091,7 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
         }
         outs.plots
             .insert(0, (format!("{}/pareto", bm.name), PARETO_CAPTION.into()));
+        outs.methods_compact = methods_compact_cells(&spec.headline, &list);
         outs.methods = methods;
         outs.headline = Some(hl);
         outs.also = also;

@@ -16,6 +16,8 @@ use std::path::Path;
 
 /// Images in each of the two grids (8 x 8).
 const GRID: usize = 64;
+/// Images in one row of the page's side-by-side samples (the same count as each run's row).
+pub const STRIP: usize = 8;
 
 /// FID and KID of real train images against the test statistics (`fid-train-vs-test`).
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,9 @@ pub struct BaseSummary {
     /// Report-relative paths of the grids and the training curve that exist.
     pub base_grid: Option<String>,
     pub real_grid: Option<String>,
+    /// The first 8 test images in one row (`samples_real.png`), for the page's side-by-side
+    /// sample rows.
+    pub real_strip: Option<String>,
     pub curve: Option<String>,
     pub notes: Vec<String>,
 }
@@ -136,6 +141,15 @@ pub fn base_summary(
             8,
             &dir.join("real_test.png"),
         )?;
+        let k = set.n.min(STRIP);
+        write_grid_png(
+            &set.pixels[..k * set.h * set.w * 3],
+            k,
+            set.h,
+            set.w,
+            k,
+            &dir.join("samples_real.png"),
+        )?;
         Some(rel("real_test.png"))
     } else {
         notes.push(format!(
@@ -178,6 +192,7 @@ pub fn base_summary(
         heldout_mse: fmt_estimate(&base.heldout_mse),
         training: training_of(&spec.root.join("results/base").join(&bm.name)),
         base_grid: Some(rel("base_samples.png")),
+        real_strip: real_grid.as_ref().map(|_| rel("samples_real.png")),
         real_grid,
         curve,
         notes,
@@ -234,11 +249,45 @@ pub const BASE_CAPTION: &str = "Each base model against real data, before any fi
     upwards at small n; KID is not. Fine-tuning results below are only as meaningful as this \
     base.";
 
+/// One sentence on how far the base is from real data: its FID and KID as multiples of the
+/// floor real images reach, or that they were not computed.
+pub fn base_sentence(s: &BaseSummary) -> String {
+    match (&s.quality, &s.floor) {
+        (Some(q), Some(f)) => format!(
+            "{}: the base's FID is {} on {} samples, {:.1}x the {} that real train images reach \
+             against the same test statistics; its KID is {}, {:.0}x theirs ({}). The closer both \
+             ratios are to 1, the more the fine-tuning results below say about a model that \
+             generates realistic images.",
+            s.benchmark,
+            fmt_num(q.fid.mean),
+            q.fid.n,
+            q.fid.mean / f.fid,
+            fmt_num(f.fid),
+            fmt_num(q.kid.mean),
+            q.kid.mean / f.kid,
+            fmt_num(f.kid)
+        ),
+        (Some(q), None) => format!(
+            "{}: the base's FID is {} on {} samples; the real-data floor was not computed, so \
+             judge it by its samples beside real test images.",
+            s.benchmark,
+            fmt_num(q.fid.mean),
+            q.fid.n
+        ),
+        (None, _) => format!(
+            "{}: the base's FID was not computed; judge it by its samples beside real test \
+             images.",
+            s.benchmark
+        ),
+    }
+}
+
 fn base_markdown(s: &BaseSummary) -> String {
     let (h, rows) = base_table(std::slice::from_ref(s));
     let mut md = format!(
-        "# {}: the base model\n\n{BASE_CAPTION}\n\n| {} |\n|{}\n| {} |\n",
+        "# {}: the base model\n\n{BASE_CAPTION}\n\n{}\n\n| {} |\n|{}\n| {} |\n",
         s.benchmark,
+        base_sentence(s),
         h.join(" | "),
         "---|".repeat(h.len()),
         rows[0].join(" | ")
@@ -265,6 +314,49 @@ fn base_markdown(s: &BaseSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_sentence_gives_the_distance_to_the_floor() {
+        let e = |mean: f64, n: usize| crate::stats::Estimate {
+            mean,
+            lo: None,
+            hi: None,
+            n,
+            interval: "exact".into(),
+            note: None,
+        };
+        let mut s = BaseSummary {
+            benchmark: "cifar10".into(),
+            quality: Some(FidKidMetrics {
+                fid: e(111.2, 1000),
+                kid: e(0.04776, 1000),
+                reference: "ref".into(),
+                n_ref: 1000,
+            }),
+            floor: Some(Floor {
+                fid: 46.94,
+                kid: 3.159e-4,
+                n: 1000,
+            }),
+            heldout_mse: String::new(),
+            training: String::new(),
+            base_grid: None,
+            real_grid: None,
+            real_strip: None,
+            curve: None,
+            notes: vec![],
+        };
+        let t = base_sentence(&s);
+        assert!(
+            t.starts_with("cifar10: the base's FID is 111.2 on 1000 samples, 2.4x the 46.94")
+                && t.contains("its KID is 0.04776, 151x theirs"),
+            "{t}"
+        );
+        s.floor = None;
+        assert!(base_sentence(&s).contains("floor was not computed"));
+        s.quality = None;
+        assert!(base_sentence(&s).contains("FID was not computed"));
+    }
 
     #[test]
     fn the_floor_is_read_and_a_broken_one_names_its_field() {

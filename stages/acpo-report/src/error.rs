@@ -67,6 +67,9 @@ pub enum ReportError {
     Polars(#[from] polars::error::PolarsError),
     #[error("plot {}: {msg}", path.display())]
     Plot { path: PathBuf, msg: String },
+    /// The headless browser that checks a report page is missing or failed.
+    #[error("checking {} in a browser: {msg}", page.display())]
+    Browser { page: PathBuf, msg: String },
 }
 
 /// Result alias of this crate.

@@ -156,6 +156,33 @@ pub fn fmt_across(a: &AcrossSeeds) -> String {
     s
 }
 
+/// `mean [lo, hi]` with three significant digits: the compact cell of the page's main tables
+/// (the seed count is its own column there, the sampling interval in the full table).
+pub fn fmt_across_short(a: &AcrossSeeds) -> String {
+    let e = &a.across;
+    match (e.lo, e.hi) {
+        (Some(lo), Some(hi)) => format!("{} [{}, {}]", short(e.mean), short(lo), short(hi)),
+        _ => short(e.mean),
+    }
+}
+
+/// A number with three significant digits (scientific below 1e-3 and from 1e5).
+pub fn short(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        return format!("{v:.2e}");
+    }
+    let digits = if a == 0.0 {
+        1
+    } else {
+        (2 - a.log10().floor() as i32).clamp(0, 5) as usize
+    };
+    format!("{v:.digits$}")
+}
+
 /// The metrics of a group row, held-out judges first: (column, value of one run).
 type Column = (String, Box<dyn Fn(&EvalMetrics) -> Option<Estimate>>);
 
@@ -198,16 +225,45 @@ fn columns(cfg: &HeadlineConfig, sample: &EvalMetrics) -> Vec<Column> {
     cols
 }
 
+/// The columns the compact methods table leaves to the full one.
+const NOT_COMPACT: [&str; 2] = ["FID", "KID"];
+
 /// The methods table: one row per replicate group, cells across seeds, held-out judges first.
 pub fn methods_cells(
     cfg: &HeadlineConfig,
     evals: &[EvalMetrics],
 ) -> (Vec<String>, Vec<Vec<String>>) {
+    group_table(cfg, evals, false)
+}
+
+/// The methods table as the page shows it first: the same rows, without FID and KID (from a
+/// few hundred samples, next to meaningless per run), cells as `mean [lo, hi]` with three
+/// significant digits ([`fmt_across_short`]).
+pub fn methods_compact_cells(
+    cfg: &HeadlineConfig,
+    evals: &[EvalMetrics],
+) -> (Vec<String>, Vec<Vec<String>>) {
+    group_table(cfg, evals, true)
+}
+
+fn group_table(
+    cfg: &HeadlineConfig,
+    evals: &[EvalMetrics],
+    compact: bool,
+) -> (Vec<String>, Vec<Vec<String>>) {
     let gs = groups(evals);
     let Some(sample) = gs.first().map(|(_, v)| v[0]) else {
         return (vec![], vec![]);
     };
-    let cols = columns(cfg, sample);
+    let mut cols = columns(cfg, sample);
+    if compact {
+        cols.retain(|(n, _)| !NOT_COMPACT.contains(&n.as_str()));
+    }
+    let cell = if compact {
+        fmt_across_short
+    } else {
+        fmt_across
+    };
     let mut header = vec!["method".to_string(), "seeds".into()];
     header.extend(cols.iter().map(|(n, _)| n.clone()));
     let rows = gs
@@ -216,7 +272,7 @@ pub fn methods_cells(
             let mut r = vec![g.clone(), runs.len().to_string()];
             r.extend(cols.iter().map(|(_, f)| {
                 across_seeds(runs, f)
-                    .map(|a| fmt_across(&a))
+                    .map(|a| cell(&a))
                     .unwrap_or_else(|| "–".into())
             }));
             r
@@ -239,7 +295,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn text(self) -> &'static str {
+    pub fn text(self) -> &'static str {
         match self {
             Verdict::Holds => "the claim holds",
             Verdict::FailsOnQuality => "the claim fails on quality",
@@ -574,6 +630,26 @@ mod tests {
             interval: "t".into(),
             note: None,
         }
+    }
+
+    #[test]
+    fn compact_cells_have_three_significant_digits_and_no_seed_count() {
+        assert_eq!(short(5.9612), "5.96");
+        assert_eq!(short(-36.54), "-36.5");
+        assert_eq!(short(142.4), "142");
+        assert_eq!(short(0.013836), "0.0138");
+        assert_eq!(short(0.0), "0.0");
+        assert_eq!(short(8.882e-4), "8.88e-4");
+        assert_eq!(short(f64::NAN), "n/a");
+        let a = AcrossSeeds {
+            across: est(5.9612, 42.5, 3),
+            within_half: Some(6.356),
+        };
+        assert_eq!(fmt_across_short(&a), "5.96 [-36.5, 48.5]");
+        assert_eq!(
+            fmt_across(&a),
+            "5.961 [-36.54, 48.46] (within ±6.356) seeds=3"
+        );
     }
 
     /// A made-up evaluation: `gains` per held-out judge (%), paired Δ MSE and anchor distance.

@@ -8,10 +8,12 @@
 //! - [`text_eval`]: the `evaluate-text` stage, a prompt-conditioned model on the held-out
 //!   prompt sets, per set and category (improvement, drift, diversity per prompt).
 //! - [`aggregate`]: the `aggregate` stage: tables (polars; CSV, Markdown, Parquet), the
-//!   comparison with the paper, plots ([`plots`]) and `reports/index.html` ([`html`]).
+//!   comparison with the paper, plots ([`plots`]) and `reports/index.html` ([`html`]), which
+//!   [`browser`] loads in headless Chromium to check its layout.
 
 pub mod aggregate;
 pub mod base;
+pub mod browser;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;

@@ -59,7 +59,7 @@ pub struct Panel {
 }
 
 fn colour(i: usize) -> RGBColor {
-    const P: [RGBColor; 8] = [
+    const P: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -68,6 +68,8 @@ fn colour(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
     ];
     P[i % P.len()]
 }
@@ -89,10 +91,47 @@ fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_panel<DB: DrawingBackend>(
+/// Width of the legend column right of each panel's axes, so no legend covers the data.
+const LEGEND_W: u32 = 220;
+
+/// The legend of `p` in its own column: a marker or line in the series' colour, then its name.
+fn draw_legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
 ) -> std::result::Result<(), String> {
+    let (_, h) = area.dim_in_pixel();
+    let n = p.series.len().max(1) as i32;
+    let step = ((h as i32 - 40) / n).clamp(9, 16);
+    let size = (step - 2).clamp(9, 12);
+    for (i, s) in p.series.iter().enumerate() {
+        let c = colour(i);
+        let y = 34 + i as i32 * step;
+        if s.points_only {
+            area.draw(&Circle::new((14, y), 4, c.filled()))
+        } else {
+            area.draw(&PathElement::new(vec![(4, y), (24, y)], c.stroke_width(2)))
+        }
+        .map_err(|e| e.to_string())?;
+        area.draw(&Text::new(
+            s.name.clone(),
+            (30, y - size / 2),
+            (FAMILY, size).into_font().color(&BLACK),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    whole: &DrawingArea<DB, Shift>,
+    p: &Panel,
+) -> std::result::Result<(), String> {
+    let (w, _) = whole.dim_in_pixel();
+    let (area, legend) = whole.split_horizontally(w.saturating_sub(LEGEND_W));
+    if !p.series.is_empty() {
+        draw_legend(&legend, p)?;
+    }
+    let area = &area;
     // The axes cover the error bars too.
     let ends = || {
         p.series.iter().flat_map(|s| {
@@ -102,7 +141,11 @@ fn draw_panel<DB: DrawingBackend>(
             })
         })
     };
-    let (x0, x1) = range(ends().map(|q| q.0));
+    let (x0, mut x1) = range(ends().map(|q| q.0));
+    // Room right of the last point for its text label.
+    if p.series.iter().any(|s| !s.labels.is_empty()) {
+        x1 += 0.15 * (x1 - x0);
+    }
     let (y0, y1) = range(ends().map(|q| q.1));
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FAMILY, 18))
@@ -132,17 +175,11 @@ fn draw_panel<DB: DrawingBackend>(
         if s.points_only {
             chart
                 .draw_series(pts.iter().map(|&q| Circle::new(q, 5, c.filled())))
-                .map_err(|e| e.to_string())?
-                .label(s.name.as_str())
-                .legend(move |(x, y)| Circle::new((x + 9, y), 5, c.filled()));
+                .map_err(|e| e.to_string())?;
         } else {
             chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(s.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+                .map_err(|e| e.to_string())?;
         }
         for (q, &(ex, ey)) in s.points.iter().zip(&s.err) {
             if !(q.0.is_finite() && q.1.is_finite()) {
@@ -177,16 +214,6 @@ fn draw_panel<DB: DrawingBackend>(
             }
         }
     }
-    if !p.series.is_empty() {
-        chart
-            .configure_series_labels()
-            .label_font((FAMILY, 12))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| e.to_string())?;
-    }
     Ok(())
 }
 
@@ -202,10 +229,11 @@ fn draw_all<DB: DrawingBackend>(
     root.present().map_err(|e| e.to_string())
 }
 
-/// Writes `<stem>.png` and `<stem>.svg` with the panels stacked vertically.
+/// Writes `<stem>.png` and `<stem>.svg` with the panels stacked vertically, each with its
+/// legend in a column right of the axes.
 pub fn plot(stem: &Path, panels: &[Panel]) -> Result<()> {
     let h = 320 * panels.len().max(1) as u32;
-    let size = (760, h);
+    let size = (760 + LEGEND_W, h);
     let png = stem.with_extension("png");
     with_tmp_file(&png, |tmp| {
         draw_all(BitMapBackend::new(tmp, size).into_drawing_area(), panels).map_err(|msg| {

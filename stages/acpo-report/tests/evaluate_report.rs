@@ -406,7 +406,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     // The page opens with the base: its table comes before the paper comparison, with its
     // samples beside real test images; without FID inputs it says so instead of a number.
     let base_at = html.find("<h2 id=\"base\">Base models</h2>").unwrap();
-    assert!(base_at < html.find("Our numbers beside the paper").unwrap());
+    assert!(base_at < html.find("<h2 id=\"paper\">").unwrap());
     assert!(html.contains("tiny/base_samples.png") && html.contains("tiny/real_test.png"));
     for f in [
         "tiny/base.md",
@@ -467,6 +467,22 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     assert!(html.contains("tiny/sampler_steps.png"));
     let svg = std::fs::read_to_string(r.join("tiny/sampler_steps.svg")).unwrap();
     assert!(svg.contains("guidance against sampler steps") && svg.contains("DDIM steps"));
+
+    // The page as a reader sees it: a browser loads it at a laptop's width; the contents'
+    // links resolve, every image loads, no rendered table is wider than the window.
+    assert!(html.contains("<nav id=\"contents\">"));
+    let scratch = root.join("browser");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let check = acpo_report::browser::check_page(&r.join("index.html"), 1280, &scratch).unwrap();
+    assert!(check.problems().is_empty(), "{:?}", check.problems());
+    // The full tables are folded; a note every model shares is listed once.
+    assert!(html.contains("<details><summary>Every run and metric ("));
+    assert_eq!(
+        html.matches("Inception weights not given").count(),
+        1,
+        "the shared note is not merged"
+    );
+    assert!(html.contains("every model (4): Inception weights not given"));
     // A study whose files say another number of steps: named, with the command that remakes them.
     let mut other = spec.clone();
     other.benchmarks[0]
