@@ -245,3 +245,18 @@ fn every_variant_stage_declares_the_params_it_reads() {
         }
     }
 }
+
+#[test]
+fn the_unconditional_report_does_not_wait_for_the_text_rows() {
+    // aggregate once depended on all of results/base and results/finetune, so
+    // `acpo repro aggregate` trained the prompt-conditioned base and every text fine-tuning run.
+    let p = pipeline("cpu");
+    let upstream = p.select(&["aggregate".to_string()], false, false).unwrap();
+    let names: Vec<&str> = upstream
+        .iter()
+        .map(|&i| p.stages[i].name.as_str())
+        .collect();
+    assert!(names.contains(&"train-base@cifar10") && names.contains(&"evaluate@anime32-acpo-s0"));
+    let text: Vec<&&str> = names.iter().filter(|n| n.contains("text")).collect();
+    assert!(text.is_empty(), "aggregate waits for {text:?}");
+}
