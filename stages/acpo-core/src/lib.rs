@@ -3,6 +3,8 @@
 //!
 //! - [`atomic`]: outputs written to a temporary sibling and renamed into place only on success,
 //!   so an interrupted or failed stage never leaves a half-written artifact under its real name.
+//! - [`digest`]: SHA-256 of files (streamed) and bytes, as hex: the one implementation the
+//!   manifests, pins and evaluation records use.
 //! - [`progress`]: progress bars that draw on a terminal and, when stderr is a log (the engine
 //!   pipes every stage's output), print one plain line every `ACPO_PROGRESS_SECS` seconds
 //!   (default 30) instead of going quiet.
@@ -11,6 +13,7 @@
 //! on none of them.
 
 pub mod atomic;
+pub mod digest;
 pub mod progress;
 
 pub use atomic::{write_atomic, write_json, AtomicError};

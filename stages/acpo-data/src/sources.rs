@@ -136,26 +136,11 @@ impl Sources {
     }
 }
 
-/// Hex SHA-256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use acpo_core::digest::sha256_hex;
 
-/// Hex SHA-256 and length of a file, streamed.
+/// Hex SHA-256 and length of a file, streamed (acpo-core's, with the file named on error).
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
+    acpo_core::digest::sha256_file(path).map_err(|e| DataError::io(path, e))
 }
 
 /// Checks a digest against the expected one.

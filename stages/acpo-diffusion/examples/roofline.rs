@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use acpo_diffusion::flops::unet_forward_flops;
-use acpo_diffusion::optim::AdamW;
+use acpo_diffusion::optim::{AdamW, AdamWConfig};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::{NoiseSchedule, UNet, UNetConfig};
 use candle_core::{Device, Tensor};
@@ -59,7 +59,7 @@ fn train_step_times(
     steps: usize,
     dev: &Device,
 ) -> Res<TrainTimes> {
-    let mut opt = AdamW::new(model.vars()?, 0.9, 0.999, 1e-8, 0.0)?;
+    let mut opt = AdamW::new(model.vars()?, AdamWConfig::default())?;
     let sched = NoiseSchedule::linear(1000, 1e-4, 0.02);
     let s = cfg.image_size;
     let mut best = TrainTimes {

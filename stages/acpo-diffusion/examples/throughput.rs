@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use acpo_diffusion::optim::AdamW;
+use acpo_diffusion::optim::{AdamW, AdamWConfig};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::{NoiseSchedule, UNet, UNetConfig};
 use candle_core::{Device, Tensor};
@@ -20,7 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let vm = candle_nn::VarMap::new();
     let model = UNet::new_trainable(&cfg, &vm, 0, &dev)?;
-    let mut opt = AdamW::new(model.vars()?, 0.9, 0.999, 1e-8, 0.0)?;
+    let mut opt = AdamW::new(model.vars()?, AdamWConfig::default())?;
     let sched = NoiseSchedule::linear(1000, 1e-4, 0.02);
     let s = cfg.image_size;
     let mut fwd = 0f64;

@@ -1,6 +1,6 @@
 //! Forward-process noise schedules (linear as in DDPM, cosine as in improved DDPM).
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::config::{ScheduleConfig, ScheduleKind};
 use crate::error::{DiffusionError, Result};
@@ -42,6 +42,54 @@ impl NoiseSchedule {
             .map(|i| (1.0 - f(i as f64 + 1.0) / f(i as f64)).min(0.999))
             .collect();
         Self::from_betas(betas)
+    }
+
+    /// Stable Diffusion's `scaled_linear` schedule: betas linear in their square root,
+    /// `beta_t = (sqrt(b0) + t (sqrt(b1) - sqrt(b0)) / (T - 1))^2`.
+    pub fn scaled_linear(timesteps: usize, beta_start: f64, beta_end: f64) -> Self {
+        let (b0, b1) = (beta_start.sqrt(), beta_end.sqrt());
+        let betas = (0..timesteps)
+            .map(|i| {
+                let b = if timesteps == 1 {
+                    b0
+                } else {
+                    b0 + (b1 - b0) * i as f64 / (timesteps - 1) as f64
+                };
+                b * b
+            })
+            .collect();
+        Self::from_betas(betas)
+    }
+
+    /// From given `alpha_bar_t` values, kept exactly (strictly in `(0, 1]`, non-increasing);
+    /// the betas are derived from them.
+    pub fn from_alphas_cumprod(alphas_cumprod: Vec<f64>) -> Result<Self> {
+        if alphas_cumprod.is_empty() {
+            return Err(DiffusionError::config("alpha_bar", "empty schedule"));
+        }
+        for (i, a) in alphas_cumprod.iter().enumerate() {
+            if !(*a > 0.0 && *a <= 1.0) {
+                return Err(DiffusionError::config(
+                    "alpha_bar",
+                    format!("alpha_bar[{i}] = {a} is not in (0, 1]"),
+                ));
+            }
+            if i > 0 && *a > alphas_cumprod[i - 1] {
+                return Err(DiffusionError::config(
+                    "alpha_bar",
+                    format!("alpha_bar[{i}] = {a} is larger than alpha_bar[{}]", i - 1),
+                ));
+            }
+        }
+        let betas = alphas_cumprod
+            .iter()
+            .enumerate()
+            .map(|(i, a)| 1.0 - a / if i == 0 { 1.0 } else { alphas_cumprod[i - 1] })
+            .collect();
+        Ok(Self {
+            betas,
+            alphas_cumprod,
+        })
     }
 
     /// From explicit betas.
@@ -95,19 +143,25 @@ impl NoiseSchedule {
         Tensor::from_vec(v, (ts.len(), 1, 1, 1), device)
     }
 
-    /// Forward noising `x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps` for per-image timesteps.
+    /// Per-image `[B, 1, 1, 1]` tensors of `f(alpha_bar_t)`, computed in f64 and rounded once
+    /// to `dtype`.
+    pub fn per_image(
+        &self,
+        ts: &[usize],
+        f: impl Fn(f64) -> f64,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let v: Vec<f64> = ts.iter().map(|&t| f(self.alphas_cumprod[t])).collect();
+        Tensor::from_vec(v, (ts.len(), 1, 1, 1), device)?.to_dtype(dtype)
+    }
+
+    /// Forward noising `x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps` for per-image timesteps, in
+    /// `x0`'s dtype.
     pub fn q_sample(&self, x0: &Tensor, ts: &[usize], eps: &Tensor) -> candle_core::Result<Tensor> {
-        let a: Vec<f32> = ts
-            .iter()
-            .map(|&t| self.alphas_cumprod[t].sqrt() as f32)
-            .collect();
-        let s: Vec<f32> = ts
-            .iter()
-            .map(|&t| (1.0 - self.alphas_cumprod[t]).sqrt() as f32)
-            .collect();
-        let dev = x0.device();
-        let a = Tensor::from_vec(a, (ts.len(), 1, 1, 1), dev)?;
-        let s = Tensor::from_vec(s, (ts.len(), 1, 1, 1), dev)?;
+        let (dt, dev) = (x0.dtype(), x0.device());
+        let a = self.per_image(ts, f64::sqrt, dt, dev)?;
+        let s = self.per_image(ts, |ab| (1.0 - ab).sqrt(), dt, dev)?;
         x0.broadcast_mul(&a)?.add(&eps.broadcast_mul(&s)?)
     }
 }
@@ -115,6 +169,45 @@ impl NoiseSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q_sample_keeps_the_f32_coefficients_and_runs_in_f64() {
+        // The coefficients are the f64 values rounded once to f32, as before q_sample took
+        // any dtype: the base models' training draws do not change.
+        let s = NoiseSchedule::linear(1000, 1e-4, 0.02);
+        let ts = [0usize, 17, 500, 999];
+        let dev = Device::Cpu;
+        let a = s.per_image(&ts, f64::sqrt, DType::F32, &dev).unwrap();
+        let want: Vec<f32> = ts
+            .iter()
+            .map(|&t| s.alphas_cumprod[t].sqrt() as f32)
+            .collect();
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let x0 = Tensor::ones((4, 1, 2, 2), DType::F64, &dev).unwrap();
+        let x = s.q_sample(&x0, &ts, &x0.zeros_like().unwrap()).unwrap();
+        assert_eq!(x.dtype(), DType::F64);
+        let got = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(got[4], s.alphas_cumprod[17].sqrt());
+    }
+
+    #[test]
+    fn scaled_linear_and_given_alpha_bars() {
+        // Stable Diffusion's schedule: alpha_bar_999 of about 0.0047.
+        let s = NoiseSchedule::scaled_linear(1000, 0.00085, 0.012);
+        assert!((s.betas[0] - 0.00085).abs() < 1e-12 && (s.betas[999] - 0.012).abs() < 1e-12);
+        assert!(
+            (s.alpha_bar(999) - 0.00466).abs() < 1e-4,
+            "{}",
+            s.alpha_bar(999)
+        );
+        let same = NoiseSchedule::from_alphas_cumprod(s.alphas_cumprod.clone()).unwrap();
+        assert_eq!(same.alphas_cumprod, s.alphas_cumprod);
+        assert!((same.betas[500] - s.betas[500]).abs() < 1e-12);
+        for bad in [vec![], vec![0.5, 0.9], vec![1.5], vec![0.0]] {
+            let e = NoiseSchedule::from_alphas_cumprod(bad.clone()).unwrap_err();
+            assert!(e.to_string().contains("alpha_bar"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn linear_matches_ddpm_endpoints() {

@@ -24,7 +24,7 @@ use crate::config::{BenchmarkParams, LossWeighting, LrSchedule, SamplerKind, Tra
 use crate::data::{to_u8_hwc, ImageSet};
 use crate::error::{DiffusionError, Result};
 use crate::metrics::{heldout_mse, heldout_mse_per_draw, HeldoutMse};
-use crate::optim::{AdamW, Ema};
+use crate::optim::{AdamW, AdamWConfig, Ema};
 use crate::rng::SeededRng;
 use crate::sampler::{sample, SamplerOpts};
 use crate::schedule::NoiseSchedule;
@@ -407,7 +407,16 @@ pub fn train_loop_until(
     let varmap = VarMap::new();
     let model = UNet::new_trainable(&p.model, &varmap, tc.seed, device)?;
     let vars = model.vars()?;
-    let mut opt = AdamW::new(vars.clone(), tc.beta1, tc.beta2, tc.eps, tc.weight_decay)?;
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            lr: tc.lr,
+            beta1: tc.beta1,
+            beta2: tc.beta2,
+            eps: tc.eps,
+            weight_decay: tc.weight_decay,
+        },
+    )?;
     let mut ema = Ema::new(&vars, tc.ema_decay)?;
     let mut losses: Vec<(f32, f32, f32)> = Vec::new(); // (loss, lr, grad_norm)
     let ckpt_path = out_dir.join("checkpoint.safetensors");

@@ -306,19 +306,11 @@ pub fn weights_metadata(w: &TorchScriptWeights, source_sha256: &str) -> HashMap<
     meta
 }
 
-/// SHA-256 (hex) of a file's bytes.
+/// SHA-256 (hex) of a file's bytes (acpo-core's, with the file named on error).
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| FidError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let k = f.read(&mut buf).map_err(|e| FidError::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        hasher.update(&buf[..k]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    acpo_core::digest::sha256_file(path)
+        .map(|(d, _)| d)
+        .map_err(|e| FidError::io(path, e))
 }
 
 /// Convert the archive at `source` into `out` (safetensors, F32 tensors with the

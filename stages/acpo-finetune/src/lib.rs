@@ -10,7 +10,8 @@
 //!
 //! Modules:
 //! - [`objective`]: `x0_hat`, `L_perc`, `L_anchor`, `L_simple`, the `method` table, `w(t)`;
-//! - [`optim`]: AdamW with serialisable state (exact resume) and global gradient-norm clipping;
+//! - the optimiser is acpo-diffusion's ([`AdamW`], [`clip_grad_norm`], re-exported), the one
+//!   the base models are trained with;
 //! - [`draws`]: seeded per-step draws (timesteps, noise, batch indices) so that a resumed run
 //!   draws exactly what an uninterrupted one would;
 //! - [`refl`]: DDIM sampling and the ReFL-style partial sampling path for text-to-image
@@ -24,18 +25,17 @@
 
 pub mod draws;
 pub mod objective;
-pub mod optim;
 pub mod refl;
 pub mod sd;
 pub mod stage;
 pub mod text;
 pub mod train;
 
+pub use acpo_diffusion::optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use objective::{
     acpo_loss, acpo_loss_with_data, Calibration, EpsModel, Guidance, Lambdas, LossOutput, Method,
     Normalize, ObjectiveBatch, ObjectiveConfig, Schedule, Weighting,
 };
-pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
 pub use train::{
     calibration_batches, data_batch, data_batch_from, probe_metrics, train_step,
     train_step_with_data, ProbeMetrics, ProbeSet, Stat, StepStats,
@@ -91,6 +91,17 @@ impl FinetuneError {
 }
 
 impl FinetuneError {
+    /// An error of acpo-diffusion's optimiser: a tensor failure stays one, a checkpoint whose
+    /// optimizer state does not fit is bad input (`Config`, field `checkpoint`).
+    pub(crate) fn optim(e: acpo_diffusion::DiffusionError) -> Self {
+        use acpo_diffusion::DiffusionError as D;
+        match e {
+            D::Candle(e) => FinetuneError::Candle(e),
+            D::Config { field, msg } => FinetuneError::Config { field, msg },
+            other => FinetuneError::config("optimizer", other.to_string()),
+        }
+    }
+
     pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         FinetuneError::Config {
             field: field.into(),

@@ -20,6 +20,7 @@
 //! two the same, whatever the guidance model's or the dataset's scale.
 
 use crate::{FinetuneError, Result};
+use acpo_diffusion::NoiseSchedule;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -56,39 +57,34 @@ where
     }
 }
 
-/// The cumulative products `alpha_bar_t` of a DDPM noise schedule, `t = 0 .. T-1`.
+/// The objective's view of a noise schedule: acpo-diffusion's [`NoiseSchedule`] (the one
+/// owner of betas and `alpha_bar`) and whether `x0_hat` is clamped to the image range.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
-    alpha_bar: Vec<f64>,
+    noise: NoiseSchedule,
     /// `x0_hat` is clamped to `[-limit, limit]` when asked (`None`: never; latents are not
     /// in `[-1, 1]`).
     x0_limit: Option<f64>,
 }
 
 impl Schedule {
+    /// The objective over `noise`, clamping `x0_hat` to `[-1, 1]` when asked.
+    pub fn new(noise: NoiseSchedule) -> Self {
+        Self {
+            noise,
+            x0_limit: Some(1.0),
+        }
+    }
+
     /// Use the given `alpha_bar_t` values (strictly in `(0, 1]`, non-increasing).
     pub fn from_alpha_bar(alpha_bar: Vec<f64>) -> Result<Self> {
-        if alpha_bar.is_empty() {
-            return Err(FinetuneError::config("alpha_bar", "empty schedule"));
-        }
-        for (i, a) in alpha_bar.iter().enumerate() {
-            if !(*a > 0.0 && *a <= 1.0) {
-                return Err(FinetuneError::config(
-                    "alpha_bar",
-                    format!("alpha_bar[{i}] = {a} is not in (0, 1]"),
-                ));
+        let noise = NoiseSchedule::from_alphas_cumprod(alpha_bar).map_err(|e| match e {
+            acpo_diffusion::DiffusionError::Config { field, msg } => {
+                FinetuneError::Config { field, msg }
             }
-            if i > 0 && *a > alpha_bar[i - 1] {
-                return Err(FinetuneError::config(
-                    "alpha_bar",
-                    format!("alpha_bar[{i}] = {a} is larger than alpha_bar[{}]", i - 1),
-                ));
-            }
-        }
-        Ok(Self {
-            alpha_bar,
-            x0_limit: Some(1.0),
-        })
+            other => FinetuneError::config("alpha_bar", other.to_string()),
+        })?;
+        Ok(Self::new(noise))
     }
 
     /// Whether `x0_hat` (and the DDIM trajectories over this schedule) are clamped to the
@@ -111,29 +107,24 @@ impl Schedule {
         if num_steps < 2 {
             return Err(FinetuneError::config("num_steps", "must be at least 2"));
         }
-        let mut ab = Vec::with_capacity(num_steps);
-        let mut prod = 1.0;
-        for i in 0..num_steps {
-            let beta = beta_start + (beta_end - beta_start) * i as f64 / (num_steps - 1) as f64;
-            prod *= 1.0 - beta;
-            ab.push(prod);
-        }
-        Self::from_alpha_bar(ab)
+        Ok(Self::new(NoiseSchedule::linear(
+            num_steps, beta_start, beta_end,
+        )))
     }
 
     /// Number of timesteps `T`.
     pub fn num_steps(&self) -> usize {
-        self.alpha_bar.len()
+        self.noise.timesteps()
     }
 
     /// `alpha_bar_t`.
     pub fn alpha_bar(&self, t: usize) -> f64 {
-        self.alpha_bar[t]
+        self.noise.alpha_bar(t)
     }
 
     /// All `alpha_bar_t`.
     pub fn alpha_bars(&self) -> &[f64] {
-        &self.alpha_bar
+        &self.noise.alphas_cumprod
     }
 
     fn check(&self, t: &[usize]) -> Result<()> {
@@ -155,8 +146,7 @@ impl Schedule {
         device: &Device,
     ) -> Result<Tensor> {
         self.check(t)?;
-        let v: Vec<f64> = t.iter().map(|&t| f(self.alpha_bar[t])).collect();
-        Ok(Tensor::from_vec(v, (t.len(), 1, 1, 1), device)?.to_dtype(dtype)?)
+        Ok(self.noise.per_image(t, f, dtype, device)?)
     }
 
     /// The timesteps as the `U32 [N]` tensor that [`EpsModel::eps`] takes.
@@ -165,12 +155,11 @@ impl Schedule {
         Ok(Tensor::from_vec(v, t.len(), device)?)
     }
 
-    /// Forward noising `x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`.
+    /// Forward noising `x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps` (acpo-diffusion's
+    /// `q_sample`, after checking the timesteps).
     pub fn add_noise(&self, x0: &Tensor, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let (dt, dev) = (x0.dtype(), x0.device());
-        let a = self.per_sample(t, f64::sqrt, dt, dev)?;
-        let b = self.per_sample(t, |ab| (1.0 - ab).sqrt(), dt, dev)?;
-        Ok((x0.broadcast_mul(&a)? + eps.broadcast_mul(&b)?)?)
+        self.check(t)?;
+        Ok(self.noise.q_sample(x0, t, eps)?)
     }
 
     /// The one-step estimate `x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)`, clamped to

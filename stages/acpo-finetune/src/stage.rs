@@ -21,7 +21,6 @@ use crate::objective::ObjectiveBatch;
 use crate::objective::{
     Calibration, EpsModel, Guidance, Method, Normalize, ObjectiveConfig, Schedule,
 };
-use crate::optim::{AdamW, AdamWConfig};
 use crate::refl;
 use crate::text::{self, Guided, TextConfig, TextInputs};
 use crate::train::{
@@ -31,6 +30,7 @@ use crate::train::{
 use crate::{FinetuneError, Result};
 use acpo_diffusion::config::Spacing;
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
+use acpo_diffusion::optim::{AdamW, AdamWConfig};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::{Cnniqa, Judge, PatchMode, Registry, RgbImage};
 use candle_core::{DType, Device, Tensor, Var};
@@ -816,7 +816,7 @@ pub fn run_finetune(
 ) -> Result<Option<FinetuneOutcome>> {
     let bp = load_base_params(&paths.base_dir)?;
     let ns = NoiseSchedule::from_config(&bp.schedule).map_err(diffusion_err)?;
-    let schedule = Schedule::from_alpha_bar(ns.alphas_cumprod.clone())?;
+    let schedule = Schedule::new(ns);
     cfg.validate_for(schedule.num_steps(), paths.text.is_some())?;
     check_base_quality(cfg, paths)?;
     let guidance_scale = cfg.text.clone().unwrap_or_default().guidance;
@@ -1131,7 +1131,8 @@ fn resume(
             msg: "missing `meta.step`".into(),
         })? as usize;
     set_vars(&run.vars, &t, path)?;
-    opt.load_state(&t, step)?;
+    opt.load_state(&t, "adam.", step)
+        .map_err(FinetuneError::optim)?;
     let drift_stop = match t.get("meta.drift_stop") {
         Some(d) => {
             let v = d.to_vec1::<f64>()?;
@@ -1160,7 +1161,7 @@ pub(crate) fn run_loop<M: Tunable>(
     opts: &RunOptions,
 ) -> Result<Option<FinetuneOutcome>> {
     let (model, reference, schedule, guides) = (run.model, run.reference, run.schedule, run.guides);
-    let mut opt = AdamW::new(run.vars.clone(), cfg.optim.clone())?;
+    let mut opt = AdamW::new(run.vars.clone(), cfg.optim.clone()).map_err(FinetuneError::optim)?;
     let judge_names: Vec<String> = run
         .probe
         .judges
@@ -1185,7 +1186,7 @@ pub(crate) fn run_loop<M: Tunable>(
      -> Result<()> {
         write_csv(&out.join("loss.csv"), LOSS_HEADER, loss_rows)?;
         write_csv(&out.join("curve.csv"), &curve_hdr, curve_rows)?;
-        let mut map: HashMap<String, Tensor> = opt.state_tensors();
+        let mut map: HashMap<String, Tensor> = opt.state_tensors("adam.");
         for (n, v) in &run.vars {
             map.insert(format!("model.{n}"), v.as_tensor().clone());
         }

