@@ -253,20 +253,34 @@ pub const BASE_CAPTION: &str = "Each base model against real data, before any fi
 /// floor real images reach, or that they were not computed.
 pub fn base_sentence(s: &BaseSummary) -> String {
     match (&s.quality, &s.floor) {
-        (Some(q), Some(f)) => format!(
-            "{}: the base's FID is {} on {} samples, {:.1}x the {} that real train images reach \
-             against the same test statistics; its KID is {}, {:.0}x theirs ({}). The closer both \
-             ratios are to 1, the more the fine-tuning results below say about a model that \
-             generates realistic images.",
-            s.benchmark,
-            fmt_num(q.fid.mean),
-            q.fid.n,
-            q.fid.mean / f.fid,
-            fmt_num(f.fid),
-            fmt_num(q.kid.mean),
-            q.kid.mean / f.kid,
-            fmt_num(f.kid)
-        ),
+        (Some(q), Some(f)) => {
+            // KID is unbiased, so the floor's can be at or below 0 at small n: no ratio then.
+            let kid = if f.kid > 0.0 {
+                format!(
+                    "{}, {:.0}x theirs ({})",
+                    fmt_num(q.kid.mean),
+                    q.kid.mean / f.kid,
+                    fmt_num(f.kid)
+                )
+            } else {
+                format!(
+                    "{} (theirs, {}, is not above 0 at this n: no ratio)",
+                    fmt_num(q.kid.mean),
+                    fmt_num(f.kid)
+                )
+            };
+            format!(
+                "{}: the base's FID is {} on {} samples, {:.1}x the {} that real train images \
+                 reach against the same test statistics; its KID is {kid}. The closer both ratios \
+                 are to 1, the more the fine-tuning results below say about a model that \
+                 generates realistic images.",
+                s.benchmark,
+                fmt_num(q.fid.mean),
+                q.fid.n,
+                q.fid.mean / f.fid,
+                fmt_num(f.fid),
+            )
+        }
         (Some(q), None) => format!(
             "{}: the base's FID is {} on {} samples; the real-data floor was not computed, so \
              judge it by its samples beside real test images.",
@@ -350,6 +364,15 @@ mod tests {
         assert!(
             t.starts_with("cifar10: the base's FID is 111.2 on 1000 samples, 2.4x the 46.94")
                 && t.contains("its KID is 0.04776, 151x theirs"),
+            "{t}"
+        );
+        // A floor KID at or below 0 (small n) gives no ratio.
+        s.floor.as_mut().unwrap().kid = -0.001068;
+        let t = base_sentence(&s);
+        assert!(
+            t.contains(
+                "its KID is 0.04776 (theirs, -0.001068, is not above 0 at this n: no ratio)"
+            ),
             "{t}"
         );
         s.floor = None;

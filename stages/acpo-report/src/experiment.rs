@@ -171,15 +171,15 @@ pub fn short(v: f64) -> String {
     if !v.is_finite() {
         return "n/a".into();
     }
+    if v == 0.0 {
+        // also -0.0, which a gain of exactly nothing can be
+        return "0.0".into();
+    }
     let a = v.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+    if !(1e-3..1e5).contains(&a) {
         return format!("{v:.2e}");
     }
-    let digits = if a == 0.0 {
-        1
-    } else {
-        (2 - a.log10().floor() as i32).clamp(0, 5) as usize
-    };
+    let digits = (2 - a.log10().floor() as i32).clamp(0, 5) as usize;
     format!("{v:.digits$}")
 }
 
@@ -639,6 +639,7 @@ mod tests {
         assert_eq!(short(142.4), "142");
         assert_eq!(short(0.013836), "0.0138");
         assert_eq!(short(0.0), "0.0");
+        assert_eq!(short(-0.0), "0.0");
         assert_eq!(short(8.882e-4), "8.88e-4");
         assert_eq!(short(f64::NAN), "n/a");
         let a = AcrossSeeds {

@@ -39,7 +39,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px soli
 th{background:#eee}td{white-space:nowrap}td:last-child{white-space:normal}img{max-width:100%;border:1px solid #ddd}\
 table.compact td{white-space:normal}.grid img{image-rendering:pixelated}.strip img{height:min(116px,8.5vw);width:auto}\
 .scroll{overflow-x:auto;max-width:100%}details{margin:0.5em 0 1em}summary{cursor:pointer;color:#0645ad}\
-nav{font-size:14px}nav ul{display:inline;padding-left:0.5em}nav ul li{display:inline}nav ul li:not(:last-child)::after{content:' · '}code{background:#f4f4f4}";
+nav{font-size:14px}nav ul{display:inline;padding-left:0.5em}nav ul::before{content:'— '}nav ul li{display:inline}nav ul li:not(:last-child)::after{content:' · '}code{background:#f4f4f4}";
 
 /// After load, the page records on `<body>` what the browser itself saw, so a headless
 /// browser's `--dump-dom` shows it (the end-to-end tests read these attributes): how many
