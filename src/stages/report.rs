@@ -176,6 +176,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
             let seeds: Vec<u64> = stage_param("finetune.text.seeds")?;
             let sweep: TextSweep = stage_param("finetune.text-sweep")?;
             let allow_dirty: bool = stage_param("report.allow_dirty")?;
+            let headline: HeadlineConfig = stage_param("report.headline")?;
+            headline.validate()?;
             let spec = TextReportSpec {
                 eval_dir: PathBuf::from("results/eval-text").join(&data),
                 finetune_dir: PathBuf::from("results/finetune").join(format!("{data}-text")),
@@ -191,6 +193,7 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("reports").join(format!("{data}-text"))),
                 revision: git_revision(allow_dirty)?,
                 data,
+                headline,
             };
             let path = text_report(&spec).context("text-report")?;
             eprintln!(

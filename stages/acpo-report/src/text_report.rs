@@ -6,12 +6,13 @@
 //! over the base (guidance and held-out judges), win rate, pixel drift and diversity per prompt,
 //! averaged across training seeds with a t-interval over seeds; the fine-tuning probe's drift
 //! (anchor distance, held-out MSE change on the base's captioned validation images) beside it.
-//! Then the same per category, the base's own scores, and the paper's numbers with how the
-//! protocol differs.
+//! Before it, the verdict: the main report's headline rule (`report.headline`) applied to every
+//! method on every held-out set. Then the same per category, the base's own scores, and the
+//! paper's numbers with how the protocol differs.
 
 use crate::aggregate::{fmt_estimate, fmt_num, md_table};
 use crate::error::{ReportError, Result};
-use crate::experiment::group_of;
+use crate::experiment::{group_of, short, HeadlineConfig, Verdict};
 use crate::fsio::write_atomic;
 use crate::stats;
 use crate::text_eval::{read_text_metrics, TextEvalMetrics};
@@ -33,6 +34,10 @@ pub struct TextReportSpec {
     pub out_dir: PathBuf,
     /// The commit the report is built from.
     pub revision: String,
+    /// The headline's rule (`report.headline`): which judges are not held out, the drift
+    /// tolerances and the fewest seeds for an interval. Its `method`, `baseline` and `also`
+    /// are the unconditional report's; here every method is tested.
+    pub headline: HeadlineConfig,
 }
 
 /// The paper's text-to-image rows (SPEC section 1): set, metric label, value.
@@ -47,8 +52,18 @@ pub const PAPER_ROWS: [(&str, &str, &str); 4] = [
     ),
 ];
 
-/// The fine-tuning probe's drift of one run: (anchor distance, held-out MSE change).
-fn probe_drift(run_dir: &Path) -> Result<(f64, f64)> {
+/// The fine-tuning probe's drift of one run.
+#[derive(Debug, Clone, Copy)]
+struct Drift {
+    anchor: f64,
+    /// Held-out MSE change against the base on the probe's draws.
+    mse_delta: f64,
+    /// The base's held-out MSE on the same draws (the tolerances' unit).
+    base_mse: f64,
+}
+
+/// The fine-tuning probe's drift of one run, from its `metrics.json`.
+fn probe_drift(run_dir: &Path) -> Result<Drift> {
     let p = run_dir.join("metrics.json");
     let v = crate::evaluate::read_json(&p)?;
     let get = |row: &str, k: &str| {
@@ -58,14 +73,170 @@ fn probe_drift(run_dir: &Path) -> Result<(f64, f64)> {
             .and_then(|m| m.as_f64())
             .ok_or_else(|| ReportError::bad(&p, format!("{row}.{k}"), "missing"))
     };
-    Ok((
-        get("final", "anchor_distance")?,
-        get("final", "heldout_mse")? - get("base", "heldout_mse")?,
-    ))
+    let base_mse = get("base", "heldout_mse")?;
+    Ok(Drift {
+        anchor: get("final", "anchor_distance")?,
+        mse_delta: get("final", "heldout_mse")? - base_mse,
+        base_mse,
+    })
 }
 
-/// A run's text metrics and its probe drift (anchor distance, held-out MSE change).
-type Run = (TextEvalMetrics, (f64, f64));
+/// A run's text metrics and its probe drift.
+type Run = (TextEvalMetrics, Drift);
+
+/// What the across-seed interval of one judge's gain says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Raised,
+    Lowered,
+    /// The interval spans 0, or there are too few seeds for one.
+    Neither,
+}
+
+fn call(gains: &[f64], min_seeds: usize) -> Call {
+    if gains.len() < min_seeds.max(2) {
+        return Call::Neither;
+    }
+    let e = stats::mean_t(gains);
+    match (e.lo, e.hi) {
+        (Some(lo), _) if lo > 0.0 => Call::Raised,
+        (_, Some(hi)) if hi < 0.0 => Call::Lowered,
+        _ => Call::Neither,
+    }
+}
+
+/// The headline's verdict on one set from each held-out judge's call there: quality needs at
+/// least one held-out judge, and every one raised.
+fn verdict_of(calls: &[Call], drift_ok: bool) -> Verdict {
+    let quality_ok = !calls.is_empty() && calls.iter().all(|c| *c == Call::Raised);
+    match (quality_ok, drift_ok) {
+        (true, true) => Verdict::Holds,
+        (false, true) => Verdict::FailsOnQuality,
+        (true, false) => Verdict::FailsOnDrift,
+        (false, false) => Verdict::FailsOnBoth,
+    }
+}
+
+/// The upper end of the across-seed interval (the mean with one seed).
+fn upper(values: &[f64]) -> f64 {
+    let e = stats::mean_t(values);
+    e.hi.unwrap_or(e.mean)
+}
+
+/// The headline's rule applied to every method on prompts: per held-out set, whether every
+/// held-out judge rose (interval above 0) and the probe's drift stayed within the tolerances.
+fn verdict_section(
+    cfg: &HeadlineConfig,
+    groups: &[(String, Vec<&Run>)],
+    sets: &[String],
+    score_names: &[String],
+) -> String {
+    let held: Vec<&String> = score_names
+        .iter()
+        .filter(|n| n.as_str() != "guidance" && !cfg.not_held_out.contains(n))
+        .collect();
+    let mut header = vec!["method".to_string(), "seeds".into(), "verdict".into()];
+    header.extend(held.iter().map(|j| format!("{j} (held out)")));
+    header.extend(
+        [
+            "probe Δ held-out MSE (limit)",
+            "probe anchor distance (limit)",
+        ]
+        .map(String::from),
+    );
+    let mut rows = Vec::new();
+    for (g, members) in groups {
+        let drift: Vec<Drift> = members.iter().map(|(_, d)| *d).collect();
+        let base_mse = drift.iter().map(|d| d.base_mse).sum::<f64>() / drift.len() as f64;
+        let mse: Vec<f64> = drift.iter().map(|d| d.mse_delta).collect();
+        let anchor: Vec<f64> = drift.iter().map(|d| d.anchor).collect();
+        let mse_limit = cfg.mse_tolerance_pct / 100.0 * base_mse;
+        let anchor_limit = cfg.anchor_tolerance * base_mse;
+        let drift_ok = upper(&mse) <= mse_limit && upper(&anchor) <= anchor_limit;
+        let calls: Vec<Vec<Call>> = held
+            .iter()
+            .map(|j| {
+                sets.iter()
+                    .map(|set| {
+                        let gains: Vec<f64> = members
+                            .iter()
+                            .filter_map(|(m, _)| {
+                                Some(
+                                    m.sets
+                                        .get(set)?
+                                        .improvement
+                                        .as_ref()?
+                                        .get(*j)?
+                                        .relative_pct
+                                        .mean,
+                                )
+                            })
+                            .collect();
+                        call(&gains, cfg.min_seeds)
+                    })
+                    .collect()
+            })
+            .collect();
+        let verdicts: Vec<Verdict> = (0..sets.len())
+            .map(|k| {
+                let on_set: Vec<Call> = calls.iter().map(|c| c[k]).collect();
+                verdict_of(&on_set, drift_ok)
+            })
+            .collect();
+        let verdict = if verdicts.iter().all(|v| *v == verdicts[0]) {
+            format!("{} (all {} sets)", verdicts[0].text(), sets.len())
+        } else {
+            sets.iter()
+                .zip(&verdicts)
+                .map(|(s, v)| format!("{s}: {}", v.text()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut row = vec![g.clone(), members.len().to_string(), verdict];
+        for c in &calls {
+            let count = |want: Call| c.iter().filter(|x| **x == want).count();
+            let parts: Vec<String> = [
+                (Call::Raised, "raised"),
+                (Call::Lowered, "lowered"),
+                (Call::Neither, "neither"),
+            ]
+            .into_iter()
+            .filter(|(w, _)| count(*w) > 0)
+            .map(|(w, name)| format!("{name} on {} of {}", count(w), sets.len()))
+            .collect();
+            row.push(parts.join(", "));
+        }
+        row.push(format!("{} ({})", across(&mse), short(mse_limit)));
+        row.push(format!("{} ({})", across(&anchor), short(anchor_limit)));
+        rows.push(row);
+    }
+    let mut md = String::from(
+        "<a id=\"verdict\"></a>\n## Does ACPO raise quality without drift, on prompts?\n\n",
+    );
+    md.push_str(&format!(
+        "The main report's rule (`report.headline`), applied to every method: on a held-out set a \
+         method holds when every held-out judge ({}) rises, its 95% t-interval across training \
+         seeds above 0 (at least {} seeds), and the probe's drift stays within the tolerances: \
+         the upper end of the held-out MSE change at most {}% of the base's held-out MSE on the \
+         probe's draws, and of the anchor distance at most {}x it. A judge is \"raised\" or \
+         \"lowered\" on a set when its interval is above or below 0, \"neither\" when it spans \
+         0. The guidance (CNNIQA) is what was optimised and is not a judge here.\n\n",
+        if held.is_empty() {
+            "none among this evaluation's scores, so no method can hold".to_string()
+        } else {
+            held.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        cfg.min_seeds.max(2),
+        cfg.mse_tolerance_pct,
+        cfg.anchor_tolerance,
+    ));
+    md.push_str(&md_table(&header, &rows));
+    md.push('\n');
+    md
+}
 
 fn across(values: &[f64]) -> String {
     if values.is_empty() {
@@ -122,7 +293,7 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
         g = base.guidance_scale,
         align = base.alignment,
     );
-    md.push_str("## Contents\n\n1. [Improvement over the base, by method and set](#improvement)\n2. [The paper's rows](#paper)\n3. [By category](#categories)\n4. [The base](#base)\n5. [Every run](#runs)\n\n");
+    md.push_str("## Contents\n\n1. [Does ACPO raise quality without drift, on prompts?](#verdict)\n2. [Improvement over the base, by method and set](#improvement)\n3. [The paper's rows](#paper)\n4. [By category](#categories)\n5. [The base](#base)\n6. [Every run](#runs)\n\n");
 
     // main table: method x set, across seeds
     let mut groups: Vec<(String, Vec<&Run>)> = Vec::new();
@@ -178,8 +349,8 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
             row.push(across(&pick(&|m| {
                 Some(m.sets.get(set)?.diversity_per_prompt.mean)
             })));
-            let anchors: Vec<f64> = members.iter().map(|(_, d)| d.0).collect();
-            let mses: Vec<f64> = members.iter().map(|(_, d)| d.1).collect();
+            let anchors: Vec<f64> = members.iter().map(|(_, d)| d.anchor).collect();
+            let mses: Vec<f64> = members.iter().map(|(_, d)| d.mse_delta).collect();
             row.push(across(&anchors));
             row.push(across(&mses));
             rows.push(row);
@@ -195,7 +366,16 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
             }
         }
     }
-    md.push_str("<a id=\"improvement\"></a>\n## Improvement over the base, by method and set\n\n");
+    let set_names: Vec<String> = base.sets.keys().cloned().collect();
+    md.push_str(&verdict_section(
+        &spec.headline,
+        &groups,
+        &set_names,
+        &score_names,
+    ));
+    md.push_str(
+        "\n<a id=\"improvement\"></a>\n## Improvement over the base, by method and set\n\n",
+    );
     md.push_str(
         "Each cell: the mean over training seeds of the run's relative improvement (positive = \
          better in the judge's own direction), with a t-interval over seeds when there are at \
@@ -380,4 +560,33 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
     write_atomic(&path, md.as_bytes())?;
     write_atomic(&spec.out_dir.join("summary.csv"), csv.as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_judge_is_raised_or_lowered_only_when_its_interval_clears_zero() {
+        assert_eq!(call(&[3.4, 3.6, 3.2], 2), Call::Raised);
+        assert_eq!(call(&[-20.0, -18.0, -22.0], 2), Call::Lowered);
+        // seeds that disagree: the interval spans 0
+        assert_eq!(call(&[12.7, -24.6, 19.8], 2), Call::Neither);
+        // one seed has no interval; min_seeds above the count
+        assert_eq!(call(&[5.0], 2), Call::Neither);
+        assert_eq!(call(&[3.4, 3.6], 3), Call::Neither);
+        assert_eq!(upper(&[0.5]), 0.5);
+        use Call::*;
+        assert_eq!(verdict_of(&[Raised, Raised], true), Verdict::Holds);
+        // NIQE up, BRISQUE split by seed: not confirmed
+        assert_eq!(
+            verdict_of(&[Neither, Raised], true),
+            Verdict::FailsOnQuality
+        );
+        assert_eq!(verdict_of(&[Raised, Raised], false), Verdict::FailsOnDrift);
+        assert_eq!(verdict_of(&[Lowered, Raised], false), Verdict::FailsOnBoth);
+        // no held-out judge: nothing confirms quality
+        assert_eq!(verdict_of(&[], true), Verdict::FailsOnQuality);
+        assert!(upper(&[1.0, 2.0, 3.0]) > 3.0);
+    }
 }

@@ -209,8 +209,22 @@ fn runs_are_paired_with_the_base_per_set_and_category_and_reported() {
         runs: vec!["acpo-s0".into(), "acpo-s1".into()],
         out_dir: root.join("reports/tiny-text"),
         revision: "test".into(),
+        headline: Default::default(),
     };
     let md = std::fs::read_to_string(text_report(&spec).unwrap()).unwrap();
+    // The verdict comes first. This evaluation has no held-out judge (only the guidance), so
+    // nothing confirms quality; the probe's drift (0.001 against the base's 0.06) is within
+    // both tolerances (5% and 0.1x of 0.06).
+    let verdict_at = md
+        .find("## Does ACPO raise quality without drift, on prompts?")
+        .unwrap();
+    assert!(verdict_at < md.find("## Improvement over the base").unwrap());
+    assert!(
+        md.contains("| acpo | 2 | the claim fails on quality (all 2 sets) |"),
+        "{md}"
+    );
+    assert!(md.contains("none among this evaluation's scores"), "{md}");
+    assert!(md.contains("(0.00300)") && md.contains("(0.00600)"), "{md}");
     assert!(md.contains("| acpo | drawbench | 2 |"), "{md}");
     assert!(md.contains("IPCE: not defined"), "{md}");
     assert!(md.contains("| acpo | Counting | 1 |"), "{md}");
