@@ -644,266 +644,76 @@ pub fn evaluate_step_study(
 }
 
 /// Evaluates one model; writes every output into `paths.out_dir` (a temporary sibling
-/// directory renamed into place) and returns the metrics.
+/// directory renamed into place) and returns the metrics. The steps, in order: check every
+/// input ([`Inputs::check`]), sample from fixed seeds, score the samples (and, for the base,
+/// as many real test images), held-out MSE and anchor distance, the comparison with the
+/// base's samples from the same noise, diversity/FID/KID, then the outputs.
 pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     cfg.validate()?;
     let device = Device::Cpu;
     let mut seconds = BTreeMap::new();
     let mut notes = Vec::new();
     let is_base = paths.run_dir.is_none();
-
-    // Inputs, checked before any work, with the command that makes each.
-    let base_model = paths.base_dir.join("model.safetensors");
-    require(
-        &base_model,
-        &format!("the base model of `{}`", paths.benchmark),
-        &paths.fix_base,
-        true,
-    )?;
-    let (model_path, mut info) = match &paths.run_dir {
-        None => (
-            base_model.clone(),
-            RunInfo {
-                method: "base".into(),
-                ..Default::default()
-            },
-        ),
-        Some(dir) => {
-            let m = dir.join("model.safetensors");
-            require(
-                &m,
-                &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
-                &paths.fix_run,
-                true,
-            )?;
-            require(
-                &dir.join("metrics.json"),
-                &format!(
-                    "fine-tuning run `{}` of `{}` (metrics)",
-                    paths.run, paths.benchmark
-                ),
-                &paths.fix_run,
-                true,
-            )?;
-            (m, run_info(dir)?)
-        }
-    };
-    let base_eval = match (&paths.base_eval_dir, is_base) {
-        (Some(d), false) => {
-            for f in ["samples.safetensors", "scores.csv"] {
-                require(
-                    &d.join(f),
-                    &format!("the base evaluation of `{}`", paths.benchmark),
-                    &paths.fix_base_eval,
-                    false,
-                )?;
-            }
-            Some(d.clone())
-        }
-        (None, false) => {
-            return Err(ReportError::config(
-                "base_eval_dir",
-                "a fine-tuned run needs the base's evaluation directory",
-            ))
-        }
-        _ => None,
-    };
-    let test_path = paths.data_dir.join("test.safetensors");
-    require(
-        &test_path,
-        "the prepared test split",
-        &format!("acpo repro {}", prepare_stage(&paths.data_dir)),
-        false,
-    )?;
-    let registry = Registry::load(&paths.judges)?;
-    let known = registry
-        .judges
-        .iter()
-        .map(|j| j.name.clone())
-        .collect::<Vec<_>>()
-        .join(", ");
-    for (name, param) in std::iter::once((&cfg.guidance, "report.evaluate.guidance"))
-        .chain(cfg.judges.iter().map(|j| (j, "report.evaluate.judges")))
-    {
-        if registry.get(name).is_err() {
-            return Err(ReportError::UnknownJudge {
-                judge: name.clone(),
-                registry: paths.judges.clone(),
-                known,
-                param: param.into(),
-            });
-        }
-    }
-
-    let bp_path = paths.base_dir.join("config.json");
-    let bp: BenchmarkParams = serde_json::from_value(read_json(&bp_path)?)
-        .map_err(|e| ReportError::bad(&bp_path, "config", e.to_string()))?;
-    if bp.model.context_dim.is_some() {
-        return Err(ReportError::config(
-            "model.context_dim",
-            format!(
-                "{}: conditional (text-to-image) models are not evaluated by this stage yet",
-                bp_path.display()
-            ),
-        ));
-    }
+    let Inputs {
+        model_path,
+        base_model,
+        mut info,
+        base_eval,
+        test_path,
+        registry,
+        bp,
+    } = Inputs::check(cfg, paths)?;
     let schedule = NoiseSchedule::from_config(&bp.schedule)?;
     let model = UNet::load(&bp.model, &model_path, &device)?;
     info.model = model_path.display().to_string();
     info.model_sha256 = sha256_file(&model_path)?;
 
-    // 1. Samples from fixed seeds.
     let t0 = Instant::now();
     let samples = draw_samples(&model, &schedule, cfg, (0, cfg.samples), &device)?;
     seconds.insert("sampling".into(), t0.elapsed().as_secs_f64());
-    let images = samples.images()?;
 
-    // 2. Guidance and judge scores per sample (and, for the base, of as many real test images:
-    //    the reference every score is read against).
     let t0 = Instant::now();
-    let (scores, mut cols) = score_images(&registry, &cfg.guidance, &cfg.judges, &images)?;
+    let (scores, mut cols) =
+        score_images(&registry, &cfg.guidance, &cfg.judges, &samples.images()?)?;
     let mut test = acpo_diffusion::data::ImageSet::load(&test_path)?;
-    let real_test = if is_base {
-        let real = rgb_images(&test.pixels, test.n.min(cfg.samples), test.h, test.w)?;
-        Some(RealTest {
-            images: real.len(),
-            scores: score_images(&registry, &cfg.guidance, &cfg.judges, &real)?.0,
-        })
-    } else {
-        None
+    let real_test = match is_base {
+        true => Some(real_test_scores(cfg, &registry, &test)?),
+        false => None,
     };
     seconds.insert("scores".into(), t0.elapsed().as_secs_f64());
 
-    // 3. Held-out MSE and anchor distance on the same draws.
     let t0 = Instant::now();
     test.truncate(cfg.heldout_images);
-    let test_x = test.all(&device)?;
-    let reference = if is_base {
-        None
-    } else {
-        Some(UNet::load(&bp.model, &base_model, &device)?)
+    let reference = match is_base {
+        true => None,
+        false => Some(UNet::load(&bp.model, &base_model, &device)?),
     };
-    let t_max = cfg.heldout_t_bins.last().copied().unwrap_or(0);
-    if t_max > schedule.timesteps() {
-        return Err(ReportError::config(
-            "report.evaluate.heldout_t_bins",
-            format!(
-                "last edge {t_max} is past the schedule's T = {}",
-                schedule.timesteps()
-            ),
-        ));
-    }
-    let h = heldout(&model, reference.as_ref(), &schedule, &test_x, cfg)?;
-    let heldout_mse = stats::mean_t(&h.mse);
-    let anchor_distance = if is_base {
-        Estimate::exact(0.0, h.mse.len())
-    } else {
-        stats::mean_t(&h.dist)
-    };
-    let heldout_mse_delta = (!is_base).then(|| stats::mean_t(&h.mse_delta()));
-    let by_t = by_t_bins(&h, &cfg.heldout_t_bins);
+    let drift = heldout_drift(
+        cfg,
+        &model,
+        reference.as_ref(),
+        &schedule,
+        &test.all(&device)?,
+    )?;
     seconds.insert("heldout".into(), t0.elapsed().as_secs_f64());
 
-    // 4. Against the base's samples from the same noise.
-    let mut improvement = BTreeMap::new();
-    let pixel_drift = match &base_eval {
-        None => Estimate::exact(0.0, samples.n),
-        Some(dir) => {
-            let bs = Samples::load(&dir.join("samples.safetensors"))?;
-            if bs.seeds != samples.seeds || bs.h != samples.h {
-                return Err(ReportError::bad(
-                    dir.join("samples.safetensors"),
-                    "seeds",
-                    format!(
-                        "the base was sampled from other seeds or sizes; re-run `{}`",
-                        paths.fix_base_eval
-                    ),
-                ));
-            }
-            let (bseeds, bcols) = read_scores_csv(&dir.join("scores.csv"))?;
-            if bseeds != samples.seeds {
-                return Err(ReportError::bad(
-                    dir.join("scores.csv"),
-                    "seed",
-                    format!(
-                        "other seeds than this run; re-run `{}`",
-                        paths.fix_base_eval
-                    ),
-                ));
-            }
-            for (name, tuned) in &cols {
-                let base = bcols.get(name).ok_or_else(|| {
-                    ReportError::bad(
-                        dir.join("scores.csv"),
-                        name,
-                        format!("no column for this score; re-run `{}`", paths.fix_base_eval),
-                    )
-                })?;
-                let hib = scores[name].higher_is_better;
-                improvement.insert(
-                    name.clone(),
-                    stats::improvement(base, tuned, hib, cfg.bootstrap, cfg.bootstrap_seed),
-                );
-            }
-            let d = (&samples.x0 - &bs.x0)?
-                .sqr()?
-                .flatten_from(1)?
-                .mean(1)?
-                .to_dtype(DType::F64)?
-                .to_vec1::<f64>()?;
-            cols.push(("pixel_drift".into(), d.clone()));
-            stats::mean_t(&d)
-        }
+    let (improvement, pixel_drift) = match &base_eval {
+        None => (BTreeMap::new(), Estimate::exact(0.0, samples.n)),
+        Some(dir) => against_base(cfg, paths, dir, &samples, &scores, &mut cols)?,
     };
 
-    // 5. Diversity, FID and KID.
     let t0 = Instant::now();
-    let u8_nchw = samples.u8_nchw()?;
-    let pd = acpo_fid::pixel_diversity(&u8_nchw)?;
-    let mut diversity = DiversityMetrics {
-        pixel: from_diversity(&pd),
-        inception: None,
-    };
-    let mut fid_kid = None;
-    let mut base_quality = None;
-    match &paths.inception {
-        None => notes
-            .push("Inception weights not given: no FID, KID or Inception-space diversity".into()),
-        Some(w) => {
-            require(
-                w,
-                "the converted Inception weights",
-                "acpo repro fid-weights",
-                false,
-            )?;
-            let inc = load_inception(w, paths.inception_onnx.as_deref(), &device)?;
-            let feats = inception_features(&inc, &u8_nchw, cfg.batch_size)?;
-            diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
-            match &paths.fid_ref {
-                None => notes.push("reference statistics not given: no FID or KID".into()),
-                Some(r) => {
-                    require(
-                        r,
-                        "the FID reference statistics of the test split",
-                        "acpo repro fid-ref",
-                        false,
-                    )?;
-                    fid_kid = Some(fid_and_kid(&feats, r, cfg)?);
-                    if is_base && cfg.base_fid_samples > samples.n {
-                        let t1 = Instant::now();
-                        let more = (samples.n, cfg.base_fid_samples);
-                        let extra = draw_samples(&model, &schedule, cfg, more, &device)?;
-                        let extra = inception_features(&inc, &extra.u8_nchw()?, cfg.batch_size)?;
-                        let all = Tensor::cat(&[&feats, &extra], 0)?;
-                        base_quality = Some(fid_and_kid(&all, r, cfg)?);
-                        seconds.insert("base_quality".into(), t1.elapsed().as_secs_f64());
-                    }
-                }
-            }
-        }
-    }
+    let quality = quality(
+        cfg,
+        paths,
+        &model,
+        &schedule,
+        &samples,
+        &mut notes,
+        &mut seconds,
+    )?;
     seconds.insert("fid_diversity".into(), t0.elapsed().as_secs_f64());
-    if fid_kid.is_some() && samples.n < 2048 {
+    if quality.fid_kid.is_some() && samples.n < 2048 {
         notes.push(format!(
             "FID from {} samples is biased upwards (compare models at equal sample counts only)",
             samples.n
@@ -926,20 +736,329 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         scores,
         improvement,
         real_test,
-        heldout_mse,
-        heldout_mse_delta,
-        by_t,
-        anchor_distance,
+        heldout_mse: drift.heldout_mse,
+        heldout_mse_delta: drift.heldout_mse_delta,
+        by_t: drift.by_t,
+        anchor_distance: drift.anchor_distance,
         pixel_drift,
-        diversity,
-        fid_kid,
-        base_quality,
+        diversity: quality.diversity,
+        fid_kid: quality.fid_kid,
+        base_quality: quality.base_quality,
         notes,
         seconds,
     };
+    let config = serde_json::json!({ "evaluate": cfg, "benchmark": paths.benchmark, "run": paths.run,
+        "base_params": bp, "model": model_path, "data": paths.data_dir,
+        "judges": paths.judges, "inception": paths.inception, "fid_ref": paths.fid_ref });
+    write_outputs(&paths.out_dir, &samples, &cols, &config, &metrics)?;
+    Ok(metrics)
+}
 
-    // Outputs: a temporary sibling directory, renamed into place.
-    let out = &paths.out_dir;
+/// What [`evaluate`] reads, each checked (with the command that makes it) before any work.
+struct Inputs {
+    /// The model evaluated: the run's, or the base's for the base.
+    model_path: PathBuf,
+    base_model: PathBuf,
+    info: RunInfo,
+    /// The base's evaluation, for a fine-tuned run.
+    base_eval: Option<PathBuf>,
+    test_path: PathBuf,
+    registry: Registry,
+    bp: BenchmarkParams,
+}
+
+impl Inputs {
+    fn check(cfg: &EvalConfig, paths: &EvalPaths) -> Result<Self> {
+        let is_base = paths.run_dir.is_none();
+        let base_model = paths.base_dir.join("model.safetensors");
+        require(
+            &base_model,
+            &format!("the base model of `{}`", paths.benchmark),
+            &paths.fix_base,
+            true,
+        )?;
+        let (model_path, info) = match &paths.run_dir {
+            None => (
+                base_model.clone(),
+                RunInfo {
+                    method: "base".into(),
+                    ..Default::default()
+                },
+            ),
+            Some(dir) => {
+                let m = dir.join("model.safetensors");
+                require(
+                    &m,
+                    &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
+                    &paths.fix_run,
+                    true,
+                )?;
+                require(
+                    &dir.join("metrics.json"),
+                    &format!(
+                        "fine-tuning run `{}` of `{}` (metrics)",
+                        paths.run, paths.benchmark
+                    ),
+                    &paths.fix_run,
+                    true,
+                )?;
+                (m, run_info(dir)?)
+            }
+        };
+        let base_eval = match (&paths.base_eval_dir, is_base) {
+            (Some(d), false) => {
+                for f in ["samples.safetensors", "scores.csv"] {
+                    require(
+                        &d.join(f),
+                        &format!("the base evaluation of `{}`", paths.benchmark),
+                        &paths.fix_base_eval,
+                        false,
+                    )?;
+                }
+                Some(d.clone())
+            }
+            (None, false) => {
+                return Err(ReportError::config(
+                    "base_eval_dir",
+                    "a fine-tuned run needs the base's evaluation directory",
+                ))
+            }
+            _ => None,
+        };
+        let test_path = paths.data_dir.join("test.safetensors");
+        require(
+            &test_path,
+            "the prepared test split",
+            &format!("acpo repro {}", prepare_stage(&paths.data_dir)),
+            false,
+        )?;
+        let registry = Registry::load(&paths.judges)?;
+        let known = registry
+            .judges
+            .iter()
+            .map(|j| j.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (name, param) in std::iter::once((&cfg.guidance, "report.evaluate.guidance"))
+            .chain(cfg.judges.iter().map(|j| (j, "report.evaluate.judges")))
+        {
+            if registry.get(name).is_err() {
+                return Err(ReportError::UnknownJudge {
+                    judge: name.clone(),
+                    registry: paths.judges.clone(),
+                    known,
+                    param: param.into(),
+                });
+            }
+        }
+        let bp_path = paths.base_dir.join("config.json");
+        let bp: BenchmarkParams = serde_json::from_value(read_json(&bp_path)?)
+            .map_err(|e| ReportError::bad(&bp_path, "config", e.to_string()))?;
+        if bp.model.context_dim.is_some() {
+            return Err(ReportError::config(
+                "model.context_dim",
+                format!(
+                    "{}: conditional (text-to-image) models are not evaluated by this stage yet",
+                    bp_path.display()
+                ),
+            ));
+        }
+        let t_max = cfg.heldout_t_bins.last().copied().unwrap_or(0);
+        let timesteps = bp.schedule.timesteps;
+        if t_max > timesteps {
+            return Err(ReportError::config(
+                "report.evaluate.heldout_t_bins",
+                format!("last edge {t_max} is past the schedule's T = {timesteps}"),
+            ));
+        }
+        Ok(Self {
+            model_path,
+            base_model,
+            info,
+            base_eval,
+            test_path,
+            registry,
+            bp,
+        })
+    }
+}
+
+/// The guidance and judge scores of as many real test images as samples: the reference every
+/// score of the base is read against.
+fn real_test_scores(
+    cfg: &EvalConfig,
+    registry: &Registry,
+    test: &acpo_diffusion::data::ImageSet,
+) -> Result<RealTest> {
+    let real = rgb_images(&test.pixels, test.n.min(cfg.samples), test.h, test.w)?;
+    Ok(RealTest {
+        images: real.len(),
+        scores: score_images(registry, &cfg.guidance, &cfg.judges, &real)?.0,
+    })
+}
+
+/// Held-out MSE (and its paired change), anchor distance and both by timestep bin.
+struct Drift {
+    heldout_mse: Estimate,
+    heldout_mse_delta: Option<Estimate>,
+    anchor_distance: Estimate,
+    by_t: Vec<TBin>,
+}
+
+/// Held-out MSE and anchor distance on the same draws of `test_x`; with no `reference`
+/// (the base itself) the anchor distance is exactly 0 and there is no paired change.
+fn heldout_drift(
+    cfg: &EvalConfig,
+    model: &UNet,
+    reference: Option<&UNet>,
+    schedule: &NoiseSchedule,
+    test_x: &Tensor,
+) -> Result<Drift> {
+    let h = heldout(model, reference, schedule, test_x, cfg)?;
+    Ok(Drift {
+        heldout_mse: stats::mean_t(&h.mse),
+        heldout_mse_delta: reference.map(|_| stats::mean_t(&h.mse_delta())),
+        anchor_distance: match reference {
+            None => Estimate::exact(0.0, h.mse.len()),
+            Some(_) => stats::mean_t(&h.dist),
+        },
+        by_t: by_t_bins(&h, &cfg.heldout_t_bins),
+    })
+}
+
+/// Each score's improvement over the base's samples from the same seeds (paired), and the
+/// pixel drift to them; adds the per-sample drift to `cols`.
+fn against_base(
+    cfg: &EvalConfig,
+    paths: &EvalPaths,
+    dir: &Path,
+    samples: &Samples,
+    scores: &BTreeMap<String, Score>,
+    cols: &mut NamedColumns,
+) -> Result<(BTreeMap<String, stats::Improvement>, Estimate)> {
+    let bs = Samples::load(&dir.join("samples.safetensors"))?;
+    if bs.seeds != samples.seeds || bs.h != samples.h {
+        return Err(ReportError::bad(
+            dir.join("samples.safetensors"),
+            "seeds",
+            format!(
+                "the base was sampled from other seeds or sizes; re-run `{}`",
+                paths.fix_base_eval
+            ),
+        ));
+    }
+    let (bseeds, bcols) = read_scores_csv(&dir.join("scores.csv"))?;
+    if bseeds != samples.seeds {
+        return Err(ReportError::bad(
+            dir.join("scores.csv"),
+            "seed",
+            format!(
+                "other seeds than this run; re-run `{}`",
+                paths.fix_base_eval
+            ),
+        ));
+    }
+    let mut improvement = BTreeMap::new();
+    for (name, tuned) in cols.iter() {
+        let base = bcols.get(name).ok_or_else(|| {
+            ReportError::bad(
+                dir.join("scores.csv"),
+                name,
+                format!("no column for this score; re-run `{}`", paths.fix_base_eval),
+            )
+        })?;
+        let hib = scores[name].higher_is_better;
+        improvement.insert(
+            name.clone(),
+            stats::improvement(base, tuned, hib, cfg.bootstrap, cfg.bootstrap_seed),
+        );
+    }
+    let d = (&samples.x0 - &bs.x0)?
+        .sqr()?
+        .flatten_from(1)?
+        .mean(1)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    cols.push(("pixel_drift".into(), d.clone()));
+    Ok((improvement, stats::mean_t(&d)))
+}
+
+/// Pixel and Inception diversity, FID and KID (and, for the base, FID/KID on more samples).
+struct Quality {
+    diversity: DiversityMetrics,
+    fid_kid: Option<FidKidMetrics>,
+    base_quality: Option<FidKidMetrics>,
+}
+
+/// Diversity of `samples`, and FID/KID against the reference statistics when the Inception
+/// weights and statistics are given (a note says what was skipped otherwise). For the base
+/// with `base_fid_samples` above the sample count, the next seeds are drawn too and FID/KID
+/// computed on all of them (`seconds.base_quality`).
+fn quality(
+    cfg: &EvalConfig,
+    paths: &EvalPaths,
+    model: &UNet,
+    schedule: &NoiseSchedule,
+    samples: &Samples,
+    notes: &mut Vec<String>,
+    seconds: &mut BTreeMap<String, f64>,
+) -> Result<Quality> {
+    let device = Device::Cpu;
+    let u8_nchw = samples.u8_nchw()?;
+    let pd = acpo_fid::pixel_diversity(&u8_nchw)?;
+    let mut q = Quality {
+        diversity: DiversityMetrics {
+            pixel: from_diversity(&pd),
+            inception: None,
+        },
+        fid_kid: None,
+        base_quality: None,
+    };
+    let Some(w) = &paths.inception else {
+        notes.push("Inception weights not given: no FID, KID or Inception-space diversity".into());
+        return Ok(q);
+    };
+    require(
+        w,
+        "the converted Inception weights",
+        "acpo repro fid-weights",
+        false,
+    )?;
+    let inc = load_inception(w, paths.inception_onnx.as_deref(), &device)?;
+    let feats = inception_features(&inc, &u8_nchw, cfg.batch_size)?;
+    q.diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
+    let Some(r) = &paths.fid_ref else {
+        notes.push("reference statistics not given: no FID or KID".into());
+        return Ok(q);
+    };
+    require(
+        r,
+        "the FID reference statistics of the test split",
+        "acpo repro fid-ref",
+        false,
+    )?;
+    q.fid_kid = Some(fid_and_kid(&feats, r, cfg)?);
+    let is_base = paths.run_dir.is_none();
+    if is_base && cfg.base_fid_samples > samples.n {
+        let t1 = Instant::now();
+        let more = (samples.n, cfg.base_fid_samples);
+        let extra = draw_samples(model, schedule, cfg, more, &device)?;
+        let extra = inception_features(&inc, &extra.u8_nchw()?, cfg.batch_size)?;
+        let all = Tensor::cat(&[&feats, &extra], 0)?;
+        q.base_quality = Some(fid_and_kid(&all, r, cfg)?);
+        seconds.insert("base_quality".into(), t1.elapsed().as_secs_f64());
+    }
+    Ok(q)
+}
+
+/// The evaluation's files, written into a temporary sibling of `out` and renamed into place.
+fn write_outputs(
+    out: &Path,
+    samples: &Samples,
+    cols: &NamedColumns,
+    config: &serde_json::Value,
+    metrics: &EvalMetrics,
+) -> Result<()> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -957,7 +1076,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     }
     std::fs::create_dir_all(&tmp).map_err(|e| ReportError::io(&tmp, e))?;
     samples.save(&tmp.join("samples.safetensors"))?;
-    write_scores_csv(&tmp.join("scores.csv"), &samples.seeds, &cols)?;
+    write_scores_csv(&tmp.join("scores.csv"), &samples.seeds, cols)?;
     crate::plots::write_grid_png(
         &samples.pixels,
         samples.n.min(64),
@@ -966,13 +1085,8 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         8,
         &tmp.join("grid.png"),
     )?;
-    write_json(
-        &tmp.join("config.json"),
-        &serde_json::json!({ "evaluate": cfg, "benchmark": paths.benchmark, "run": paths.run,
-            "base_params": bp, "model": model_path, "data": paths.data_dir,
-            "judges": paths.judges, "inception": paths.inception, "fid_ref": paths.fid_ref }),
-    )?;
-    write_json(&tmp.join("metrics.json"), &metrics)?;
+    write_json(&tmp.join("config.json"), config)?;
+    write_json(&tmp.join("metrics.json"), metrics)?;
     // FID/KID alone, without timings: the same bytes whenever the same model is evaluated
     // again, so the fine-tuning stages' base-quality gate depends on it rather than on
     // metrics.json (whose `seconds` change on every run).
@@ -985,7 +1099,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         std::fs::remove_dir_all(out).map_err(|e| ReportError::io(out, e))?;
     }
     std::fs::rename(&tmp, out).map_err(|e| ReportError::io(out, e))?;
-    Ok(metrics)
+    Ok(())
 }
 
 fn prepare_stage(data_dir: &Path) -> String {
