@@ -175,7 +175,7 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
             q["kid"]["n"].as_u64().is_some(),
             "{bm}: no base_quality in the base evaluation"
         );
-        let shown = acpo_report::aggregate::fmt_num(q["fid"]["mean"].as_f64().unwrap());
+        let shown = acpo_report::tables::fmt_num(q["fid"]["mean"].as_f64().unwrap());
         let base_md = read(&d.join("base.md"));
         assert!(
             base_md.contains(&shown),
@@ -192,7 +192,7 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
         assert_eq!(rows.len(), 2 + runs.len(), "reports/{bm}/summary.csv rows");
         let real = rows
             .iter()
-            .find(|r| r["run"] == acpo_report::aggregate::REAL_TEST_ROW)
+            .find(|r| r["run"] == acpo_report::tables::REAL_TEST_ROW)
             .unwrap_or_else(|| panic!("{bm}: no real-test-images row"));
         let want = base_m["real_test"]["scores"]["guidance"]["value"]["mean"]
             .as_f64()
@@ -251,7 +251,7 @@ fn smoke_pipeline_produces_a_report_from_this_run() {
                 assert_eq!(row[&format!("{metric}_n")], n.to_string());
             }
             let mse = m["heldout_mse"]["mean"].as_f64().unwrap();
-            let shown = acpo_report::aggregate::fmt_num(mse);
+            let shown = acpo_report::tables::fmt_num(mse);
             assert!(
                 html.contains(&shown),
                 "index.html does not show {bm}/{run} held-out MSE {shown}"

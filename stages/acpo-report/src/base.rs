@@ -7,11 +7,12 @@
 //! Writes `<reports>/<benchmark>/base.md`, `base_samples.png` (the base's first evaluation
 //! samples) and `real_test.png` (the first test images); `index.html` shows the same.
 
-use crate::aggregate::{fmt_estimate, fmt_num, BenchmarkSpec, ReportSpec};
 use crate::error::{ReportError, Result};
 use crate::fsio::write_atomic;
 use crate::plots::write_grid_png;
 use crate::schema::{EvalMetrics, FidKidMetrics};
+use crate::spec::{BenchmarkSpec, ReportSpec};
+use crate::tables::{fmt_estimate, fmt_num};
 use std::path::Path;
 
 /// Images in each of the two grids (8 x 8).

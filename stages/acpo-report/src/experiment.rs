@@ -7,11 +7,11 @@
 //! (within-run, sampling-only) intervals. The headline reads only these numbers, so no
 //! sentence of the report can disagree with its tables.
 
-use crate::aggregate::fmt_num;
 use crate::error::{ReportError, Result};
 use crate::plots::{Panel, Series};
 use crate::schema::EvalMetrics;
 use crate::stats::{self, Estimate};
+use crate::tables::fmt_num;
 use serde::{Deserialize, Serialize};
 
 /// What the headline tests (params `report.headline`).

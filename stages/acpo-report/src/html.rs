@@ -2,12 +2,32 @@
 //! provenance: stage keys, params, git revision, acpo version, per-stage wall time and peak
 //! memory from `pipeline.lock`, and the data checksums from the prepared datasets' manifests.
 
-use crate::aggregate::{paper_cells, summary_cells, wide, BenchOutputs, PaperRow, ReportSpec};
 use crate::error::Result;
 use crate::experiment::{fmt_across_short, short, Headline};
+use crate::paper::{paper_cells, PaperRow};
 use crate::schema::EvalMetrics;
+use crate::spec::ReportSpec;
+use crate::tables::{rows_of, summary_cells, wide, Wide};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// What the report wrote, for the HTML page.
+#[derive(Debug, Clone, Default)]
+pub struct BenchOutputs {
+    pub plots: Vec<(String, String)>,
+    pub grids: Vec<(String, String)>,
+    pub notes: Vec<String>,
+    /// The sampler-steps table, when the benchmark has a study.
+    pub steps: Option<Wide>,
+    /// The generated headline.
+    pub headline: Option<Headline>,
+    /// The headlines of `report.headline.also`, after it.
+    pub also: Vec<Headline>,
+    /// The methods table across seeds (header, cells).
+    pub methods: (Vec<String>, Vec<Vec<String>>),
+    /// The same, compact: what the page shows first.
+    pub methods_compact: (Vec<String>, Vec<Vec<String>>),
+}
 
 /// HTML-escapes text.
 pub fn esc(s: &str) -> String {
@@ -186,7 +206,7 @@ fn benchmark_section(
             "<p>{} Shown: mean [95% interval across seeds]; FID, KID and each run's own sampling interval are in the full table. \
              Tables: <a href=\"{1}/methods.csv\">methods.csv</a>, <a href=\"{1}/methods.md\">methods.md</a>; \
              by timestep: <a href=\"{1}/drift_by_t.md\">drift_by_t.md</a>.</p>",
-            esc(crate::aggregate::METHODS_CAPTION),
+            esc(crate::tables::METHODS_CAPTION),
             esc(bm)
         );
         h.push_str(&compact_table(&o.methods_compact.0, &o.methods_compact.1));
@@ -209,7 +229,7 @@ fn benchmark_section(
         }
     }
     h.push_str(&toc.h3(&format!("{bm}-runs"), "Every run"));
-    let rows: Vec<_> = list.iter().flat_map(crate::aggregate::rows_of).collect();
+    let rows: Vec<_> = list.iter().flat_map(rows_of).collect();
     let (hd, cells) = summary_cells(&wide(&rows, &spec.optimised()));
     let _ = writeln!(
         h,
@@ -240,7 +260,7 @@ fn benchmark_section(
             h,
             "<p>{} Tables: <a href=\"{1}/sampler_steps.csv\">sampler_steps.csv</a>, \
              <a href=\"{1}/sampler_steps.md\">sampler_steps.md</a>.</p>",
-            esc(crate::aggregate::STEPS_CAPTION),
+            esc(crate::tables::STEPS_CAPTION),
             esc(bm)
         );
         h.push_str(&details(

@@ -10,11 +10,11 @@
 //! method on every held-out set. Then the same per category, the base's own scores, and the
 //! paper's numbers with how the protocol differs.
 
-use crate::aggregate::{fmt_estimate, fmt_num, md_table};
 use crate::error::{ReportError, Result};
 use crate::experiment::{group_of, short, HeadlineConfig, Verdict};
 use crate::fsio::write_atomic;
 use crate::stats;
+use crate::tables::{fmt_estimate, fmt_num, md_table};
 use crate::text_eval::{read_text_metrics, TextEvalMetrics};
 use std::path::{Path, PathBuf};
 

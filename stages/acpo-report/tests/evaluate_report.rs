@@ -558,7 +558,7 @@ fn the_base_is_also_scored_on_more_samples_beside_the_floor() {
     let spec = report_spec(root, &["acpo-s0", "acpo-s1"], Default::default());
     aggregate(&spec).unwrap();
     let md = std::fs::read_to_string(root.join("reports/tiny/base.md")).unwrap();
-    let shown = acpo_report::aggregate::fmt_num(large.fid.mean);
+    let shown = acpo_report::tables::fmt_num(large.fid.mean);
     assert!(md.contains(&format!("{shown} n=9")), "{md}");
     assert!(
         md.contains("12.50 n=9") && md.contains("3.000e-4 n=9"),
