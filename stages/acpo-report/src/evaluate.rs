@@ -177,6 +177,35 @@ fn sha256_file(path: &Path) -> Result<String> {
         .map_err(|e| ReportError::io(path, e))
 }
 
+/// The model an evaluation scores: a fine-tuning run's `model.safetensors` (its `metrics.json`
+/// must exist too; [`run_info`] reads it), or `base_model` for the base (`run_dir` `None`).
+/// `what` names the run in the errors, `fix_run` is the command that makes it, `trained`
+/// whether a missing one is reported as never trained.
+pub(crate) fn model_under_test(
+    base_model: &Path,
+    run_dir: Option<&Path>,
+    what: &str,
+    fix_run: &str,
+    trained: bool,
+) -> Result<(PathBuf, RunInfo)> {
+    let Some(dir) = run_dir else {
+        let info = RunInfo {
+            method: "base".into(),
+            ..Default::default()
+        };
+        return Ok((base_model.to_path_buf(), info));
+    };
+    let m = dir.join("model.safetensors");
+    require(&m, what, fix_run, trained)?;
+    require(
+        &dir.join("metrics.json"),
+        &format!("{what} (metrics)"),
+        fix_run,
+        trained,
+    )?;
+    Ok((m, run_info(dir)?))
+}
+
 pub(crate) fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
     if path.exists() {
         return Ok(());
@@ -777,34 +806,13 @@ impl Inputs {
             &paths.fix_base,
             true,
         )?;
-        let (model_path, info) = match &paths.run_dir {
-            None => (
-                base_model.clone(),
-                RunInfo {
-                    method: "base".into(),
-                    ..Default::default()
-                },
-            ),
-            Some(dir) => {
-                let m = dir.join("model.safetensors");
-                require(
-                    &m,
-                    &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
-                    &paths.fix_run,
-                    true,
-                )?;
-                require(
-                    &dir.join("metrics.json"),
-                    &format!(
-                        "fine-tuning run `{}` of `{}` (metrics)",
-                        paths.run, paths.benchmark
-                    ),
-                    &paths.fix_run,
-                    true,
-                )?;
-                (m, run_info(dir)?)
-            }
-        };
+        let (model_path, info) = model_under_test(
+            &base_model,
+            paths.run_dir.as_deref(),
+            &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
+            &paths.fix_run,
+            true,
+        )?;
         let base_eval = match (&paths.base_eval_dir, is_base) {
             (Some(d), false) => {
                 for f in ["samples.safetensors", "scores.csv"] {

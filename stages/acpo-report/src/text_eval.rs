@@ -371,25 +371,13 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         &paths.fix_base,
         false,
     )?;
-    let (model_path, info) = match &paths.run_dir {
-        None => (
-            base_model.clone(),
-            RunInfo {
-                method: "base".into(),
-                ..Default::default()
-            },
-        ),
-        Some(dir) => {
-            let m = dir.join("model.safetensors");
-            require(
-                &m,
-                &format!("fine-tuning run `{}`", paths.run),
-                &paths.fix_run,
-                false,
-            )?;
-            (m, crate::evaluate::run_info(dir)?)
-        }
-    };
+    let (model_path, info) = crate::evaluate::model_under_test(
+        &base_model,
+        paths.run_dir.as_deref(),
+        &format!("fine-tuning run `{}`", paths.run),
+        &paths.fix_run,
+        false,
+    )?;
     let base_eval = match (&paths.run_dir, &paths.base_eval_dir) {
         (None, _) => None,
         (Some(_), Some(d)) => Some(d.clone()),
