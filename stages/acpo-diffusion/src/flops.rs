@@ -8,74 +8,106 @@
 
 use crate::config::UNetConfig;
 
-fn conv(cin: usize, cout: usize, k: usize, out_side: usize) -> u64 {
-    2 * (cin * cout * k * k * out_side * out_side) as u64
+/// Forward FLOPs of one image split by the op class that does them (the classes of the
+/// roofline bench's per-op timing, `acpo_ops::timing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlopSplit {
+    /// Convolutions (3x3, the 1x1 skips, down- and upsampling).
+    pub conv: u64,
+    /// Attention's score and value products (`4 N^2 c` per block).
+    pub attention: u64,
+    /// Linear layers: the time-embedding MLP and projections, attention's qkv and output
+    /// projections.
+    pub linear: u64,
 }
 
-fn linear(cin: usize, cout: usize, tokens: usize) -> u64 {
-    2 * (cin * cout * tokens) as u64
+impl FlopSplit {
+    /// Every class together.
+    pub fn total(&self) -> u64 {
+        self.conv + self.attention + self.linear
+    }
+
+    fn conv(&mut self, cin: usize, cout: usize, k: usize, out_side: usize) {
+        self.conv += 2 * (cin * cout * k * k * out_side * out_side) as u64;
+    }
+
+    fn linear(&mut self, cin: usize, cout: usize, tokens: usize) {
+        self.linear += 2 * (cin * cout * tokens) as u64;
+    }
+
+    fn res_block(&mut self, cin: usize, cout: usize, temb_dim: usize, side: usize) {
+        if cin != cout {
+            self.conv(cin, cout, 1, side);
+        }
+        self.conv(cin, cout, 3, side);
+        self.conv(cout, cout, 3, side);
+        self.linear(temb_dim, cout, 1);
+    }
+
+    /// Self-attention over `side^2` tokens of `c` channels: qkv and output projections plus the
+    /// score and value products (`8 N c^2 + 4 N^2 c`; heads split `c`, so they do not change it).
+    fn attn_block(&mut self, c: usize, side: usize) {
+        let n = side * side;
+        self.linear(c, 3 * c, n);
+        self.linear(c, c, n);
+        self.attention += 4 * (n * n * c) as u64;
+    }
 }
 
-fn res_block(cin: usize, cout: usize, temb_dim: usize, side: usize) -> u64 {
-    let skip = if cin != cout {
-        conv(cin, cout, 1, side)
-    } else {
-        0
-    };
-    conv(cin, cout, 3, side) + conv(cout, cout, 3, side) + skip + linear(temb_dim, cout, 1)
-}
-
-/// Self-attention over `side^2` tokens of `c` channels: qkv and output projections plus the
-/// score and value products (`8 N c^2 + 4 N^2 c`; heads split `c`, so they do not change it).
-fn attn_block(c: usize, side: usize) -> u64 {
-    let n = side * side;
-    linear(c, 3 * c, n) + linear(c, c, n) + 4 * (n * n * c) as u64
-}
-
-/// FLOPs of one forward pass of one image through an unconditional UNet of `cfg`.
-pub fn unet_forward_flops(cfg: &UNetConfig) -> u64 {
+/// FLOPs of one forward pass of one image through an unconditional UNet of `cfg`, by class.
+pub fn unet_forward_split(cfg: &UNetConfig) -> FlopSplit {
+    let mut f = FlopSplit::default();
     let ch = cfg.channels;
     let temb_dim = 4 * ch;
     let attn_at = |side: usize| cfg.attention_resolutions.contains(&side);
-    let mut total = linear(ch, temb_dim, 1) + linear(temb_dim, temb_dim, 1);
+    f.linear(ch, temb_dim, 1);
+    f.linear(temb_dim, temb_dim, 1);
     let mut side = cfg.image_size;
-    total += conv(cfg.in_channels, ch, 3, side);
+    f.conv(cfg.in_channels, ch, 3, side);
     let mut skips = vec![ch];
     let mut cur = ch;
     let levels = cfg.channel_mult.len();
     for (i, &m) in cfg.channel_mult.iter().enumerate() {
         let cout = ch * m;
         for _ in 0..cfg.num_res_blocks {
-            total += res_block(cur, cout, temb_dim, side);
+            f.res_block(cur, cout, temb_dim, side);
             cur = cout;
             if attn_at(side) {
-                total += attn_block(cur, side);
+                f.attn_block(cur, side);
             }
             skips.push(cur);
         }
         if i + 1 < levels {
             side /= 2;
-            total += conv(cur, cur, 3, side);
+            f.conv(cur, cur, 3, side);
             skips.push(cur);
         }
     }
-    total += 2 * res_block(cur, cur, temb_dim, side) + attn_block(cur, side);
+    f.res_block(cur, cur, temb_dim, side);
+    f.res_block(cur, cur, temb_dim, side);
+    f.attn_block(cur, side);
     for (i, &m) in cfg.channel_mult.iter().enumerate().rev() {
         let cout = ch * m;
         for _ in 0..=cfg.num_res_blocks {
             let sc = skips.pop().expect("one skip per down layer");
-            total += res_block(cur + sc, cout, temb_dim, side);
+            f.res_block(cur + sc, cout, temb_dim, side);
             cur = cout;
             if attn_at(side) {
-                total += attn_block(cur, side);
+                f.attn_block(cur, side);
             }
         }
         if i > 0 {
             side *= 2;
-            total += conv(cur, cur, 3, side);
+            f.conv(cur, cur, 3, side);
         }
     }
-    total + conv(cur, cfg.in_channels, 3, side)
+    f.conv(cur, cfg.in_channels, 3, side);
+    f
+}
+
+/// FLOPs of one forward pass of one image through an unconditional UNet of `cfg`.
+pub fn unet_forward_flops(cfg: &UNetConfig) -> u64 {
+    unet_forward_split(cfg).total()
 }
 
 /// FLOPs of one training image (forward, and a backward of twice the forward's work: the
@@ -124,6 +156,10 @@ mod tests {
         let conv_out = 2 * 2 * 3 * 9 * 16; // 1728
         let hand = temb_mlp + conv_in + down + mid + up + conv_out;
         assert_eq!(unet_forward_flops(&cfg), hand as u64);
+        let split = unet_forward_split(&cfg);
+        assert_eq!(split.attention, 2048);
+        assert_eq!(split.linear, 160 + 5 * 32 + 384 + 128); // MLP, 5 res-block temb, qkv, proj
+        assert_eq!(split.total(), hand as u64);
         assert_eq!(train_step_flops(&cfg, 4), 12 * hand as u64);
     }
 

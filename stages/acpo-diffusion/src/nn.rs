@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+pub use acpo_ops::attention::{attention, attention_generic, softmax_last};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::error::{DiffusionError, Result};
@@ -244,16 +245,6 @@ impl Module for GroupNorm {
     }
 }
 
-/// Softmax over the last dimension from generic ops (the fused `softmax_last_dim` kernel has no
-/// gradient in candle 0.11). The max is subtracted for stability and detached: the softmax is
-/// invariant to it, so its gradient contribution is exactly zero.
-pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
-}
-
 /// Nearest-neighbour 2x upsampling of `[B, C, H, W]` as unsqueeze + broadcast + reshape.
 ///
 /// Replaces `Tensor::upsample_nearest2d`, whose gradient in candle 0.11 is wrong when its input
@@ -282,27 +273,6 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> candle_core::Result<Tensor>
         .reshape(((), 1))?
         .broadcast_mul(&freqs)?;
     Tensor::cat(&[args.sin()?, args.cos()?], 1)
-}
-
-/// Multi-head scaled dot-product attention. `q: [B, Lq, C]`, `k, v: [B, Lk, C]` -> `[B, Lq, C]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (b, lq, c) = q.dims3()?;
-    let lk = k.dim(1)?;
-    let d = c / heads;
-    let split = |x: &Tensor, l: usize| -> candle_core::Result<Tensor> {
-        x.reshape((b, l, heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * heads, l, d))
-    };
-    let (qh, kh, vh) = (split(q, lq)?, split(k, lk)?, split(v, lk)?);
-    let scores = (qh.matmul(&kh.t()?)? * (1.0 / (d as f64).sqrt()))?;
-    let p = softmax_last(&scores)?;
-    p.matmul(&vh)?
-        .reshape((b, heads, lq, d))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, lq, c))
 }
 
 /// Optional host-side dropout: masks come from a seeded stream so training is reproducible.

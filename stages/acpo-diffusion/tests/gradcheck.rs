@@ -387,7 +387,7 @@ fn conv_with_bias_gradients_for_one_image_and_for_runs_of_images() {
 }
 
 #[test]
-fn conv_and_norm_gradients_do_not_depend_on_the_thread_count() {
+fn conv_norm_and_attention_gradients_do_not_depend_on_the_thread_count() {
     use acpo_diffusion::conv::conv2d_bias;
     let grads = |threads: usize| -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -406,6 +406,9 @@ fn conv_and_norm_gradients_do_not_depend_on_the_thread_count() {
                 eps: 1e-5,
             };
             let y = conv2d_bias(&gn.forward_silu(x.as_tensor()).unwrap(), &w, &b, 1, 1).unwrap();
+            // Self-attention over the 36 pixels of each image, two heads.
+            let tok = y.flatten_from(2).unwrap().transpose(1, 2).unwrap();
+            let y = (attention(&tok, &tok, &tok, 2).unwrap() + &tok).unwrap();
             let r = f32t(randn(65, y.dims(), 1.0));
             let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             [x.as_tensor(), w.as_tensor(), b.as_tensor()]

@@ -15,9 +15,10 @@
 //! (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
 //! in `tests/gradcheck.rs`.
 
-use crate::cpu_op::{self, host_vec, run_len, sum_runs, Elem, TypedOp3};
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType};
-use gemm::Parallelism;
+use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
+use crate::timing::OpClass;
+use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// `x: [B, C, H, W]` convolved with `w: [Cout, C, kh, kw]` (no bias), zero padding, stride.
@@ -62,7 +63,7 @@ pub fn conv2d_bias(
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &b.contiguous()?,
-        GemmConv { padding, stride },
+        Op3(GemmConv { padding, stride }),
     )
 }
 
@@ -128,15 +129,6 @@ impl Geom {
         (oy * self.stride + ky)
             .checked_sub(self.pad)
             .filter(|&i| i < self.h)
-    }
-    /// How the per-image matrix products are threaded: over the batch when it has at least one
-    /// image per thread, inside `gemm` otherwise (one image at a time, e.g. sampling one image).
-    fn inner_parallelism(&self) -> Parallelism {
-        if self.b >= rayon::current_num_threads() {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(0)
-        }
     }
 }
 
@@ -220,82 +212,10 @@ fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
     }
 }
 
-/// Row-major matrix view for `gemm`: element `(i, j)` at `ptr + i * rs + j * cs`.
-#[derive(Clone, Copy)]
-struct Mat<T> {
-    ptr: *const T,
-    rs: isize,
-    cs: isize,
-}
-
-impl<T> Mat<T> {
-    /// A contiguous `rows x cols` matrix.
-    fn rows(s: &[T], cols: usize) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            rs: cols as isize,
-            cs: 1,
-        }
-    }
-    /// The transpose of a contiguous matrix with `cols` columns.
-    fn transposed(s: &[T], cols: usize) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            rs: 1,
-            cs: cols as isize,
-        }
-    }
-}
-
-/// `dst (m x n, contiguous) = [dst +] lhs (m x k) * rhs (k x n)`.
-///
-/// The slices backing `lhs` and `rhs` must cover the `m x k` and `k x n` elements their views
-/// address; every caller builds them from slices of exactly those sizes.
-#[allow(clippy::too_many_arguments)]
-fn matmul<T: WithDType>(
-    dst: &mut [T],
-    accumulate: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: Mat<T>,
-    rhs: Mat<T>,
-    par: Parallelism,
-) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
-    // SAFETY: `dst` holds `m * n` elements written row-major (rs = n, cs = 1); `lhs` and `rhs`
-    // address only elements of the slices they were built from (see the constructors above and
-    // the shapes at each call site); `gemm` supports f32 and f64, the only dtypes that reach
-    // here (checked in `conv2d_bias`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 /// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
 fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
     let (ckk, l) = (g.ckk(), g.l());
-    let par = g.inner_parallelism();
+    let par = inner_parallelism(g.b);
     let mut out = vec![T::zero(); g.b * g.out_len()];
     out.par_chunks_mut(g.out_len())
         .zip(x.par_chunks(g.in_len()))
@@ -311,7 +231,16 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
                     im2col(xb, g, cols);
                     Mat::rows(cols, l)
                 };
-                matmul(y, true, g.cout, l, ckk, Mat::rows(w, ckk), rhs, par);
+                matmul(
+                    MatMut::rows(y, l),
+                    true,
+                    g.cout,
+                    l,
+                    ckk,
+                    Mat::rows(w, ckk),
+                    rhs,
+                    par,
+                );
             },
         );
     out
@@ -320,7 +249,7 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
 /// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
 fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
-    let par = g.inner_parallelism();
+    let par = inner_parallelism(g.b);
     let buf = if g.pointwise() { 0 } else { ckk * l };
     let run = run_len(g.b);
     let mut gx = vec![T::zero(); g.b * g.in_len()];
@@ -340,21 +269,40 @@ fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<
             for ((gxb, xb), gyb) in images {
                 // dW += dY_b (Cout x L) * cols_b^T (L x CKK)
                 let cols_t = if g.pointwise() {
-                    Mat::transposed(xb, l)
+                    Mat::rows(xb, l).t()
                 } else {
                     im2col(xb, g, &mut cols);
-                    Mat::transposed(&cols, l)
+                    Mat::rows(&cols, l).t()
                 };
-                matmul(&mut gw, true, cout, ckk, l, Mat::rows(gyb, l), cols_t, par);
+                let gw_m = MatMut::rows(&mut gw, ckk);
+                matmul(gw_m, true, cout, ckk, l, Mat::rows(gyb, l), cols_t, par);
                 for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
                     *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
                 }
                 // dcols_b = W^T (CKK x Cout) * dY_b (Cout x L), scattered back to the image.
-                let wt = Mat::transposed(w, ckk);
+                let wt = Mat::rows(w, ckk).t();
                 if g.pointwise() {
-                    matmul(gxb, false, ckk, l, cout, wt, Mat::rows(gyb, l), par);
+                    matmul(
+                        MatMut::rows(gxb, l),
+                        false,
+                        ckk,
+                        l,
+                        cout,
+                        wt,
+                        Mat::rows(gyb, l),
+                        par,
+                    );
                 } else {
-                    matmul(&mut gcols, false, ckk, l, cout, wt, Mat::rows(gyb, l), par);
+                    matmul(
+                        MatMut::rows(&mut gcols, l),
+                        false,
+                        ckk,
+                        l,
+                        cout,
+                        wt,
+                        Mat::rows(gyb, l),
+                        par,
+                    );
                     col2im(&gcols, g, gxb);
                 }
             }
@@ -372,7 +320,18 @@ struct GemmConv {
 }
 
 impl TypedOp3 for GemmConv {
-    const NAME: &'static str = "conv2d";
+    const NAME: &'static str = "acpo-gemm-conv2d";
+    const TIMING: [OpClass; 2] = [OpClass::ConvForward, OpClass::ConvBackward];
+
+    fn out_shape(&self, layouts: [&Layout; 3]) -> Shape {
+        let g = Geom::new(
+            layouts[0].dims(),
+            layouts[1].dims(),
+            self.padding,
+            self.stride,
+        );
+        Shape::from((g.b, g.cout, g.oh, g.ow))
+    }
 
     fn forward<T: Elem>(&self, x: &[T], w: &[T], b: &[T], layouts: [&Layout; 3]) -> Vec<T> {
         let g = Geom::new(
@@ -404,37 +363,6 @@ impl TypedOp3 for GemmConv {
             Tensor::from_vec(gw, w.dims(), dev)?,
             Tensor::from_vec(gb, g.cout, dev)?,
         ))
-    }
-}
-
-impl CustomOp3 for GemmConv {
-    fn name(&self) -> &'static str {
-        "acpo-gemm-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.padding, self.stride);
-        let storage = cpu_op::forward(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((storage, Shape::from((g.b, g.cout, g.oh, g.ow))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        cpu_op::backward(self, x, w, b, gy)
     }
 }
 

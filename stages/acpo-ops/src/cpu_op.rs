@@ -1,8 +1,10 @@
-//! What the hand-written CPU ops ([`crate::conv`], [`crate::norm`]) share: the f32/f64 dispatch
-//! from candle's storage to typed slices, and the fixed-order gradient reduction over the batch
-//! that keeps their gradients bit-identical whatever the thread count.
+//! What the hand-written CPU ops ([`crate::conv`], [`crate::norm`], [`crate::attention`]) share:
+//! the f32/f64 dispatch from candle's storage to typed slices, their [`crate::timing`] spans,
+//! and the fixed-order gradient reduction over the batch that keeps their gradients
+//! bit-identical whatever the thread count.
 
-use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+use crate::timing::{span, OpClass};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
 
 /// The element types the CPU ops run on (f32, f64): candle's dtype plus float math.
 pub(crate) trait Elem: WithDType + num_traits::Float {}
@@ -10,10 +12,14 @@ impl Elem for f32 {}
 impl Elem for f64 {}
 
 /// A three-input CPU op written once for every [`Elem`]; [`forward`] and [`backward`] pick the
-/// element type from the inputs' dtype.
+/// element type from the inputs' dtype, and [`Op3`] makes it a candle op.
 pub(crate) trait TypedOp3 {
-    /// Names the op in error messages.
+    /// Names the op to candle and in error messages.
     const NAME: &'static str;
+    /// What its forward and its backward pass count as in [`crate::timing`].
+    const TIMING: [OpClass; 2];
+    /// The output's shape for inputs of these layouts.
+    fn out_shape(&self, layouts: [&Layout; 3]) -> Shape;
     /// The output, from the three inputs as contiguous slices, and their layouts.
     fn forward<T: Elem>(&self, a: &[T], b: &[T], c: &[T], layouts: [&Layout; 3]) -> Vec<T>;
     /// The gradients of the three inputs, from the inputs and the output's gradient `gy`.
@@ -47,6 +53,7 @@ pub(crate) fn forward<O: TypedOp3>(
         ))
     }
     let layouts = [l1, l2, l3];
+    let _span = span(O::TIMING[0]);
     Ok(match (s1, s2, s3) {
         (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
             CpuStorage::F32(typed(op, (a, b, c), layouts)?)
@@ -67,12 +74,47 @@ pub(crate) fn backward<O: TypedOp3>(
     c: &Tensor,
     gy: &Tensor,
 ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let _span = span(O::TIMING[1]);
     let (ga, gb, gc) = match a.dtype() {
         DType::F32 => op.backward::<f32>(a, b, c, gy)?,
         DType::F64 => op.backward::<f64>(a, b, c, gy)?,
         d => candle_core::bail!("{}: unsupported dtype {d:?}", O::NAME),
     };
     Ok((Some(ga), Some(gb), Some(gc)))
+}
+
+/// A [`TypedOp3`] as candle's `CustomOp3` (through this local wrapper: the trait is candle's):
+/// `x.apply_op3(&y, &z, Op3(op))`.
+pub(crate) struct Op3<O>(pub O);
+
+impl<O: TypedOp3 + Send + Sync> CustomOp3 for Op3<O> {
+    fn name(&self) -> &'static str {
+        O::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let storage = forward(&self.0, (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((storage, self.0.out_shape([l1, l2, l3])))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        backward(&self.0, a, b, c, gy)
+    }
 }
 
 /// The elements a contiguous layout addresses.

@@ -5,8 +5,14 @@
 //! - [`conv`]: 2-D convolution with a fused bias, forward and backward (why hand-written: its
 //!   module docs; how fast: README "Speed").
 //! - [`norm`]: group normalisation, optionally fused with SiLU, forward and backward.
-//! - `cpu_op`: what they share: the f32/f64 dispatch, host buffers, fixed-order reductions.
+//! - [`attention`]: multi-head scaled dot-product attention, forward and backward.
+//! - [`timing`]: opt-in wall-clock counters per op class, for the roofline bench.
+//! - `cpu_op`: what they share: the f32/f64 dispatch, host buffers, fixed-order reductions;
+//!   `mat`: strided matrix views and the bounds-checked call into `gemm`.
 
+pub mod attention;
 pub mod conv;
 mod cpu_op;
+mod mat;
 pub mod norm;
+pub mod timing;

@@ -9,8 +9,9 @@
 //! accumulated in f64. Other devices use the generic-op version. Finite-difference checked in
 //! `tests/gradcheck.rs`.
 
-use crate::cpu_op::{self, host_vec, run_len, sum_runs, Elem, TypedOp3};
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType, D};
+use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::timing::OpClass;
+use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
 /// `GroupNorm(x) * weight + bias` over `x: [B, C, H, W]` with `groups` groups, then SiLU when
@@ -41,7 +42,7 @@ pub fn group_norm(
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        GroupNormOp { groups, eps, silu },
+        Op3(GroupNormOp { groups, eps, silu }),
     )
 }
 
@@ -71,18 +72,33 @@ struct GroupNormOp {
     silu: bool,
 }
 
+/// Independent partial sums that [`lane_sum`] keeps: one f64 chain is bound by the add's
+/// latency (about 4 cycles per element, most of this op's time in `perf`); eight independent
+/// chains overlap. They are added in a fixed order, so a sum does not depend on threads.
+const LANES: usize = 8;
+
+/// `sum_{i < n} f(i)` in f64 over [`LANES`] interleaved chains (element `i` in chain
+/// `i % LANES`, the tail past the last full round in its own), added in a fixed order.
+fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    let tail: f64 = (full..n).map(&f).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Mean and 1/std of one group's values.
 fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
     let n = xs.len() as f64;
-    let mean = xs.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = xs
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = lane_sum(xs.len(), |i| xs[i].to_f64()) / n;
+    let var = lane_sum(xs.len(), |i| {
+        let d = xs[i].to_f64() - mean;
+        d * d
+    }) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -144,33 +160,34 @@ impl GroupNormOp {
         for g in 0..self.groups {
             let range = g * cg * hw..(g + 1) * cg * hw;
             let (mean, rstd) = stats(&x[range.clone()], self.eps);
-            // Pass 1: dL/dxhat into gx, and its two group means.
+            // Pass 1: dL/dy (through the SiLU when fused) into gx, then per channel its sum
+            // and its sum against xhat: the affine gradients, and (times gamma) the two group
+            // sums of dL/dxhat = dL/dy * gamma, which replaces dL/dy in gx.
             let (mut m1, mut m2) = (0f64, 0f64);
             let (tm, tr) = (T::from_f64(mean), T::from_f64(rstd));
             for ch in g * cg..(g + 1) * cg {
                 let (ga, be) = (gamma[ch], beta[ch]);
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                let (mut s1, mut s2) = (0f64, 0f64);
-                for i in ch * hw..(ch + 1) * hw {
-                    let xhat = (x[i] - tm) * tr;
-                    let mut gy = gout[i];
-                    if self.silu {
-                        let a = xhat * ga + be;
+                let xs = &x[ch * hw..][..hw];
+                let gys = &mut gx[ch * hw..][..hw];
+                for ((o, &xv), &go) in gys.iter_mut().zip(xs).zip(&gout[ch * hw..][..hw]) {
+                    *o = if self.silu {
+                        let a = (xv - tm) * tr * ga + be;
                         let s = T::one() / (T::one() + (-a).exp());
-                        gy = gy * s * (T::one() + a * (T::one() - s));
-                    }
-                    let (gy64, xhat64) = (gy.to_f64(), xhat.to_f64());
-                    sg += gy64;
-                    sgx += gy64 * xhat64;
-                    let gxhat = gy * ga;
-                    s1 += gxhat.to_f64();
-                    s2 += gxhat.to_f64() * xhat64;
-                    gx[i] = gxhat;
+                        go * s * (T::one() + a * (T::one() - s))
+                    } else {
+                        go
+                    };
                 }
-                m1 += s1;
-                m2 += s2;
+                let sg = lane_sum(hw, |i| gys[i].to_f64());
+                let sgx = lane_sum(hw, |i| gys[i].to_f64() * ((xs[i] - tm) * tr).to_f64());
+                let ga64 = ga.to_f64();
+                m1 += ga64 * sg;
+                m2 += ga64 * sgx;
                 dbeta[ch] += sg;
                 dgamma[ch] += sgx;
+                for o in gys.iter_mut() {
+                    *o *= ga;
+                }
             }
             let (m1, m2) = (T::from_f64(m1 / n), T::from_f64(m2 / n));
             // Pass 2: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
@@ -214,7 +231,12 @@ impl GroupNormOp {
 }
 
 impl TypedOp3 for GroupNormOp {
-    const NAME: &'static str = "group norm";
+    const NAME: &'static str = "acpo-group-norm";
+    const TIMING: [OpClass; 2] = [OpClass::NormForward, OpClass::NormBackward];
+
+    fn out_shape(&self, layouts: [&Layout; 3]) -> Shape {
+        layouts[0].shape().clone()
+    }
 
     fn forward<T: Elem>(&self, x: &[T], g: &[T], be: &[T], layouts: [&Layout; 3]) -> Vec<T> {
         self.forward(x, g, be, layouts[0].dims()[0])
@@ -240,36 +262,6 @@ impl TypedOp3 for GroupNormOp {
             Tensor::from_vec(dg, gamma.dims(), dev)?,
             Tensor::from_vec(db, beta.dims(), dev)?,
         ))
-    }
-}
-
-impl CustomOp3 for GroupNormOp {
-    fn name(&self) -> &'static str {
-        "acpo-group-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let storage = cpu_op::forward(self, (s1, l1), (s2, l2), (s3, l3))?;
-        Ok((storage, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        _res: &Tensor,
-        gout: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        cpu_op::backward(self, x, gamma, beta, gout)
     }
 }
 
