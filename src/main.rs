@@ -636,50 +636,155 @@ fn main() -> ExitCode {
 }
 
 /// The one place that maps errors to exit codes: 2 bad input (pipeline, params, command
-/// line), 1 a stage or the work itself failed, 130 interrupted (SIGINT/SIGTERM).
+/// line, and every stage crate's input errors: `acpo_core::exit`), 1 a stage or the work
+/// itself failed, 130 interrupted (SIGINT/SIGTERM).
 fn exit_code(err: &anyhow::Error) -> u8 {
-    use acpo_report::ReportError as R;
-    if err.downcast_ref::<stages::params::BadParam>().is_some()
-        || matches!(
-            err.downcast_ref::<R>(),
-            Some(R::UnknownJudge { .. } | R::Schema { .. } | R::BadFile { .. } | R::Config { .. })
-        )
-    {
-        return 2;
-    }
-    if err
-        .downcast_ref::<acpo_data::DataError>()
-        .is_some_and(|e| e.is_bad_input())
-    {
-        return 2;
-    }
-    if err
-        .downcast_ref::<acpo_finetune::FinetuneError>()
-        .is_some_and(|e| e.is_bad_input())
-    {
-        return 2;
-    }
-    if err
-        .downcast_ref::<acpo_text::TextError>()
-        .is_some_and(|e| e.is_bad_input())
-    {
-        return 2;
-    }
-    if err
-        .downcast_ref::<acpo_sd::SdError>()
-        .is_some_and(|e| e.is_bad_input())
-    {
-        return 2;
-    }
-    if matches!(
-        err.downcast_ref::<acpo_diffusion::DiffusionError>(),
-        Some(acpo_diffusion::DiffusionError::Config { .. })
-    ) {
+    if err.downcast_ref::<stages::params::BadParam>().is_some() || stage_bad_input(err) {
         return 2;
     }
     match err.downcast_ref::<acpo_pipeline::Error>().map(|e| e.kind()) {
         Some(ErrorKind::BadInput) => 2,
         Some(ErrorKind::Interrupted) => 130,
         Some(ErrorKind::StageFailed) | Some(ErrorKind::Io) | None => 1,
+    }
+}
+
+/// Whether `err` is a stage crate's error that is bad input (`acpo_core::BadInput`).
+fn stage_bad_input(err: &anyhow::Error) -> bool {
+    fn is<E>(err: &anyhow::Error) -> bool
+    where
+        E: acpo_core::BadInput + std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    {
+        err.downcast_ref::<E>().is_some_and(|e| e.is_bad_input())
+    }
+    is::<acpo_data::DataError>(err)
+        || is::<acpo_diffusion::DiffusionError>(err)
+        || is::<acpo_fid::FidError>(err)
+        || is::<acpo_iqa::IqaError>(err)
+        || is::<acpo_finetune::FinetuneError>(err)
+        || is::<acpo_report::ReportError>(err)
+        || is::<acpo_text::TextError>(err)
+        || is::<acpo_sd::SdError>(err)
+        || is::<acpo_core::AtomicError>(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+
+    /// One input error and one failure of every stage crate, through `anyhow` as the stage
+    /// commands return them (with context added, as the glue does).
+    #[test]
+    fn every_stage_crate_maps_input_errors_to_2_and_failures_to_1() {
+        let io = || std::io::Error::other("disk");
+        let cases: Vec<(&str, anyhow::Error, u8)> = vec![
+            (
+                "data input",
+                acpo_data::DataError::Config("x".into()).into(),
+                2,
+            ),
+            (
+                "diffusion input",
+                acpo_diffusion::DiffusionError::Config {
+                    field: "f".into(),
+                    msg: "m".into(),
+                }
+                .into(),
+                2,
+            ),
+            (
+                "diffusion failure",
+                acpo_diffusion::DiffusionError::Io {
+                    path: "p".into(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            ("fid input", acpo_fid::FidError::Input("x".into()).into(), 2),
+            (
+                "fid failure",
+                acpo_fid::FidError::Numerical("x".into()).into(),
+                1,
+            ),
+            (
+                "iqa input",
+                acpo_iqa::IqaError::MissingModel { path: "m".into() }.into(),
+                2,
+            ),
+            ("iqa failure", acpo_iqa::IqaError::Ort("x".into()).into(), 1),
+            (
+                "report input",
+                acpo_report::ReportError::Config {
+                    field: "f".into(),
+                    msg: "m".into(),
+                }
+                .into(),
+                2,
+            ),
+            (
+                "report failure",
+                acpo_report::ReportError::Plot {
+                    path: "p".into(),
+                    msg: "m".into(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                "text input",
+                acpo_text::TextError::EmptyPrompt { index: 0 }.into(),
+                2,
+            ),
+            (
+                "text failure",
+                acpo_text::TextError::Io {
+                    path: "p".into(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                "sd input",
+                acpo_sd::SdError::BadFile {
+                    path: "p".into(),
+                    msg: "m".into(),
+                }
+                .into(),
+                2,
+            ),
+            (
+                "sd failure",
+                acpo_sd::SdError::Io {
+                    path: "p".into(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+            (
+                "finetune input",
+                acpo_finetune::FinetuneError::Config {
+                    field: "f".into(),
+                    msg: "m".into(),
+                }
+                .into(),
+                2,
+            ),
+            (
+                "finetune failure",
+                acpo_finetune::FinetuneError::Io {
+                    path: "p".into(),
+                    source: io(),
+                }
+                .into(),
+                1,
+            ),
+        ];
+        for (what, err, code) in cases {
+            let err = err.context("running the stage");
+            assert_eq!(exit_code(&err), code, "{what}: {err:#}");
+        }
     }
 }

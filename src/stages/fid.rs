@@ -80,17 +80,14 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn load_model(weights: &Path, onnx: Option<&Path>) -> anyhow::Result<InceptionV3> {
-    let model = InceptionV3::load(weights, &acpo_fid::default_device()?).with_context(|| {
+    InceptionV3::open(weights, onnx, &acpo_fid::default_device()).with_context(|| {
+        let onnx = onnx
+            .map(|o| format!(" and {} (made by `acpo repro fid-onnx`)", o.display()))
+            .unwrap_or_default();
         format!(
-            "loading the FID Inception weights {} (made by `acpo repro fid-weights`)",
+            "loading the FID Inception {} (made by `acpo repro fid-weights`){onnx}",
             weights.display()
         )
-    })?;
-    Ok(match onnx {
-        Some(path) => model.with_onnx(path, 0).with_context(|| {
-            format!("loading {} (made by `acpo repro fid-onnx`)", path.display())
-        })?,
-        None => model,
     })
 }
 

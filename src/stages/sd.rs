@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use acpo_data::output::Staging;
 use acpo_sd::{SdConfig, SdLink};
 use anyhow::Context;
-use candle_core::Device;
 use clap::Subcommand;
 
 use super::params::stage_param;
@@ -72,7 +71,7 @@ pub fn run(cmd: SdCommand) -> anyhow::Result<()> {
                 PathBuf::from("data/prepared").join(format!("prompt-embeddings-{name}"))
             });
             let link = SdLink::read(&base_dir)?;
-            let dev = Device::cuda_if_available(0)?;
+            let dev = acpo_core::device::default_device();
             let enc = link.open()?.text_encoder(&dev)?;
             let mut sets: Vec<String> = std::fs::read_dir(&from)
                 .with_context(|| {

@@ -5,6 +5,9 @@
 //!   so an interrupted or failed stage never leaves a half-written artifact under its real name.
 //! - [`digest`]: SHA-256 of files (streamed) and bytes, as hex: the one implementation the
 //!   manifests, pins and evaluation records use.
+//! - [`device`]: the device every stage computes on (the first CUDA GPU, else the CPU).
+//! - [`exit`]: which errors are bad input (exit 2) and which failures (exit 1), one rule that
+//!   every stage crate's error type implements.
 //! - [`progress`]: progress bars that draw on a terminal and, when stderr is a log (the engine
 //!   pipes every stage's output), print one plain line every `ACPO_PROGRESS_SECS` seconds
 //!   (default 30) instead of going quiet.
@@ -13,7 +16,10 @@
 //! on none of them.
 
 pub mod atomic;
+pub mod device;
 pub mod digest;
+pub mod exit;
 pub mod progress;
 
 pub use atomic::{write_atomic, write_json, AtomicError};
+pub use exit::BadInput;

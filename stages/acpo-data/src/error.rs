@@ -72,12 +72,27 @@ impl DataError {
             err,
         }
     }
+}
 
-    /// Whether the error is about the input (data, config) rather than the work itself.
-    pub fn is_bad_input(&self) -> bool {
+impl acpo_core::BadInput for DataError {
+    /// The input (data, config) rather than the work itself: everything but I/O and writing.
+    fn is_bad_input(&self) -> bool {
         !matches!(self, DataError::Io { .. } | DataError::Write { .. })
     }
 }
 
 /// Result alias of the data stages.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acpo_core::BadInput;
+
+    #[test]
+    fn data_and_config_are_bad_input_io_is_a_failure() {
+        assert!(DataError::Config("no benchmarks".into()).is_bad_input());
+        assert!(DataError::Missing("cifar-10-python.tar.gz".into()).is_bad_input());
+        assert!(!DataError::io("x", std::io::Error::other("disk")).is_bad_input());
+    }
+}

@@ -64,3 +64,37 @@ impl DiffusionError {
         }
     }
 }
+
+impl acpo_core::BadInput for DiffusionError {
+    /// A config field, an input file's content or a checkpoint of another run.
+    fn is_bad_input(&self) -> bool {
+        match self {
+            DiffusionError::Config { .. }
+            | DiffusionError::BadInput { .. }
+            | DiffusionError::Json { .. }
+            | DiffusionError::Resume { .. } => true,
+            DiffusionError::Write(e) => e.is_bad_input(),
+            DiffusionError::Candle(_)
+            | DiffusionError::Io { .. }
+            | DiffusionError::Image { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acpo_core::BadInput;
+
+    #[test]
+    fn config_and_file_content_are_bad_input_io_is_a_failure() {
+        assert!(DiffusionError::config("train.steps", "must be positive").is_bad_input());
+        let resume = DiffusionError::Resume {
+            path: "ckpt".into(),
+            msg: "other run".into(),
+        };
+        assert!(resume.is_bad_input());
+        let io = DiffusionError::io("x", std::io::Error::other("disk"));
+        assert!(!io.is_bad_input());
+    }
+}

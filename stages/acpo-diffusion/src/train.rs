@@ -48,17 +48,7 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(acpo_core::write_json(path, v)?)
 }
 
-/// The device stages run on: the first CUDA GPU when built with the `cuda` feature and one is
-/// present, else the CPU.
-pub fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    {
-        if let Ok(d) = Device::new_cuda(0) {
-            return d;
-        }
-    }
-    Device::Cpu
-}
+pub use acpo_core::device::default_device;
 
 /// What `train-base` reports in `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -547,9 +537,10 @@ fn save_checkpoint(
     for (i, (n, v)) in vars.iter().enumerate() {
         map.insert(format!("model.{n}"), v.as_tensor().detach());
         map.insert(format!("ema.{n}"), ema.shadow[i].clone());
-        map.insert(format!("adam_m.{n}"), opt.m[i].clone());
-        map.insert(format!("adam_v.{n}"), opt.v[i].clone());
     }
+    // The optimiser names its own moments: it keeps only the floating-point vars, so its
+    // indices need not be `vars`' indices.
+    map.extend(opt.state_tensors("adam_"));
     map.insert("meta.step".into(), Tensor::new(&[step as i64], &dev)?);
     map.insert("meta.adam_t".into(), Tensor::new(&[opt.t as i64], &dev)?);
     map.insert(
@@ -597,7 +588,12 @@ fn load_checkpoint(
         });
     }
     let step = get("meta.step")?.to_vec1::<i64>()?[0] as usize;
-    opt.t = get("meta.adam_t")?.to_vec1::<i64>()?[0] as u64;
+    let adam_t = get("meta.adam_t")?.to_vec1::<i64>()?[0] as usize;
+    opt.load_state(&map, "adam_", adam_t)
+        .map_err(|e| DiffusionError::Resume {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
     for (i, (n, v)) in vars.iter().enumerate() {
         let check = |k: String| -> Result<Tensor> {
             let t = get(&k)?;
@@ -617,8 +613,6 @@ fn load_checkpoint(
         };
         v.set(&check(format!("model.{n}"))?)?;
         ema.shadow[i] = check(format!("ema.{n}"))?;
-        opt.m[i] = check(format!("adam_m.{n}"))?;
-        opt.v[i] = check(format!("adam_v.{n}"))?;
     }
     let l = get("meta.loss")?.to_vec2::<f32>()?;
     *losses = l.into_iter().map(|r| (r[0], r[1], r[2])).collect();

@@ -52,3 +52,39 @@ impl FidError {
         }
     }
 }
+
+impl acpo_core::BadInput for FidError {
+    /// A weights, archive or data file with the wrong content, or an unusable argument; an
+    /// ONNX error is whatever acpo-iqa says it is.
+    fn is_bad_input(&self) -> bool {
+        match self {
+            FidError::TorchScript { .. }
+            | FidError::Weights { .. }
+            | FidError::Data { .. }
+            | FidError::Input(_) => true,
+            FidError::Onnx(e) => e.is_bad_input(),
+            FidError::Write(e) => e.is_bad_input(),
+            FidError::Io { .. } | FidError::Numerical(_) | FidError::Candle(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acpo_core::BadInput;
+
+    #[test]
+    fn wrong_files_are_bad_input_numerics_are_a_failure() {
+        let w = FidError::Weights {
+            path: "w".into(),
+            msg: "no tensor".into(),
+        };
+        assert!(w.is_bad_input());
+        assert!(
+            FidError::Onnx(acpo_iqa::IqaError::MissingModel { path: "m".into() }).is_bad_input()
+        );
+        assert!(!FidError::Onnx(acpo_iqa::IqaError::Ort("crash".into())).is_bad_input());
+        assert!(!FidError::Numerical("non-finite".into()).is_bad_input());
+    }
+}

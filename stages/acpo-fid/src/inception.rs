@@ -437,6 +437,17 @@ impl InceptionV3 {
         model.to_device(device)
     }
 
+    /// The network of `weights` on `device`, with its forward moved to ONNX Runtime when `onnx`
+    /// names the exported graph ([`Self::with_onnx`]; pre-processing stays candle's). What
+    /// every stage that embeds images calls.
+    pub fn open(weights: &Path, onnx: Option<&Path>, device: &Device) -> Result<Self> {
+        let model = Self::load(weights, device)?;
+        match onnx {
+            Some(o) => model.with_onnx(o, 0),
+            None => Ok(model),
+        }
+    }
+
     /// Build the model from tensors named as in the archive (`conv.weight`,
     /// `mixed_4.tower_1.conv_2.beta`, ...) and the layer attributes
     /// (`<layer>.stride`, `<layer>.padding`). `path` is only used in errors.

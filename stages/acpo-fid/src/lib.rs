@@ -26,8 +26,4 @@ pub use reference::{
 };
 pub use stats::{feature_diversity, pixel_diversity, Diversity, GaussianStats, Kid, KidConfig};
 
-/// The first CUDA GPU when this crate is built with the `cuda` feature and one is
-/// present, else the CPU.
-pub fn default_device() -> Result<candle_core::Device> {
-    Ok(candle_core::Device::cuda_if_available(0)?)
-}
+pub use acpo_core::device::default_device;

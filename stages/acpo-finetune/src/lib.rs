@@ -78,9 +78,9 @@ pub enum FinetuneError {
     },
 }
 
-impl FinetuneError {
-    /// A config value or the base model is wrong: bad input rather than a failure (exit 2).
-    pub fn is_bad_input(&self) -> bool {
+impl acpo_core::BadInput for FinetuneError {
+    /// A config value, an input file or the base model is wrong.
+    fn is_bad_input(&self) -> bool {
         matches!(
             self,
             FinetuneError::Config { .. }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use acpo_sd::sampling::{load_null_context, SdModel};
 use acpo_sd::{SdLink, Vae};
 use acpo_text::PromptTable;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::draws::{self, Stream};
 use crate::objective::{Calibration, EpsModel, Guidance, Normalize, ObjectiveBatch, Schedule};
@@ -137,7 +137,7 @@ pub fn run_finetune_sd(
     cfg.validate_for(schedule.num_steps(), true)?;
     check_sd_config(cfg)?;
     let scale = cfg.text.clone().unwrap_or_default().guidance;
-    let device = Device::cuda_if_available(0)?;
+    let device = acpo_core::device::default_device();
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| FinetuneError::Io {
         path: out.clone(),

@@ -820,7 +820,7 @@ pub fn run_finetune(
     cfg.validate_for(schedule.num_steps(), paths.text.is_some())?;
     check_base_quality(cfg, paths)?;
     let guidance_scale = cfg.text.clone().unwrap_or_default().guidance;
-    let device = Device::cuda_if_available(0)?;
+    let device = acpo_core::device::default_device();
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
 
@@ -1335,6 +1335,7 @@ pub(crate) fn run_loop<M: Tunable>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use acpo_core::BadInput;
 
     fn paths(dir: &Path, metrics: Option<&str>) -> FinetunePaths {
         let m = dir.join("metrics.json");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use acpo_core::BadInput;
 use std::path::Path;
 
 use acpo_finetune::sd::{run_finetune_sd, SdPaths};

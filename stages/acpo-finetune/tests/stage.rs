@@ -3,6 +3,7 @@
 
 mod common;
 
+use acpo_core::BadInput;
 use acpo_diffusion::UNetConfig;
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};

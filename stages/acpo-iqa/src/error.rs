@@ -68,3 +68,32 @@ impl IqaError {
         }
     }
 }
+
+impl acpo_core::BadInput for IqaError {
+    /// A model file, image, judge or registry entry that is missing or wrong, or an unusable
+    /// argument.
+    fn is_bad_input(&self) -> bool {
+        match self {
+            IqaError::MissingModel { .. }
+            | IqaError::BadModel { .. }
+            | IqaError::BadImage { .. }
+            | IqaError::Judge { .. }
+            | IqaError::ImageTooSmall { .. }
+            | IqaError::Registry { .. }
+            | IqaError::Input(_) => true,
+            IqaError::Io { .. } | IqaError::Ort(_) | IqaError::Candle(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod exit_tests {
+    use super::*;
+    use acpo_core::BadInput;
+
+    #[test]
+    fn a_missing_model_is_bad_input_a_runtime_error_is_a_failure() {
+        assert!(IqaError::MissingModel { path: "m".into() }.is_bad_input());
+        assert!(!IqaError::Ort("crash".into()).is_bad_input());
+    }
+}

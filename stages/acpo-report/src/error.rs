@@ -100,3 +100,53 @@ impl ReportError {
         }
     }
 }
+
+impl acpo_core::BadInput for ReportError {
+    /// A missing prerequisite (an untrained model, another stage's output), an unknown judge,
+    /// a file of another schema or content, a param out of range; wrapped errors of the
+    /// diffusion, IQA and FID crates are whatever those crates say they are.
+    fn is_bad_input(&self) -> bool {
+        match self {
+            ReportError::NotTrained { .. }
+            | ReportError::MissingInput { .. }
+            | ReportError::UnknownJudge { .. }
+            | ReportError::Schema { .. }
+            | ReportError::BadFile { .. }
+            | ReportError::Config { .. } => true,
+            ReportError::Diffusion(e) => e.is_bad_input(),
+            ReportError::Iqa(e) => e.is_bad_input(),
+            ReportError::Fid(e) => e.is_bad_input(),
+            ReportError::Write(e) => e.is_bad_input(),
+            ReportError::Io { .. }
+            | ReportError::Candle(_)
+            | ReportError::Polars(_)
+            | ReportError::Plot { .. }
+            | ReportError::Browser { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acpo_core::BadInput;
+
+    #[test]
+    fn missing_prerequisites_are_bad_input_wrapped_errors_keep_their_class() {
+        let missing = ReportError::MissingInput {
+            what: "the base".into(),
+            path: "results/base/x".into(),
+            fix: "acpo repro train-base@x".into(),
+        };
+        assert!(missing.is_bad_input());
+        let iqa = ReportError::Iqa(acpo_iqa::IqaError::MissingModel { path: "m".into() });
+        assert!(iqa.is_bad_input());
+        let io = ReportError::io("x", std::io::Error::other("disk"));
+        assert!(!io.is_bad_input());
+        let plot = ReportError::Plot {
+            path: "p.png".into(),
+            msg: "font".into(),
+        };
+        assert!(!plot.is_bad_input());
+    }
+}

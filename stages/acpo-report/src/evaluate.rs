@@ -566,48 +566,37 @@ pub(crate) fn write_scores_csv(
 /// Per-seed score columns by name.
 pub type ScoreColumns = BTreeMap<String, Vec<f64>>;
 
-/// Reads `scores.csv`: seeds and columns by name.
+/// Reads `scores.csv`: seeds and columns by name. Every field must parse; an error names the
+/// line and column.
 pub fn read_scores_csv(path: &Path) -> Result<(Vec<u64>, ScoreColumns)> {
-    let text = crate::fsio::read_string(path)?;
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .ok_or_else(|| ReportError::bad(path, "line 1", "empty file"))?
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    if header.first().map(String::as_str) != Some("seed") {
+    let csv = crate::fsio::read_csv(path)?;
+    if csv.header.first().map(String::as_str) != Some("seed") {
         return Err(ReportError::bad(
             path,
             "line 1",
             "header must start with `seed`",
         ));
     }
-    let mut seeds = Vec::new();
-    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); header.len() - 1];
-    for (ln, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != header.len() {
-            return Err(ReportError::bad(
-                path,
-                format!("line {}", ln + 2),
-                format!("{} fields, header has {}", f.len(), header.len()),
-            ));
-        }
-        seeds.push(f[0].parse().map_err(|_| {
-            ReportError::bad(path, format!("line {}", ln + 2), "seed is not an integer")
-        })?);
-        for (k, v) in f[1..].iter().enumerate() {
-            cols[k].push(v.parse().map_err(|_| {
+    let mut seeds = Vec::with_capacity(csv.rows.len());
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); csv.header.len() - 1];
+    for (ln, fields) in &csv.rows {
+        seeds.push(
+            fields[0].parse().map_err(|_| {
+                ReportError::bad(path, format!("line {ln}"), "seed is not an integer")
+            })?,
+        );
+        for ((col, name), v) in cols.iter_mut().zip(&csv.header[1..]).zip(&fields[1..]) {
+            col.push(v.parse().map_err(|_| {
                 ReportError::bad(
                     path,
-                    format!("line {} column {}", ln + 2, header[k + 1]),
+                    format!("line {ln} column {name}"),
                     format!("`{v}` is not a number"),
                 )
             })?);
         }
     }
-    Ok((seeds, header[1..].iter().cloned().zip(cols).collect()))
+    let names = csv.header.into_iter().skip(1);
+    Ok((seeds, names.zip(cols).collect()))
 }
 
 /// A sampler-steps study: the base and some fine-tuning runs of one benchmark sampled again
@@ -1224,19 +1213,15 @@ pub(crate) fn load_inception(
     onnx: Option<&Path>,
     device: &Device,
 ) -> Result<acpo_fid::InceptionV3> {
-    let inc = acpo_fid::InceptionV3::load(weights, device)?;
-    Ok(match onnx {
-        Some(o) => {
-            require(
-                o,
-                "the ONNX export of the Inception",
-                "acpo repro fid-onnx",
-                false,
-            )?;
-            inc.with_onnx(o, 0)?
-        }
-        None => inc,
-    })
+    if let Some(o) = onnx {
+        require(
+            o,
+            "the ONNX export of the Inception",
+            "acpo repro fid-onnx",
+            false,
+        )?;
+    }
+    Ok(acpo_fid::InceptionV3::open(weights, onnx, device)?)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The figures of one benchmark: training and fine-tuning curves, quality against drift, the
 //! sampler-steps panels and the sample grids (drawn by [`crate::plots`]).
 
-use crate::error::{ReportError, Result};
-use crate::fsio::read_string;
+use crate::error::Result;
+use crate::fsio::read_csv;
 use crate::html::BenchOutputs;
 use crate::plots::{plot, write_grid_png, Panel, Series};
 use crate::schema::EvalMetrics;
@@ -12,37 +12,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Reads a CSV of numbers with a header into columns (for `loss.csv` and `curve.csv`).
+/// Empty or unreadable fields (values not logged at that step) read as NaN and are not drawn.
 pub fn read_numeric_csv(path: &Path) -> Result<BTreeMap<String, Vec<f64>>> {
-    let text = read_string(path)?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| ReportError::bad(path, "line 1", "empty file"))?
-        .split(',')
-        .collect();
-    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); header.len()];
-    for (ln, line) in lines.enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != header.len() {
-            return Err(ReportError::bad(
-                path,
-                format!("line {}", ln + 2),
-                format!("{} fields, header has {}", f.len(), header.len()),
-            ));
-        }
-        for (k, v) in f.iter().enumerate() {
-            // Empty fields (values not logged at that step) read as NaN and are not drawn.
-            cols[k].push(if v.is_empty() {
-                f64::NAN
-            } else {
-                v.parse().unwrap_or(f64::NAN)
-            });
+    let csv = read_csv(path)?;
+    let mut cols: Vec<Vec<f64>> = vec![Vec::new(); csv.header.len()];
+    for (_, fields) in &csv.rows {
+        for (col, v) in cols.iter_mut().zip(fields) {
+            col.push(v.parse().unwrap_or(f64::NAN));
         }
     }
-    Ok(header.into_iter().map(str::to_string).zip(cols).collect())
+    Ok(csv.header.into_iter().zip(cols).collect())
 }
 
 fn series(name: &str, x: &[f64], y: &[f64]) -> Series {

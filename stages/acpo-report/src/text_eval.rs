@@ -359,7 +359,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
     // SD's UNet is sampled on the first CUDA device when there is one; the small models on
     // the CPU
     let device = match sd {
-        true => Device::cuda_if_available(0)?,
+        true => acpo_core::device::default_device(),
         false => Device::Cpu,
     };
     let base_model = paths

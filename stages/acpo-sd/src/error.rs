@@ -41,13 +41,15 @@ pub enum SdError {
     Candle(#[from] candle_core::Error),
 }
 
-impl SdError {
-    /// Whether the error is the caller's input (params, missing or corrupt files) rather than
-    /// a failure while running (exit 2 against 1).
-    pub fn is_bad_input(&self) -> bool {
+impl acpo_core::BadInput for SdError {
+    /// The caller's input (params, missing or corrupt files) rather than a failure while
+    /// running.
+    fn is_bad_input(&self) -> bool {
         !matches!(self, SdError::Io { .. } | SdError::Candle(_))
     }
+}
 
+impl SdError {
     pub(crate) fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
         SdError::Config {
             field: field.into(),

@@ -2,6 +2,7 @@
 //! candle-transformers' on the same weights, gradients against finite differences, the prompt
 //! encoder's cutting and padding, and the file checks.
 
+use acpo_core::BadInput;
 use std::collections::HashMap;
 
 use acpo_sd::config::Prediction;

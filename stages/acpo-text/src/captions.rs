@@ -75,34 +75,13 @@ pub struct CaptionEmbeddings {
 impl CaptionEmbeddings {
     /// Reads `dir/captions.json` and `dir/embeddings.safetensors`, checking they agree.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cpath = dir.join("captions.json");
-        let text = std::fs::read_to_string(&cpath).map_err(|e| TextError::io(&cpath, e))?;
-        let captions: Vec<Caption> = serde_json::from_str(&text).map_err(|e| {
-            TextError::bad(
-                &cpath,
-                format!("expected a list of captions (embed-captions): {e}"),
-            )
-        })?;
-        let epath = dir.join("embeddings.safetensors");
-        let map = candle_core::safetensors::load(&epath, device)
-            .map_err(|e| TextError::bad(&epath, format!("not a readable safetensors file: {e}")))?;
-        let tokens = map
-            .get("tokens")
-            .ok_or_else(|| TextError::bad(&epath, "no `tokens` tensor"))?
-            .clone();
-        match tokens.dims() {
-            [k, _, _] if *k == captions.len() => {}
-            d => {
-                return Err(TextError::bad(
-                    &epath,
-                    format!(
-                        "`tokens` has shape {d:?}, expected [{}, L, D] (one row per caption of {})",
-                        captions.len(),
-                        cpath.display()
-                    ),
-                ))
-            }
-        }
+        let (_, captions, tokens) = crate::embeddings::load_embedded(
+            dir,
+            "captions.json",
+            "captions",
+            "embed-captions",
+            device,
+        )?;
         Ok(CaptionEmbeddings { captions, tokens })
     }
 

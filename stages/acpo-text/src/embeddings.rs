@@ -6,7 +6,10 @@
 //! `lengths` I64 `[N]`, `truncated` U8 `[N]`. Rows follow the prompt list. The file has no
 //! metadata, so the same prompts and model give the same bytes.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::{DType, Device, Tensor};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::encoder::{TextEncoder, TokenizedPrompt};
@@ -118,5 +121,47 @@ impl EmbeddingSet {
         ];
         safetensors::serialize(tensors.iter().map(|(k, t)| (*k, t)), None)
             .map_err(|e| TextError::Candle(candle_core::Error::Msg(e.to_string())))
+    }
+}
+
+/// A folder of records and their token states, as `embed-prompts` and `embed-captions` write
+/// it: `dir/<records>` (a JSON list, row for row) and `dir/embeddings.safetensors` (whose
+/// `tokens` `[N, L, D]` has one row per record). Returns the records' path, the records and
+/// `tokens`; `what` and `stage` name the records and their maker in errors.
+pub(crate) fn load_embedded<R: DeserializeOwned>(
+    dir: &Path,
+    records: &str,
+    what: &str,
+    stage: &str,
+    device: &Device,
+) -> Result<(PathBuf, Vec<R>, Tensor)> {
+    let rpath = dir.join(records);
+    let text = std::fs::read_to_string(&rpath).map_err(|e| TextError::io(&rpath, e))?;
+    let rows: Vec<R> = serde_json::from_str(&text).map_err(|e| {
+        TextError::bad(
+            &rpath,
+            format!(
+                "line {}: expected a list of {what} ({stage}): {e}",
+                e.line()
+            ),
+        )
+    })?;
+    let epath = dir.join("embeddings.safetensors");
+    let map = candle_core::safetensors::load(&epath, device)
+        .map_err(|e| TextError::bad(&epath, format!("not a readable safetensors file: {e}")))?;
+    let tokens = map
+        .get("tokens")
+        .ok_or_else(|| TextError::bad(&epath, "no `tokens` tensor"))?
+        .clone();
+    match tokens.dims() {
+        [n, _, _] if *n == rows.len() => Ok((rpath, rows, tokens)),
+        d => Err(TextError::bad(
+            &epath,
+            format!(
+                "`tokens` has shape {d:?}, expected [{}, L, D] (one row per record of {})",
+                rows.len(),
+                rpath.display()
+            ),
+        )),
     }
 }

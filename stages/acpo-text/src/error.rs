@@ -43,13 +43,15 @@ pub enum TextError {
     Candle(#[from] candle_core::Error),
 }
 
-impl TextError {
-    /// Whether the error is the caller's input (a missing, corrupt or unexpected file, an
-    /// empty prompt) rather than a failure while running.
-    pub fn is_bad_input(&self) -> bool {
+impl acpo_core::BadInput for TextError {
+    /// The caller's input (a missing, corrupt or unexpected file, an empty prompt) rather
+    /// than a failure while running.
+    fn is_bad_input(&self) -> bool {
         !matches!(self, TextError::Io { .. } | TextError::Candle(_))
     }
+}
 
+impl TextError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TextError::Io {
             path: path.into(),

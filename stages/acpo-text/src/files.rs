@@ -73,6 +73,7 @@ pub fn verify_model_dir(dir: &Path, files: &[ModelFile]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use acpo_core::BadInput;
 
     const FILES: &[ModelFile] = &[ModelFile {
         name: "a.txt",

@@ -39,37 +39,17 @@ pub struct PromptTable {
 impl PromptTable {
     /// Reads `dir/prompts.json` and `dir/embeddings.safetensors`, checking they agree.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let ppath = dir.join("prompts.json");
-        let text = std::fs::read_to_string(&ppath).map_err(|e| TextError::io(&ppath, e))?;
-        let records: Vec<PromptRecord> = serde_json::from_str(&text).map_err(|e| {
-            TextError::bad(
-                &ppath,
-                format!(
-                    "line {}: expected a list of prompt records (embed-prompts): {e}",
-                    e.line()
-                ),
-            )
-        })?;
-        let epath = dir.join("embeddings.safetensors");
-        let map = candle_core::safetensors::load(&epath, device)
-            .map_err(|e| TextError::bad(&epath, format!("not a readable safetensors file: {e}")))?;
-        let tokens = map
-            .get("tokens")
-            .ok_or_else(|| TextError::bad(&epath, "no `tokens` tensor"))?
-            .clone();
-        let l = match tokens.dims() {
-            [n, l, _] if *n == records.len() && *n > 0 => *l,
-            d => {
-                return Err(TextError::bad(
-                    &epath,
-                    format!(
-                        "`tokens` has shape {d:?}, expected [{}, L, D] (one row per prompt of {})",
-                        records.len(),
-                        ppath.display()
-                    ),
-                ))
-            }
-        };
+        let (ppath, records, tokens): (_, Vec<PromptRecord>, _) = crate::embeddings::load_embedded(
+            dir,
+            "prompts.json",
+            "prompt records",
+            "embed-prompts",
+            device,
+        )?;
+        if records.is_empty() {
+            return Err(TextError::bad(&ppath, "no prompts"));
+        }
+        let l = tokens.dim(1)?;
         if let Some((i, r)) = records
             .iter()
             .enumerate()

@@ -7,6 +7,7 @@
 //! (`modules.json`: mean over the attention mask, then L2 normalisation). Needs
 //! `$ACPO_ASSETS/minilm` (scripts/setup.sh).
 
+use acpo_core::BadInput;
 use std::path::{Path, PathBuf};
 
 use acpo_text::{PromptSet, TextEncoder, TextError, MINILM_FILES};
