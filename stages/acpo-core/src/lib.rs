@@ -8,6 +8,7 @@
 //! - [`device`]: the device every stage computes on (the first CUDA GPU, else the CPU).
 //! - [`exit`]: which errors are bad input (exit 2) and which failures (exit 1), one rule that
 //!   every stage crate's error type implements.
+//! - [`prepared`]: the one reader of the prepared image splits (`images`, `labels`).
 //! - [`progress`]: progress bars that draw on a terminal and, when stderr is a log (the engine
 //!   pipes every stage's output), print one plain line every `ACPO_PROGRESS_SECS` seconds
 //!   (default 30) instead of going quiet.
@@ -19,6 +20,7 @@ pub mod atomic;
 pub mod device;
 pub mod digest;
 pub mod exit;
+pub mod prepared;
 pub mod progress;
 
 pub use atomic::{write_atomic, write_json, AtomicError};

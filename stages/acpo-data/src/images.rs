@@ -91,53 +91,34 @@ impl ImageSet {
             TensorView::new(Dtype::U8, shape, &self.pixels).map_err(|e| werr(e.to_string()))?;
         let labels = TensorView::new(Dtype::I64, vec![self.len()], &label_bytes)
             .map_err(|e| werr(e.to_string()))?;
-        let tmp = crate::sources::tmp_name(path);
-        let res =
+        let bytes =
             crate::canonical::serialize([("images", images), ("labels", labels)], Some(metadata))
-                .map_err(werr)
-                .and_then(|bytes| std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&tmp, e)))
-                .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        res
+                .map_err(werr)?;
+        acpo_core::write_atomic(path, &bytes).map_err(|e| werr(e.to_string()))
     }
 
     /// Reads a set written by [`ImageSet::write_safetensors`].
     pub fn read_safetensors(path: &Path) -> Result<ImageSet> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-        let ferr = |m: String| DataError::Format {
-            file: path.to_path_buf(),
-            message: m,
+        use acpo_core::prepared::{read_images, PreparedError};
+        let to_data = |e: PreparedError| match e {
+            PreparedError::Io { path, source } => DataError::io(path, source),
+            PreparedError::Format { path, member, msg } => DataError::Format {
+                file: path,
+                message: format!("{member}: {msg}"),
+            },
         };
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| ferr(e.to_string()))?;
-        let images = st.tensor("images").map_err(|e| ferr(e.to_string()))?;
-        let labels = st.tensor("labels").map_err(|e| ferr(e.to_string()))?;
-        let s = images.shape();
-        if images.dtype() != Dtype::U8 || s.len() != 4 || s[3] != 3 {
-            return Err(ferr(format!(
-                "images must be U8 [N,H,W,3], found {:?} {:?}",
-                images.dtype(),
-                s
-            )));
-        }
-        if labels.dtype() != Dtype::I64 || labels.shape() != [s[0]] {
-            return Err(ferr(format!(
-                "labels must be I64 [{}], found {:?} {:?}",
-                s[0],
-                labels.dtype(),
-                labels.shape()
-            )));
-        }
+        let set = read_images(path)
+            .and_then(|s| s.require_rgb(path))
+            .map_err(to_data)?;
+        let labels = set.labels.ok_or_else(|| DataError::Format {
+            file: path.to_path_buf(),
+            message: format!("labels: missing (expected I64 [{}])", set.n),
+        })?;
         Ok(ImageSet {
-            height: s[1] as u32,
-            width: s[2] as u32,
-            pixels: images.data().to_vec(),
-            labels: labels
-                .data()
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
+            height: set.height as u32,
+            width: set.width as u32,
+            pixels: set.pixels,
+            labels,
         })
     }
 
@@ -207,20 +188,16 @@ fn box_average_2x2_into(rgb: &[u8], w: u32, h: u32, out: &mut [u8]) {
     }
 }
 
-/// Writes a PNG atomically.
+/// Writes a PNG atomically (encoded in memory, then acpo-core's write-then-rename).
 pub fn write_png(img: &RgbImage, path: &Path) -> Result<()> {
-    let tmp = crate::sources::tmp_name(path);
-    let res = img
-        .save_with_format(&tmp, ImageFormat::Png)
-        .map_err(|e| DataError::Write {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    let werr = |message: String| DataError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, ImageFormat::Png)
+        .map_err(|e| werr(e.to_string()))?;
+    acpo_core::write_atomic(path, png.get_ref()).map_err(|e| werr(e.to_string()))
 }
 
 /// One regular-file member of a tar archive.

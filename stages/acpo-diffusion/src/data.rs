@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::error::{DiffusionError, Result};
 
@@ -22,52 +22,20 @@ pub struct ImageSet {
 impl ImageSet {
     /// Reads `images` from a prepared safetensors split, checking dtype and shape.
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |member: &str, msg: String| DiffusionError::BadInput {
-            path: path.to_path_buf(),
-            member: member.into(),
-            msg,
-        };
-        if !path.exists() {
-            return Err(DiffusionError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "prepared split not found"),
-            ));
-        }
-        let map = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad("*", format!("not a readable safetensors file: {e}")))?;
-        let t = map
-            .get("images")
-            .ok_or_else(|| bad("images", "missing".into()))?;
-        if t.dtype() != DType::U8 {
-            return Err(bad("images", format!("dtype {:?}, expected U8", t.dtype())));
-        }
-        let (n, h, w, c) = t.dims4().map_err(|_| {
-            bad(
-                "images",
-                format!("shape {:?}, expected [N, H, W, C]", t.dims()),
-            )
-        })?;
-        if n == 0 || c == 0 {
-            return Err(bad("images", format!("shape {:?} is empty", t.dims())));
-        }
-        let pixels = t.flatten_all()?.to_vec1::<u8>()?;
-        let labels = match map.get("labels") {
-            None => vec![0; n],
-            Some(l) if l.dtype() == DType::I64 && l.dims() == [n] => l.to_vec1::<i64>()?,
-            Some(l) => {
-                return Err(bad(
-                    "labels",
-                    format!("{:?} {:?}, expected I64 [{n}]", l.dtype(), l.dims()),
-                ))
+        use acpo_core::prepared::{read_images, PreparedError};
+        let set = read_images(path).map_err(|e| match e {
+            PreparedError::Io { path, source } => DiffusionError::io(path, source),
+            PreparedError::Format { path, member, msg } => {
+                DiffusionError::BadInput { path, member, msg }
             }
-        };
+        })?;
         Ok(Self {
-            pixels,
-            n,
-            h,
-            w,
-            c,
-            labels,
+            labels: set.labels.unwrap_or_else(|| vec![0; set.n]),
+            pixels: set.pixels,
+            n: set.n,
+            h: set.height,
+            w: set.width,
+            c: set.channels,
         })
     }
 

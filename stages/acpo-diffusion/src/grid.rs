@@ -35,13 +35,13 @@ pub fn write_grid(
             }
         }
     }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|source| DiffusionError::Image {
-            path: tmp.clone(),
-            source,
-        })?;
-    std::fs::rename(&tmp, path).map_err(|e| DiffusionError::io(path, e))
+    acpo_core::atomic::write_with(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|source| DiffusionError::Image {
+                path: tmp.to_path_buf(),
+                source,
+            })
+    })
 }
 
 /// Writes images as safetensors with `images` U8 `[n, h, w, 3]`, `labels` I64 (zeros, or

@@ -93,30 +93,21 @@ impl ImageSet {
 /// Read the `images` tensor (U8 `[N, H, W, 3]`, RGB) of a prepared dataset split
 /// (`data/prepared/<dataset>/<split>.safetensors`).
 pub fn read_prepared(path: &Path) -> Result<ImageSet> {
-    let bytes = std::fs::read(path).map_err(|e| FidError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| FidError::data(path, format!("not a safetensors file: {e}")))?;
-    let view = st
-        .tensor("images")
-        .map_err(|_| FidError::data(path, "no tensor `images` (expected U8 [N, H, W, 3])"))?;
-    if view.dtype() != safetensors::Dtype::U8 {
-        return Err(FidError::data(
-            path,
-            format!("tensor `images` has dtype {:?}, expected U8", view.dtype()),
-        ));
-    }
-    match view.shape() {
-        &[n, h, w, 3] if n > 0 && h > 0 && w > 0 => Ok(ImageSet {
-            data: view.data().to_vec(),
-            n,
-            height: h,
-            width: w,
-        }),
-        other => Err(FidError::data(
-            path,
-            format!("tensor `images` has shape {other:?}, expected [N, H, W, 3] with N > 0"),
-        )),
-    }
+    use acpo_core::prepared::{read_images, PreparedError};
+    let set = read_images(path)
+        .and_then(|s| s.require_rgb(path))
+        .map_err(|e| match e {
+            PreparedError::Io { path, source } => FidError::io(path, source),
+            PreparedError::Format { path, member, msg } => {
+                FidError::data(path, format!("tensor `{member}`: {msg}"))
+            }
+        })?;
+    Ok(ImageSet {
+        data: set.pixels,
+        n: set.n,
+        height: set.height,
+        width: set.width,
+    })
 }
 
 /// Decode every image (JPEG, PNG or BMP) in an uncompressed tar whose member path

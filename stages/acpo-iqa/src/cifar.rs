@@ -18,31 +18,26 @@ pub fn spaced_indices(n: usize, count: usize) -> Vec<usize> {
 
 /// Reads `count` evenly spaced images of a prepared split (`images`: U8 `[N, H, W, 3]`).
 pub fn load_prepared(path: &Path, count: usize) -> Result<Vec<RgbImage>> {
-    let bytes = std::fs::read(path).map_err(|e| IqaError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| IqaError::BadImage {
-        path: path.to_path_buf(),
-        reason: format!("not a safetensors file: {e}"),
-    })?;
-    let view = st.tensor("images").map_err(|_| IqaError::BadImage {
-        path: path.to_path_buf(),
-        reason: "no `images` tensor".into(),
-    })?;
-    let shape = view.shape();
-    if view.dtype() != safetensors::Dtype::U8 || shape.len() != 4 || shape[3] != 3 {
-        return Err(IqaError::BadImage {
-            path: path.to_path_buf(),
-            reason: format!(
-                "`images` is {:?} {:?}, expected U8 [N, H, W, 3]",
-                view.dtype(),
-                shape
-            ),
-        });
-    }
-    let (n, h, w) = (shape[0], shape[1], shape[2]);
-    let data = view.data();
-    spaced_indices(n, count)
+    use acpo_core::prepared::{read_images, PreparedError};
+    let set = read_images(path)
+        .and_then(|s| s.require_rgb(path))
+        .map_err(|e| match e {
+            PreparedError::Io { path, source } => IqaError::io(path, source),
+            e @ PreparedError::Format { .. } => IqaError::BadImage {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
+        })?;
+    let (h, w) = (set.height, set.width);
+    spaced_indices(set.n, count)
         .into_iter()
-        .map(|i| RgbImage::new(w, h, data[i * h * w * 3..(i + 1) * h * w * 3].to_vec()))
+        .map(|i| {
+            RgbImage::new(
+                w,
+                h,
+                set.pixels[i * h * w * 3..(i + 1) * h * w * 3].to_vec(),
+            )
+        })
         .collect()
 }
 

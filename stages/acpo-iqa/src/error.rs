@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// Errors of the IQA models, the ONNX export/runtime and the judge registry.
 #[derive(Debug, thiserror::Error)]
 pub enum IqaError {
+    /// An output could not be written (acpo-core's atomic write names the file).
+    #[error(transparent)]
+    Write(#[from] acpo_core::AtomicError),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -81,6 +84,7 @@ impl acpo_core::BadInput for IqaError {
             | IqaError::ImageTooSmall { .. }
             | IqaError::Registry { .. }
             | IqaError::Input(_) => true,
+            IqaError::Write(e) => e.is_bad_input(),
             IqaError::Io { .. } | IqaError::Ort(_) | IqaError::Candle(_) => false,
         }
     }

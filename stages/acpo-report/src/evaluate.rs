@@ -294,9 +294,7 @@ impl Samples {
                 &dev,
             )?,
         );
-        let tmp = path.with_extension("safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|e| ReportError::io(path, e))
+        crate::fsio::with_tmp_file(path, |tmp| Ok(candle_core::safetensors::save(&map, tmp)?))
     }
 
     /// Reads samples written by [`Samples::save`].

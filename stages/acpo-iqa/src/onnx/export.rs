@@ -182,14 +182,9 @@ fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
     }
 }
 
-/// Writes a model to `path` (temporary name, renamed into place on success).
+/// Writes a model to `path` (temporary name, renamed into place on success; acpo-core).
 pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| IqaError::io(dir, e))?;
-    }
-    let tmp = path.with_extension("onnx.tmp");
-    std::fs::write(&tmp, model.encode_to_vec()).map_err(|e| IqaError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| IqaError::io(path, e))
+    Ok(acpo_core::write_atomic(path, &model.encode_to_vec())?)
 }
 
 /// Reads and decodes a model file.
