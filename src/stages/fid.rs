@@ -80,7 +80,7 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn load_model(weights: &Path, onnx: Option<&Path>) -> anyhow::Result<InceptionV3> {
-    InceptionV3::open(weights, onnx, &acpo_fid::default_device()).with_context(|| {
+    InceptionV3::open(weights, onnx, &acpo_core::device::default_device()).with_context(|| {
         let onnx = onnx
             .map(|o| format!(" and {} (made by `acpo repro fid-onnx`)", o.display()))
             .unwrap_or_default();

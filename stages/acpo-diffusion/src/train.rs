@@ -48,7 +48,7 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(acpo_core::write_json(path, v)?)
 }
 
-pub use acpo_core::device::default_device;
+use acpo_core::device::default_device;
 
 /// What `train-base` reports in `metrics.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

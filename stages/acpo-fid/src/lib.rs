@@ -25,5 +25,3 @@ pub use reference::{
     RefParams, RefStats, SampleConfig,
 };
 pub use stats::{feature_diversity, pixel_diversity, Diversity, GaussianStats, Kid, KidConfig};
-
-pub use acpo_core::device::default_device;

@@ -294,37 +294,18 @@ impl TypedOp3 for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_diff, wave};
     use candle_core::Var;
-
-    /// Deterministic values in about [-1, 1].
-    fn wave(shape: &[usize], phase: f64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i as f64 * 0.7371 + phase).sin() * 1.5) as f32)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Output and every input gradient of the fused op against the generic ops, in f32, for
     /// self- and cross-attention, one and several heads, batch 1 and odd lengths.
     #[test]
     fn fused_matches_generic_ops_forward_and_backward() {
         for (b, lq, lk, c, heads) in [(2, 16, 16, 8, 1), (1, 7, 5, 6, 3), (3, 9, 9, 12, 2)] {
-            let q = Var::from_tensor(&wave(&[b, lq, c], 0.0)).unwrap();
-            let k = Var::from_tensor(&wave(&[b, lk, c], 1.0)).unwrap();
-            let v = Var::from_tensor(&wave(&[b, lk, c], 2.0)).unwrap();
-            let r = wave(&[b, lq, c], 3.0);
+            let q = Var::from_tensor(&wave(&[b, lq, c], 0.0, 1.5)).unwrap();
+            let k = Var::from_tensor(&wave(&[b, lk, c], 1.0, 1.5)).unwrap();
+            let v = Var::from_tensor(&wave(&[b, lk, c], 2.0, 1.5)).unwrap();
+            let r = wave(&[b, lq, c], 3.0, 1.5);
             let run = |f: fn(&Tensor, &Tensor, &Tensor, usize) -> candle_core::Result<Tensor>| {
                 let o = f(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads).unwrap();
                 let grads = (&o * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -343,9 +324,9 @@ mod tests {
 
     #[test]
     fn mismatched_inputs_are_rejected() {
-        let q = wave(&[1, 4, 6], 0.0);
-        let k = wave(&[1, 5, 6], 0.0);
-        let v = wave(&[1, 4, 6], 0.0);
+        let q = wave(&[1, 4, 6], 0.0, 1.5);
+        let k = wave(&[1, 5, 6], 0.0, 1.5);
+        let v = wave(&[1, 4, 6], 0.0, 1.5);
         let err = attention(&q, &k, &v, 2).unwrap_err();
         assert!(err.to_string().contains("must share"), "{err}");
         let err = attention(&q, &q, &q, 4).unwrap_err();

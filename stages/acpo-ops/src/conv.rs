@@ -280,29 +280,16 @@ fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<
                     *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
                 }
                 // dcols_b = W^T (CKK x Cout) * dY_b (Cout x L), scattered back to the image.
-                let wt = Mat::rows(w, ckk).t();
-                if g.pointwise() {
-                    matmul(
-                        MatMut::rows(gxb, l),
-                        false,
-                        ckk,
-                        l,
-                        cout,
-                        wt,
-                        Mat::rows(gyb, l),
-                        par,
-                    );
+                // A pointwise kernel's columns are the image itself.
+                let dcols = if g.pointwise() {
+                    &mut *gxb
                 } else {
-                    matmul(
-                        MatMut::rows(&mut gcols, l),
-                        false,
-                        ckk,
-                        l,
-                        cout,
-                        wt,
-                        Mat::rows(gyb, l),
-                        par,
-                    );
+                    &mut gcols[..]
+                };
+                let wt = Mat::rows(w, ckk).t();
+                let dy = Mat::rows(gyb, l);
+                matmul(MatMut::rows(dcols, l), false, ckk, l, cout, wt, dy, par);
+                if !g.pointwise() {
                     col2im(&gcols, g, gxb);
                 }
             }

@@ -15,4 +15,6 @@ pub mod conv;
 mod cpu_op;
 mod mat;
 pub mod norm;
+#[cfg(test)]
+mod test_util;
 pub mod timing;

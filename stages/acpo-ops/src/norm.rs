@@ -268,24 +268,7 @@ impl TypedOp3 for GroupNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in about [-1, 1] (no RNG needed for a comparison).
-    fn wave(shape: &[usize], phase: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7371 + phase).sin()).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::test_util::{max_diff, wave};
 
     /// Output and the three gradients of the fused op against the generic ops in f32, with and
     /// without SiLU, for a batch of images, one image, odd sizes and one group. The fused
@@ -296,10 +279,11 @@ mod tests {
         use candle_core::Var;
         for (shape, groups) in [([3, 8, 5, 4], 4), ([1, 6, 3, 7], 3), ([2, 4, 1, 9], 1)] {
             let c = shape[1];
-            let x = Var::from_tensor(&((wave(&shape, 0.0) * 2.0).unwrap() + 0.5).unwrap()).unwrap();
-            let g = Var::from_tensor(&wave(&[c], 1.0)).unwrap();
-            let b = Var::from_tensor(&wave(&[c], 2.0)).unwrap();
-            let r = wave(&shape, 3.0);
+            let x = Var::from_tensor(&((wave(&shape, 0.0, 1.0) * 2.0).unwrap() + 0.5).unwrap())
+                .unwrap();
+            let g = Var::from_tensor(&wave(&[c], 1.0, 1.0)).unwrap();
+            let b = Var::from_tensor(&wave(&[c], 2.0, 1.0)).unwrap();
+            let r = wave(&shape, 3.0, 1.0);
             for silu in [false, true] {
                 let run = |fused: bool| {
                     let (xt, gt, bt) = (x.as_tensor(), g.as_tensor(), b.as_tensor());

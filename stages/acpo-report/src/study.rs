@@ -390,7 +390,7 @@ pub fn run_study(
             });
         }
     }
-    let device = acpo_diffusion::train::default_device();
+    let device = acpo_core::device::default_device();
     let data = ImageSet::load(&paths.data_dir.join("train.safetensors"))?;
     let mut test = ImageSet::load(&paths.data_dir.join("test.safetensors"))?;
     test.truncate(settings.evaluate.heldout_images);
