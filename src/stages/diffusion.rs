@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use acpo_core::layout::{Layout, Model};
 use acpo_diffusion::{
     sample_stage, sample_stage_conditional, train_base, train_base_conditional, BenchmarkParams,
     ClassContexts,
@@ -84,8 +85,9 @@ pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
             captions,
         } => {
             let p = params(&benchmark, true)?;
-            let data = data.unwrap_or_else(|| PathBuf::from("data/prepared").join(&benchmark));
-            let out = out.unwrap_or_else(|| PathBuf::from("results/base").join(&benchmark));
+            let l = Layout::default();
+            let data = data.unwrap_or_else(|| l.prepared(&benchmark).path);
+            let out = out.unwrap_or_else(|| l.base(Model::Bench(&benchmark)).path);
             let o = match &captions {
                 None => train_base(&p, &data, &out, fresh),
                 Some(dir) => train_base_conditional(&p, &data, &class_contexts(dir)?, &out, fresh),
@@ -123,13 +125,10 @@ pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
             captions,
         } => {
             let p = params(&benchmark, false)?;
-            let model_dir =
-                model_dir.unwrap_or_else(|| PathBuf::from("results/base").join(&benchmark));
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from("results/samples")
-                    .join(&benchmark)
-                    .join("base")
-            });
+            let l = Layout::default();
+            let model = Model::Bench(&benchmark);
+            let model_dir = model_dir.unwrap_or_else(|| l.base(model).path);
+            let out = out.unwrap_or_else(|| l.base_samples(model).path);
             match &captions {
                 None => sample_stage(&p, &model_dir, &out),
                 Some(dir) => sample_stage_conditional(&p, &model_dir, &class_contexts(dir)?, &out),

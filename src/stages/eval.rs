@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use acpo_report::experiment::group_of;
+use acpo_core::layout::{Artifact, Layout, Model};
 use acpo_report::study::StudyEval;
 use acpo_report::{
     evaluate, evaluate_step_study, evaluate_text, run_study, EvalConfig, EvalPaths, StepStudy,
@@ -60,9 +60,10 @@ pub enum EvalCommand {
         /// Judge registry.
         #[arg(long, default_value = "judges.yaml")]
         judges: PathBuf,
-        /// Prompt sets (`embed-prompts`; with `--sd`, `embed-prompts-sd`'s).
-        #[arg(long, default_value = "data/prepared/prompt-embeddings")]
-        prompts: PathBuf,
+        /// Prompt sets (default: `embed-prompts`'s `data/prepared/prompt-embeddings`; with
+        /// `--sd`, `embed-prompts-sd`'s `data/prepared/prompt-embeddings-<data>`).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
         /// `<data>` is a linked Stable Diffusion model (`results/base/<data>/sd.json`), its
         /// runs in `results/finetune/<data>/`; params `report.sd_evaluate`.
         #[arg(long)]
@@ -89,45 +90,6 @@ pub enum EvalCommand {
     },
 }
 
-/// The stage that writes `results/finetune/<benchmark>/<run>` (see pipeline.yaml):
-/// `variant-<name>`, or a replicate `<group>-s<seed>` (the report's [`group_of`] rule) of the
-/// sweep (`sweep-la<x>`) or of the finetune matrix (`<method>`).
-fn finetune_stage(benchmark: &str, run: &str) -> String {
-    if let Some(v) = run.strip_prefix("variant-") {
-        return format!("finetune-variant@{benchmark}-{v}");
-    }
-    let Some(group) = group_of(run) else {
-        return format!("finetune@{benchmark}-{run}");
-    };
-    let seed = &run[group.len() + 2..];
-    match group.strip_prefix("sweep-la") {
-        Some(la) => format!("finetune-sweep@{benchmark}-{la}-{seed}"),
-        None => format!("finetune@{benchmark}-{group}-{seed}"),
-    }
-}
-
-/// The inputs and default output of evaluating `run` of `benchmark` (see `EvalPaths`).
-fn eval_paths(benchmark: &str, dataset: Option<&str>, run: &str, judges: PathBuf) -> EvalPaths {
-    let is_base = run == "base";
-    EvalPaths {
-        base_dir: PathBuf::from("results/base").join(benchmark),
-        run_dir: (!is_base).then(|| PathBuf::from("results/finetune").join(benchmark).join(run)),
-        base_eval_dir: (!is_base)
-            .then(|| PathBuf::from("results/eval").join(benchmark).join("base")),
-        data_dir: PathBuf::from("data/prepared").join(dataset.unwrap_or(benchmark)),
-        judges,
-        inception: None,
-        inception_onnx: None,
-        fid_ref: None,
-        out_dir: PathBuf::from("results/eval").join(benchmark).join(run),
-        fix_base: format!("acpo repro train-base@{benchmark}"),
-        fix_run: format!("acpo repro {}", finetune_stage(benchmark, run)),
-        fix_base_eval: format!("acpo repro evaluate-base@{benchmark}"),
-        benchmark: benchmark.to_string(),
-        run: run.to_string(),
-    }
-}
-
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::Evaluate {
@@ -141,10 +103,15 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             out,
         } => {
             let cfg: EvalConfig = stage_param("report.evaluate")?;
-            let mut paths = eval_paths(&benchmark, dataset.as_deref(), &run, judges);
-            paths.inception = inception;
-            paths.fid_ref = fid_ref;
-            paths.inception_onnx = inception_onnx;
+            let l = Layout::default();
+            let mut paths = EvalPaths::new(&l, &benchmark, dataset.as_deref(), &run, judges);
+            // Given paths keep the stage that makes the layout's file as their fix-it.
+            let given = |path: Option<PathBuf>, made_by: Artifact| {
+                path.map(|path| Artifact { path, ..made_by })
+            };
+            paths.inception = given(inception, l.inception_weights());
+            paths.inception_onnx = given(inception_onnx, l.inception_onnx());
+            paths.fid_ref = given(fid_ref, l.fid_ref(dataset.as_deref().unwrap_or(&benchmark)));
             if let Some(out) = out {
                 paths.out_dir = out;
             }
@@ -170,57 +137,24 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             } else {
                 "report.text_evaluate"
             })?;
-            let is_base = run == "base";
-            let (model, finetune, link, prompts_stage) = match sd {
-                true => (
-                    data.clone(),
-                    "finetune-sd",
-                    format!("link-sd@{data}"),
-                    format!("embed-prompts-sd@{data}"),
-                ),
-                false => (
-                    format!("{data}-text"),
-                    "finetune-text",
-                    format!("train-base-text@{data}"),
-                    "embed-prompts".into(),
-                ),
+            let model = if sd {
+                Model::Sd(&data)
+            } else {
+                Model::Text(&data)
             };
-            let fix_run = match group_of(&run) {
-                Some(g) => {
-                    let seed = &run[g.len() + 2..];
-                    match g.strip_prefix("sweep-la") {
-                        Some(la) => format!("acpo repro {finetune}-sweep@{data}-{la}-{seed}"),
-                        None => format!("acpo repro {finetune}@{data}-{g}-{seed}"),
-                    }
-                }
-                None => format!("acpo repro {finetune}@{data}-{run}"),
-            };
-            let paths = TextEvalPaths {
-                base_dir: PathBuf::from("results/base").join(&model),
-                run_dir: (!is_base)
-                    .then(|| PathBuf::from("results/finetune").join(&model).join(&run)),
-                base_eval_dir: (!is_base)
-                    .then(|| PathBuf::from("results/eval-text").join(&data).join("base")),
-                prompts_dir: prompts,
-                judges,
-                out_dir: PathBuf::from("results/eval-text").join(&data).join(&run),
-                fix_base: format!("acpo repro {link}"),
-                fix_run,
-                fix_base_eval: format!(
-                    "acpo repro {}-base@{data}",
-                    if sd { "evaluate-sd" } else { "evaluate-text" }
-                ),
-                fix_prompts: format!("acpo repro {prompts_stage}"),
-                data: data.clone(),
-                run: run.clone(),
-            };
+            let mut paths = TextEvalPaths::new(&Layout::default(), model, &run, judges);
+            if let Some(p) = prompts {
+                paths.prompts.path = p;
+            }
             evaluate_text(&cfg, &paths).with_context(|| format!("evaluate-text {data}/{run}"))?;
         }
         EvalCommand::EvaluateSteps { study, judges } => {
             let cfg: EvalConfig = stage_param("report.evaluate")?;
             let st: StepStudy = stage_param(&format!("report.step_study.{study}"))?;
-            let out = PathBuf::from("results/eval-steps").join(&study);
-            let paths_for = |run: &str| eval_paths(&st.benchmark, None, run, judges.clone());
+            let l = Layout::default();
+            let paths_for =
+                |run: &str| EvalPaths::new(&l, &st.benchmark, None, run, judges.clone());
+            let out = l.step_eval(&study);
             let ms = evaluate_step_study(&cfg, &st, &out, &paths_for).with_context(|| {
                 format!("evaluate-steps {study} (param report.step_study.{study})")
             })?;
@@ -246,14 +180,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             let diffusion: serde_json::Value =
                 stage_param(&format!("diffusion.{}", cfg.benchmark))?;
             let p = settings.resolve(&config, &cfg, &diffusion)?;
-            let b = &cfg.benchmark;
-            let paths = StudyPaths {
-                data_dir: PathBuf::from("data/prepared").join(b),
-                inception: PathBuf::from("results/fid/inception-fid.safetensors"),
-                inception_onnx: Some(PathBuf::from("results/fid/inception-fid.onnx")),
-                fid_ref: PathBuf::from("results/fid/ref").join(format!("{b}.safetensors")),
-                out_dir: PathBuf::from("results/study").join(&config),
-            };
+            let paths = StudyPaths::new(&Layout::default(), &cfg.benchmark, &config);
             let m = run_study(&config, &cfg, &p, &settings, &paths)
                 .with_context(|| format!("base-study {config} (param study.configs.{config})"))?;
             if let Some(last) = m.last() {
@@ -269,30 +196,4 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::finetune_stage;
-
-    #[test]
-    fn every_run_name_points_at_the_stage_that_writes_it() {
-        assert_eq!(
-            finetune_stage("c", "acpo-data-s2"),
-            "finetune@c-acpo-data-2"
-        );
-        // the sweep's replicates (finetune.sweep.seeds)
-        assert_eq!(
-            finetune_stage("c", "sweep-la0.1-s2"),
-            "finetune-sweep@c-0.1-2"
-        );
-        assert_eq!(
-            finetune_stage("c", "variant-t300"),
-            "finetune-variant@c-t300"
-        );
-        assert_eq!(
-            finetune_stage("c", "perceptual-only"),
-            "finetune@c-perceptual-only"
-        );
-    }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use acpo_core::layout::Layout;
 use acpo_fid::reference::{CompareParams, RefParams};
 use acpo_fid::{compare, compute_reference, torchscript, InceptionV3};
 use anyhow::Context;
@@ -10,9 +11,6 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::params::stage_param;
-
-const WEIGHTS: &str = "results/fid/inception-fid.safetensors";
-const ONNX: &str = "results/fid/inception-fid.onnx";
 
 #[derive(Debug, Subcommand)]
 pub enum FidCommand {
@@ -22,15 +20,15 @@ pub enum FidCommand {
         /// The archive (default `$ACPO_ASSETS/fid/default_1.pt`).
         #[arg(long)]
         source: Option<PathBuf>,
-        #[arg(long, default_value = WEIGHTS)]
+        #[arg(long, default_value_os_t = Layout::default().inception_weights().path)]
         out: PathBuf,
     },
     /// Export the FID Inception (the weights of `fid-weights`) to ONNX, for ONNX Runtime:
     /// the forward of `ref`, `compare` and the evaluations with `--onnx`.
     Onnx {
-        #[arg(long, default_value = WEIGHTS)]
+        #[arg(long, default_value_os_t = Layout::default().inception_weights().path)]
         weights: PathBuf,
-        #[arg(long, default_value = ONNX)]
+        #[arg(long, default_value_os_t = Layout::default().inception_onnx().path)]
         out: PathBuf,
     },
     /// Reference statistics (mean, covariance, its square root, KID features) of a
@@ -42,14 +40,15 @@ pub enum FidCommand {
         /// Images (default `data/prepared/<dataset>/test.safetensors`; an image `.tar` works too).
         #[arg(long)]
         images: Option<PathBuf>,
-        #[arg(long, default_value = WEIGHTS)]
+        #[arg(long, default_value_os_t = Layout::default().inception_weights().path)]
         weights: PathBuf,
         /// Run the Inception forward through this ONNX export (`acpo stage fid onnx`) with
         /// ONNX Runtime instead of candle.
         #[arg(long)]
         onnx: Option<PathBuf>,
-        #[arg(long, default_value = "results/fid/ref")]
-        out_dir: PathBuf,
+        /// Output folder (default: the layout's, `results/fid/ref`).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// FID, KID and diversity of an image set against reference statistics (params
     /// `fid.compare`): `<out>/metrics.json`, `<out>/config.json`.
@@ -60,7 +59,7 @@ pub enum FidCommand {
         /// Reference statistics written by `acpo stage fid ref`.
         #[arg(long)]
         reference: PathBuf,
-        #[arg(long, default_value = WEIGHTS)]
+        #[arg(long, default_value_os_t = Layout::default().inception_weights().path)]
         weights: PathBuf,
         /// Run the Inception forward through this ONNX export with ONNX Runtime.
         #[arg(long)]
@@ -81,12 +80,20 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
 
 fn load_model(weights: &Path, onnx: Option<&Path>) -> anyhow::Result<InceptionV3> {
     InceptionV3::open(weights, onnx, &acpo_core::device::default_device()).with_context(|| {
+        let l = Layout::default();
         let onnx = onnx
-            .map(|o| format!(" and {} (made by `acpo repro fid-onnx`)", o.display()))
+            .map(|o| {
+                format!(
+                    " and {} (made by `{}`)",
+                    o.display(),
+                    l.inception_onnx().fix()
+                )
+            })
             .unwrap_or_default();
         format!(
-            "loading the FID Inception {} (made by `acpo repro fid-weights`){onnx}",
-            weights.display()
+            "loading the FID Inception {} (made by `{}`){onnx}",
+            weights.display(),
+            l.inception_weights().fix()
         )
     })
 }
@@ -143,14 +150,16 @@ pub fn run(cmd: FidCommand) -> anyhow::Result<()> {
             out_dir,
         } => {
             let params: RefParams = stage_param("fid.ref")?;
-            let images = images.unwrap_or_else(|| {
-                PathBuf::from(format!("data/prepared/{dataset}/test.safetensors"))
-            });
+            let l = Layout::default();
+            let images = images.unwrap_or_else(|| l.split(&dataset, "test").path);
             let cfg = params.into_config(&dataset, images, weights);
             let model = load_model(&cfg.weights, onnx.as_deref())?;
             let (stats, metrics) = compute_reference(&cfg, &model)
                 .with_context(|| format!("reference statistics of {}", cfg.images.display()))?;
-            let out = out_dir.join(format!("{dataset}.safetensors"));
+            let out = match out_dir {
+                Some(d) => d.join(format!("{dataset}.safetensors")),
+                None => l.fid_ref(&dataset).path,
+            };
             stats.save(&out)?;
             acpo_fid::io::write_json(&sidecar(&out, "metrics.json"), &metrics)?;
             acpo_fid::io::write_json(&sidecar(&out, "config.json"), &with_backend(&cfg, &model)?)?;

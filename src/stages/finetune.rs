@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use acpo_core::layout::{Layout, Model};
 use acpo_finetune::sd::{run_finetune_sd, SdPaths};
 use acpo_finetune::stage::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::text::TextInputs;
@@ -122,25 +123,18 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
             .context("the run stopped before its last step")?;
         return report(&a.benchmark, a.timing.as_deref(), &outcome);
     }
+    let l = Layout::default();
     let paths = FinetunePaths {
         base_dir: a
             .base_dir
-            .unwrap_or_else(|| PathBuf::from("results/base").join(&a.benchmark)),
-        data_dir: a
-            .data_dir
-            .unwrap_or_else(|| PathBuf::from("data/prepared").join(&a.benchmark)),
+            .unwrap_or_else(|| l.base(Model::Bench(&a.benchmark)).path),
+        data_dir: a.data_dir.unwrap_or_else(|| l.prepared(&a.benchmark).path),
         out_dir: a.out.clone(),
         guidance: a
             .guidance
             .unwrap_or_else(|| super::mirror().join("iqa/CNNIQA-LIVE.safetensors")),
         judges: a.judges,
-        base_eval: Some(BaseEval {
-            metrics: PathBuf::from("results/eval")
-                .join(&a.benchmark)
-                .join("base/quality.json"),
-            fix_eval: format!("acpo repro evaluate-base@{}", a.benchmark),
-            fix_train: format!("acpo repro train-base@{}", a.benchmark),
-        }),
+        base_eval: Some(BaseEval::new(&l, &a.benchmark)),
         text: match (&a.prompts, &a.captions) {
             (None, None) => None,
             (Some(p), Some(c)) => Some(text_inputs(p, c)?),

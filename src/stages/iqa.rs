@@ -1,7 +1,8 @@
 //! `acpo stage iqa ...`: CNNIQA export to ONNX and the judge sanity check (crate `acpo-iqa`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use acpo_core::layout::Layout;
 use acpo_iqa::sanity::{run_sanity, write_outputs, SanityConfig};
 use acpo_iqa::stages::{cifar_test_images, run_export, ExportConfig};
 use acpo_iqa::{Cnniqa, Registry};
@@ -16,23 +17,26 @@ pub enum IqaCommand {
     /// on real CIFAR-10 test images (params `iqa.export`).
     ExportCnniqa {
         /// The main model (input `iqa.export.size`).
-        #[arg(long, default_value = "results/iqa/cnniqa.onnx")]
+        #[arg(long, default_value_os_t = Layout::default().cnniqa_onnx().path)]
         out: PathBuf,
         /// Extra sizes, metrics.json and config.json go here.
-        #[arg(long, default_value = "results/iqa/export")]
+        #[arg(long, default_value_os_t = Layout::default().cnniqa_export().path)]
         out_dir: PathBuf,
     },
     /// Spearman correlation of distortion level and score per judge on CIFAR-10 test images
     /// with blur, noise and JPEG at three levels (params `iqa.sanity`).
     JudgeSanity {
-        #[arg(long, default_value = "results/iqa/sanity")]
+        #[arg(long, default_value_os_t = Layout::default().judge_sanity().path)]
         out_dir: PathBuf,
         #[arg(long, default_value = "judges.yaml")]
         registry: PathBuf,
     },
 }
 
-const PREPARED_TEST: &str = "data/prepared/cifar10/test.safetensors";
+/// The real images both commands score: CIFAR-10's prepared test split.
+fn prepared_test() -> PathBuf {
+    Layout::default().split("cifar10", "test").path
+}
 
 pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
     match cmd {
@@ -42,7 +46,7 @@ pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
             let weights = super::mirror().join("iqa/CNNIQA-LIVE.safetensors");
             let model = Cnniqa::load_cpu(&weights)?;
             let (images, source) =
-                cifar_test_images(Path::new(PREPARED_TEST), &super::mirror(), cfg.check_images)?;
+                cifar_test_images(&prepared_test(), &super::mirror(), cfg.check_images)?;
             let checks = run_export(&cfg, &model, &images, &out, &out_dir)
                 .with_context(|| format!("exporting CNNIQA from {}", weights.display()))?;
             for c in &checks {
@@ -57,7 +61,7 @@ pub fn run(cmd: IqaCommand) -> anyhow::Result<()> {
             let cfg: SanityConfig = stage_param("iqa.sanity")?;
             let reg = Registry::load(&registry)?;
             let (images, source) =
-                cifar_test_images(Path::new(PREPARED_TEST), &super::mirror(), cfg.samples)?;
+                cifar_test_images(&prepared_test(), &super::mirror(), cfg.samples)?;
             let rows = run_sanity(&cfg, &reg, &images)?;
             write_outputs(&rows, &cfg, &source, &out_dir)?;
             for r in &rows {

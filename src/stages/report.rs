@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use acpo_core::layout::Layout;
 use acpo_report::experiment::HeadlineConfig;
 use acpo_report::{
     aggregate, study_report, text_report, BenchmarkSpec, Provenance, ReportSpec, StepStudy,
@@ -155,11 +156,8 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
         ReportCommand::StudyReport { benchmark, out } => {
             let spec = StudyReportSpec {
                 configs: stage_param("study.configs")?,
-                results_dir: PathBuf::from("results/study"),
-                floor: PathBuf::from("results/fid/train-vs-test")
-                    .join(&benchmark)
-                    .join("metrics.json"),
-                out_dir: out.unwrap_or_else(|| PathBuf::from("reports/study").join(&benchmark)),
+                layout: Layout::default(),
+                out_dir: out.unwrap_or_else(|| Layout::default().study_report(&benchmark).path),
                 font: super::assets().join("fonts/DejaVuSans.ttf"),
                 benchmark,
             };
@@ -179,18 +177,13 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
             let headline: HeadlineConfig = stage_param("report.headline")?;
             headline.validate()?;
             let spec = TextReportSpec {
-                eval_dir: PathBuf::from("results/eval-text").join(&data),
-                finetune_dir: PathBuf::from("results/finetune").join(format!("{data}-text")),
-                base_metrics: PathBuf::from("results/base")
-                    .join(format!("{data}-text"))
-                    .join("metrics.json"),
+                layout: Layout::default(),
                 runs: methods
                     .iter()
                     .flat_map(|m| seeds.iter().map(move |s| format!("{m}-s{s}")))
                     .chain(sweep.runs())
                     .collect(),
-                out_dir: out
-                    .unwrap_or_else(|| PathBuf::from("reports").join(format!("{data}-text"))),
+                out_dir: out.unwrap_or_else(|| Layout::default().text_report(&data).path),
                 revision: git_revision(allow_dirty)?,
                 data,
                 headline,
@@ -244,7 +237,6 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 },
                 benchmarks,
                 font: super::assets().join("fonts/DejaVuSans.ttf"),
-                fix_eval: "acpo repro evaluate@{benchmark}-{run} (or evaluate-base@{benchmark} for the base)".into(),
                 headline,
             };
             let o = aggregate(&spec).context("aggregate")?;

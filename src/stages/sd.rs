@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use acpo_core::layout::{Layout, Model};
 use acpo_data::output::Staging;
 use acpo_sd::{SdConfig, SdLink};
 use anyhow::Context;
@@ -29,9 +30,10 @@ pub enum SdCommand {
         /// The linked model (default `results/base/<NAME>`).
         #[arg(long)]
         base_dir: Option<PathBuf>,
-        /// `embed-prompts`' folder, whose sets are re-encoded.
-        #[arg(long, default_value = "data/prepared/prompt-embeddings")]
-        from: PathBuf,
+        /// `embed-prompts`' folder, whose sets are re-encoded (default
+        /// `data/prepared/prompt-embeddings`).
+        #[arg(long)]
+        from: Option<PathBuf>,
         /// Output folder (default `data/prepared/prompt-embeddings-<NAME>`).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -45,7 +47,7 @@ pub fn run(cmd: SdCommand) -> anyhow::Result<()> {
     match cmd {
         SdCommand::Link { name, out } => {
             let cfg: SdConfig = stage_param(&format!("stable_diffusion.models.{name}"))?;
-            let out = out.unwrap_or_else(|| PathBuf::from("results/base").join(&name));
+            let out = out.unwrap_or_else(|| Layout::default().base(Model::Sd(&name)).path);
             let link = SdLink::create(&cfg)
                 .with_context(|| format!("link-sd {name} ({})", acpo_sd::model::describe(&cfg)))?;
             link.write(&out)?;
@@ -66,20 +68,16 @@ pub fn run(cmd: SdCommand) -> anyhow::Result<()> {
             out,
             batch,
         } => {
-            let base_dir = base_dir.unwrap_or_else(|| PathBuf::from("results/base").join(&name));
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from("data/prepared").join(format!("prompt-embeddings-{name}"))
-            });
+            let l = Layout::default();
+            let base_dir = base_dir.unwrap_or_else(|| l.base(Model::Sd(&name)).path);
+            let out = out.unwrap_or_else(|| l.sd_prompt_embeddings(&name).path);
+            let from = from.unwrap_or_else(|| l.prompt_embeddings().path);
+            let fix_from = l.prompt_embeddings().fix();
             let link = SdLink::read(&base_dir)?;
             let dev = acpo_core::device::default_device();
             let enc = link.open()?.text_encoder(&dev)?;
             let mut sets: Vec<String> = std::fs::read_dir(&from)
-                .with_context(|| {
-                    format!(
-                        "reading {} (run `acpo repro embed-prompts`)",
-                        from.display()
-                    )
-                })?
+                .with_context(|| format!("reading {} (run `{fix_from}`)", from.display()))?
                 .filter_map(|e| e.ok())
                 .filter(|e| e.path().join("prompts.json").is_file())
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -87,7 +85,7 @@ pub fn run(cmd: SdCommand) -> anyhow::Result<()> {
             sets.sort();
             anyhow::ensure!(
                 !sets.is_empty(),
-                "{}: no prompt sets (folders with prompts.json); run `acpo repro embed-prompts`",
+                "{}: no prompt sets (folders with prompts.json); run `{fix_from}`",
                 from.display()
             );
             let staging = Staging::new(&out)?;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use acpo_core::layout::Layout;
 use acpo_data::output::Staging;
 use acpo_text::{build_captions, EmbeddingSet, PromptSet, TextEncoder};
 use anyhow::Context;
@@ -117,8 +118,8 @@ pub fn run(cmd: TextCommand) -> anyhow::Result<()> {
             model,
         } => {
             let p: CaptionParams = stage_param("text.captions")?;
-            let data = PathBuf::from("data/prepared").join(&dataset);
-            let manifest_path = data.join("manifest.json");
+            let l = Layout::default();
+            let manifest_path = l.prepared(&dataset).file("manifest.json").path;
             let manifest: DatasetManifest = serde_json::from_str(
                 &std::fs::read_to_string(&manifest_path)
                     .with_context(|| format!("reading {}", manifest_path.display()))?,
@@ -130,9 +131,7 @@ pub fn run(cmd: TextCommand) -> anyhow::Result<()> {
                 ))
             })?;
             let captions = build_captions(&manifest.classes, &p.templates)?;
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from("data/prepared").join(format!("{dataset}-captions"))
-            });
+            let out = out.unwrap_or_else(|| l.captions(&dataset).path);
             let texts: Vec<&str> = captions.iter().map(|c| c.text.as_str()).collect();
             let (enc, set) = encode(&texts, model, p.batch)?;
             let summary = set.summary(&enc);
@@ -160,9 +159,9 @@ pub fn run(cmd: TextCommand) -> anyhow::Result<()> {
         }
         TextCommand::Prompts { out, table, model } => {
             let p: PromptParams = stage_param("text.prompts")?;
-            let table =
-                table.unwrap_or_else(|| PathBuf::from("data/prepared/prompts/prompts.parquet"));
-            let out = out.unwrap_or_else(|| PathBuf::from("data/prepared/prompt-embeddings"));
+            let l = Layout::default();
+            let table = table.unwrap_or_else(|| l.prompt_table().path);
+            let out = out.unwrap_or_else(|| l.prompt_embeddings().path);
             let rows = acpo_data::prompts::read_parquet(&table)?;
             let dir = model.unwrap_or_else(|| super::assets().join("minilm"));
             let enc = TextEncoder::load(&dir, &Device::Cpu)?.with_max_tokens(p.max_tokens)?;

@@ -6,6 +6,8 @@
 //! - [`digest`]: SHA-256 of files (streamed) and bytes, as hex: the one implementation the
 //!   manifests, pins and evaluation records use.
 //! - [`device`]: the device every stage computes on (the first CUDA GPU, else the CPU).
+//! - [`layout`]: where every artifact lives and which `acpo repro` stage makes it, for the
+//!   command glue, the evaluation, the report and their "run this to make it" messages alike.
 //! - [`exit`]: which errors are bad input (exit 2) and which failures (exit 1), one rule that
 //!   every stage crate's error type implements.
 //! - [`prepared`]: the one reader of the prepared image splits (`images`, `labels`).
@@ -20,6 +22,7 @@ pub mod atomic;
 pub mod device;
 pub mod digest;
 pub mod exit;
+pub mod layout;
 pub mod prepared;
 pub mod progress;
 

@@ -406,19 +406,34 @@ impl BlockE {
     }
 }
 
-/// The FID Inception-v3 feature extractor.
+/// The FID Inception-v3 feature extractor: this crate's pre-processing, then the network's
+/// forward in candle or in ONNX Runtime.
 #[derive(Debug, Clone)]
 pub struct InceptionV3 {
+    forward: Forward,
+    device: Device,
+    /// Where the network came from: the weights, or the ONNX export (for error messages
+    /// and reports).
+    pub source: PathBuf,
+}
+
+/// Who runs the network's forward.
+#[derive(Debug, Clone)]
+enum Forward {
+    /// candle, on the converted weights.
+    Candle(Box<Layers>),
+    /// ONNX Runtime, on the graph exported from the same weights ([`crate::onnx`]).
+    Onnx(std::sync::Arc<acpo_iqa::onnx::OnnxModel>),
+}
+
+/// The network's layers in candle.
+#[derive(Debug, Clone)]
+struct Layers {
     stem: [ConvBn; 5],
     mixed_abc: Vec<Block>,
     mixed_8: BlockD,
     mixed_9: BlockE,
     mixed_10: BlockE,
-    device: Device,
-    /// Where the weights came from (for error messages and reports).
-    pub source: PathBuf,
-    /// The same network exported to ONNX ([`crate::onnx`]): when set, the forward runs there.
-    onnx: Option<std::sync::Arc<acpo_iqa::onnx::OnnxModel>>,
 }
 
 #[derive(Debug, Clone)]
@@ -426,6 +441,79 @@ enum Block {
     A(BlockA),
     B(BlockB),
     C(BlockC),
+}
+
+impl Layers {
+    fn n_convs(&self) -> usize {
+        let abc: usize = self
+            .mixed_abc
+            .iter()
+            .map(|b| match b {
+                Block::A(a) => 2 + a.tower.0.len() + a.tower_1.0.len(),
+                Block::B(b) => 1 + b.tower.0.len(),
+                Block::C(c) => 2 + c.tower.0.len() + c.tower_1.0.len(),
+            })
+            .sum();
+        5 + abc + self.mixed_8.tower.0.len() + self.mixed_8.tower_1.0.len() + 2 * 9
+    }
+
+    /// A copy of the layers on `device`.
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        let stem = [
+            self.stem[0].to_device(device)?,
+            self.stem[1].to_device(device)?,
+            self.stem[2].to_device(device)?,
+            self.stem[3].to_device(device)?,
+            self.stem[4].to_device(device)?,
+        ];
+        let mixed_abc = self
+            .mixed_abc
+            .iter()
+            .map(|b| {
+                Ok(match b {
+                    Block::A(a) => Block::A(a.to_device(device)?),
+                    Block::B(b) => Block::B(b.to_device(device)?),
+                    Block::C(c) => Block::C(c.to_device(device)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            stem,
+            mixed_abc,
+            mixed_8: self.mixed_8.to_device(device)?,
+            mixed_9: self.mixed_9.to_device(device)?,
+            mixed_10: self.mixed_10.to_device(device)?,
+        })
+    }
+
+    /// Pool3 features of pre-processed input `[N, 3, 299, 299]`: `[N, 2048]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = self.stem[0].forward(x)?;
+        x = self.stem[1].forward(&x)?;
+        x = self.stem[2].forward(&x)?;
+        x = max_pool_3s2(&x)?;
+        x = self.stem[3].forward(&x)?;
+        x = self.stem[4].forward(&x)?;
+        x = max_pool_3s2(&x)?;
+        for b in &self.mixed_abc {
+            x = match b {
+                Block::A(a) => a.forward(&x)?,
+                Block::B(b) => b.forward(&x)?,
+                Block::C(c) => c.forward(&x)?,
+            };
+        }
+        x = self.mixed_8.forward(&x)?;
+        x = self.mixed_9.forward(&x)?;
+        x = self.mixed_10.forward(&x)?;
+        // AvgPool2d(8, 8) on the 8x8 map, then reshape to [N, 2048].
+        let (_, _, h, w) = x.dims4()?;
+        if (h, w) != (8, 8) {
+            return Err(FidError::Input(format!(
+                "final feature map is {h}x{w}, expected 8x8 (input not 299x299?)"
+            )));
+        }
+        Ok(x.flatten_from(2)?.mean(D::Minus1)?)
+    }
 }
 
 impl InceptionV3 {
@@ -437,14 +525,13 @@ impl InceptionV3 {
         model.to_device(device)
     }
 
-    /// The network of `weights` on `device`, with its forward moved to ONNX Runtime when `onnx`
-    /// names the exported graph ([`Self::with_onnx`]; pre-processing stays candle's). What
-    /// every stage that embeds images calls.
+    /// The network of `weights` on `device`, or, when `onnx` names the graph exported from
+    /// them, that graph in ONNX Runtime ([`Self::load_onnx`]: the candle weights are then not
+    /// read at all). What every stage that embeds images calls.
     pub fn open(weights: &Path, onnx: Option<&Path>, device: &Device) -> Result<Self> {
-        let model = Self::load(weights, device)?;
         match onnx {
-            Some(o) => model.with_onnx(o, 0),
-            None => Ok(model),
+            Some(o) => Self::load_onnx(o, 0, device),
+            None => Self::load(weights, device),
         }
     }
 
@@ -478,68 +565,37 @@ impl InceptionV3 {
             Block::C(BlockC::load(&ctx, "mixed_6")?),
             Block::C(BlockC::load(&ctx, "mixed_7")?),
         ];
-        let model = Self {
+        let layers = Layers {
             stem,
             mixed_abc,
             mixed_8: BlockD::load(&ctx, "mixed_8")?,
             mixed_9: BlockE::load(&ctx, "mixed_9", false)?,
             mixed_10: BlockE::load(&ctx, "mixed_10", true)?,
-            device: Device::Cpu,
-            source: path.to_path_buf(),
-            onnx: None,
         };
-        let expected = model.n_convs();
+        let expected = layers.n_convs();
         let found = tensors.keys().filter(|k| k.ends_with(".weight")).count();
         if found != expected {
             return Err(ctx.err(format!(
                 "{found} conv weights in the file, the network uses {expected}"
             )));
         }
-        Ok(model)
-    }
-
-    fn n_convs(&self) -> usize {
-        let abc: usize = self
-            .mixed_abc
-            .iter()
-            .map(|b| match b {
-                Block::A(a) => 2 + a.tower.0.len() + a.tower_1.0.len(),
-                Block::B(b) => 1 + b.tower.0.len(),
-                Block::C(c) => 2 + c.tower.0.len() + c.tower_1.0.len(),
-            })
-            .sum();
-        5 + abc + self.mixed_8.tower.0.len() + self.mixed_8.tower_1.0.len() + 2 * 9
+        Ok(Self {
+            forward: Forward::Candle(Box::new(layers)),
+            device: Device::Cpu,
+            source: path.to_path_buf(),
+        })
     }
 
     /// A copy of the model on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
-        let stem = [
-            self.stem[0].to_device(device)?,
-            self.stem[1].to_device(device)?,
-            self.stem[2].to_device(device)?,
-            self.stem[3].to_device(device)?,
-            self.stem[4].to_device(device)?,
-        ];
-        let mixed_abc = self
-            .mixed_abc
-            .iter()
-            .map(|b| {
-                Ok(match b {
-                    Block::A(a) => Block::A(a.to_device(device)?),
-                    Block::B(b) => Block::B(b.to_device(device)?),
-                    Block::C(c) => Block::C(c.to_device(device)?),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let forward = match &self.forward {
+            Forward::Candle(l) => Forward::Candle(Box::new(l.to_device(device)?)),
+            Forward::Onnx(m) => Forward::Onnx(m.clone()),
+        };
         Ok(Self {
-            stem,
-            mixed_abc,
-            mixed_8: self.mixed_8.to_device(device)?,
-            mixed_9: self.mixed_9.to_device(device)?,
-            mixed_10: self.mixed_10.to_device(device)?,
+            forward,
             device: device.clone(),
             source: self.source.clone(),
-            onnx: self.onnx.clone(),
         })
     }
 
@@ -592,65 +648,39 @@ impl InceptionV3 {
             .clamp(-1f32, INPUT_MAX as f32)?)
     }
 
-    /// Runs the forward through `onnx`, this network exported by [`crate::onnx::export_onnx`]
-    /// (ONNX Runtime with `threads` intra-op threads, 0 = its default; the library is found as
-    /// acpo-iqa's judges find it, `$ORT_DYLIB_PATH`). Pre-processing stays this crate's.
-    pub fn with_onnx(mut self, onnx: &Path, threads: usize) -> Result<Self> {
+    /// The network exported by [`crate::onnx::export_onnx`] (`onnx`), run by ONNX Runtime
+    /// with `threads` intra-op threads (0 = its default; the library is found as acpo-iqa's
+    /// judges find it, `$ORT_DYLIB_PATH`); its features are put on `device`. Pre-processing
+    /// stays this crate's.
+    pub fn load_onnx(onnx: &Path, threads: usize, device: &Device) -> Result<Self> {
         acpo_iqa::onnx::init_ort(None)?;
-        self.onnx = Some(std::sync::Arc::new(acpo_iqa::onnx::OnnxModel::load(
-            onnx, threads,
-        )?));
-        Ok(self)
+        let model = acpo_iqa::onnx::OnnxModel::load(onnx, threads)?;
+        Ok(Self {
+            forward: Forward::Onnx(std::sync::Arc::new(model)),
+            device: device.clone(),
+            source: onnx.to_path_buf(),
+        })
     }
 
     /// Which back end runs the forward: `candle`, or `onnxruntime (<file>)`.
     pub fn backend(&self) -> String {
-        match &self.onnx {
-            Some(m) => format!("onnxruntime ({})", m.path().display()),
-            None => "candle".into(),
+        match &self.forward {
+            Forward::Onnx(m) => format!("onnxruntime ({})", m.path().display()),
+            Forward::Candle(_) => "candle".into(),
         }
     }
 
     /// Pool3 features of pre-processed input `[N, 3, 299, 299]`: `[N, 2048]`.
     pub fn forward_preprocessed(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.onnx {
-            Some(m) => {
+        match &self.forward {
+            Forward::Onnx(m) => {
                 let n = x.dim(0)?;
                 let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
                 let f = m.run(v, &[n, 3, INPUT_SIZE, INPUT_SIZE])?;
                 Ok(Tensor::from_vec(f, (n, FEATURE_DIM), &self.device)?)
             }
-            None => self.forward_candle(x),
+            Forward::Candle(l) => l.forward(x),
         }
-    }
-
-    /// [`Self::forward_preprocessed`] through candle.
-    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.stem[0].forward(x)?;
-        x = self.stem[1].forward(&x)?;
-        x = self.stem[2].forward(&x)?;
-        x = max_pool_3s2(&x)?;
-        x = self.stem[3].forward(&x)?;
-        x = self.stem[4].forward(&x)?;
-        x = max_pool_3s2(&x)?;
-        for b in &self.mixed_abc {
-            x = match b {
-                Block::A(a) => a.forward(&x)?,
-                Block::B(b) => b.forward(&x)?,
-                Block::C(c) => c.forward(&x)?,
-            };
-        }
-        x = self.mixed_8.forward(&x)?;
-        x = self.mixed_9.forward(&x)?;
-        x = self.mixed_10.forward(&x)?;
-        // AvgPool2d(8, 8) on the 8x8 map, then reshape to [N, 2048].
-        let (_, _, h, w) = x.dims4()?;
-        if (h, w) != (8, 8) {
-            return Err(FidError::Input(format!(
-                "final feature map is {h}x{w}, expected 8x8 (input not 299x299?)"
-            )));
-        }
-        Ok(x.flatten_from(2)?.mean(D::Minus1)?)
     }
 
     /// Pool3 features `[N, 2048]` (F32) of `images` `[N, 3, H, W]` (U8, or float in

@@ -5,7 +5,7 @@
 //! - [`inception`]: the network and the reference pre-processing;
 //!   [`InceptionV3::features`] gives `[N, 2048]` pool3 features.
 //! - [`onnx`]: the same network exported to ONNX and run by ONNX Runtime
-//!   ([`InceptionV3::with_onnx`]; the pipeline's FID stages use it).
+//!   ([`InceptionV3::load_onnx`]; the pipeline's FID stages use it).
 //! - [`stats`]: FID (f64, symmetric eigendecomposition), KID, pairwise diversity.
 //! - [`reference`]: cached reference statistics of a dataset split (stage
 //!   `fid-ref@<dataset>`), [`fid_kid`] against them, and image-set comparisons.

@@ -9,8 +9,8 @@
 //! that exclude the padding (`count_include_pad = 0`), the 3x3 max pool of `mixed_10`, Concat,
 //! and a global average pool to `[N, 2048]`. Its input is the pre-processed batch
 //! (`[N, 3, 299, 299]`, [`InceptionV3::preprocess`]), so resizing and scaling stay the candle
-//! code's and both back ends see the same numbers. [`InceptionV3::with_onnx`] makes an
-//! extractor run its forward through the exported graph.
+//! code's and both back ends see the same numbers. [`InceptionV3::load_onnx`] makes an
+//! extractor that runs its forward through the exported graph alone.
 
 use std::collections::HashMap;
 use std::path::Path;

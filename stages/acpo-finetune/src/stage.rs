@@ -28,6 +28,7 @@ use crate::train::{
     ProbeSet, Stat,
 };
 use crate::{FinetuneError, Result};
+use acpo_core::layout::{Artifact, Layout, Model};
 use acpo_diffusion::config::Spacing;
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::optim::{AdamW, AdamWConfig};
@@ -352,15 +353,25 @@ pub struct FinetunePaths {
     pub text: Option<TextInputs>,
 }
 
-/// Where the base-quality gate reads the base's KID, and the commands named in its errors.
+/// Where the base-quality gate reads the base's KID; its errors name the stages that make
+/// the two.
 #[derive(Clone, Debug)]
 pub struct BaseEval {
     /// `results/eval/<benchmark>/base/quality.json` (FID/KID of the base's evaluation).
-    pub metrics: PathBuf,
-    /// Command that evaluates the base (`acpo repro evaluate-base@<benchmark>`).
-    pub fix_eval: String,
-    /// Command that retrains it (`acpo repro train-base@<benchmark>`).
-    pub fix_train: String,
+    pub quality: Artifact,
+    /// The base model, `results/base/<benchmark>/` (retrained when its KID is too high).
+    pub base: Artifact,
+}
+
+impl BaseEval {
+    /// The gate's inputs for the base of `benchmark` where `layout` puts them.
+    pub fn new(layout: &Layout, benchmark: &str) -> BaseEval {
+        let model = Model::Bench(benchmark);
+        BaseEval {
+            quality: layout.eval(model, "base").file("quality.json"),
+            base: layout.base(model),
+        }
+    }
 }
 
 /// Run controls that are not part of the result.
@@ -753,24 +764,20 @@ pub fn check_base_quality(cfg: &FinetuneConfig, paths: &FinetunePaths) -> Result
     let Some(limit) = cfg.base_max_kid else {
         return Ok(());
     };
-    let base = paths.base_dir.display().to_string();
+    let base_dir = paths.base_dir.display().to_string();
     let refuse = |what: String, fix: &str| FinetuneError::BaseQuality {
-        base: base.clone(),
+        base: base_dir.clone(),
         what,
         limit,
         fix: fix.to_string(),
     };
-    let Some(BaseEval {
-        metrics: path,
-        fix_eval: fix,
-        fix_train,
-    }) = &paths.base_eval
-    else {
+    let Some(BaseEval { quality, base }) = &paths.base_eval else {
         return Err(refuse(
             "has no evaluation to read its KID from".into(),
             "give the stage the base's evaluation",
         ));
     };
+    let (path, fix) = (&quality.path, &quality.fix());
     let text = std::fs::read_to_string(path).map_err(|e| {
         refuse(
             format!("has no readable evaluation ({}: {e})", path.display()),
@@ -802,7 +809,7 @@ pub fn check_base_quality(cfg: &FinetuneConfig, paths: &FinetunePaths) -> Result
     if kid.is_nan() || kid > limit {
         return Err(refuse(
             format!("has KID {kid:.4} on {n} samples, above the limit"),
-            &format!("{fix_train} (with more training steps), then {fix}"),
+            &format!("{} (with more training steps), then {fix}", base.fix()),
         ));
     }
     Ok(())
@@ -1338,9 +1345,10 @@ mod tests {
     use acpo_core::BadInput;
 
     fn paths(dir: &Path, metrics: Option<&str>) -> FinetunePaths {
-        let m = dir.join("metrics.json");
+        let gate = BaseEval::new(&Layout::new(dir), "anime32");
         if let Some(text) = metrics {
-            std::fs::write(&m, text).unwrap();
+            std::fs::create_dir_all(gate.quality.path.parent().unwrap()).unwrap();
+            std::fs::write(&gate.quality.path, text).unwrap();
         }
         FinetunePaths {
             base_dir: PathBuf::from("results/base/anime32"),
@@ -1348,11 +1356,7 @@ mod tests {
             out_dir: dir.join("out"),
             guidance: dir.join("g"),
             judges: dir.join("j"),
-            base_eval: Some(BaseEval {
-                metrics: m,
-                fix_eval: "acpo repro evaluate-base@anime32".into(),
-                fix_train: "acpo repro train-base@anime32".into(),
-            }),
+            base_eval: Some(gate),
             text: None,
         }
     }

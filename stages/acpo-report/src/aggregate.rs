@@ -23,6 +23,7 @@ use crate::tables::{
     cells_csv, fmt_estimate, long_frame, md_escape, md_table, rows_of, summary_cells, summary_csv,
     wide, Row, BY_T_CAPTION, METHODS_CAPTION, REAL_TEST_ROW, STEPS_CAPTION,
 };
+use acpo_core::layout::Model;
 use polars::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -141,13 +142,9 @@ fn steps_metrics(
     let mut out = Vec::new();
     for (name, study) in &bm.step_studies {
         for run in std::iter::once("base").chain(study.runs.iter().map(String::as_str)) {
-            let p = spec
-                .root
-                .join("results/eval-steps")
-                .join(name)
-                .join(run)
-                .join("metrics.json");
-            let m = read_metrics(&p, &format!("acpo repro evaluate-steps@{name}"))?;
+            let a = spec.layout().step_eval(name).file(run).file("metrics.json");
+            let m = read_metrics(&a.path, &a.fix())?;
+            let p = a.path;
             if m.benchmark != bm.name || m.run != run || m.sampling.steps != study.steps {
                 return Err(ReportError::bad(
                     &p,
@@ -199,17 +196,12 @@ pub fn aggregate(spec: &ReportSpec) -> Result<AggregateOutcome> {
     for bm in &spec.benchmarks {
         let mut list = Vec::new();
         for run in std::iter::once("base").chain(bm.runs.iter().map(String::as_str)) {
-            let p = spec
-                .root
-                .join("results/eval")
-                .join(&bm.name)
-                .join(run)
-                .join("metrics.json");
-            let fix = spec
-                .fix_eval
-                .replace("{benchmark}", &bm.name)
-                .replace("{run}", run);
-            let m = read_metrics(&p, &fix)?;
+            let a = spec
+                .layout()
+                .eval(Model::Bench(&bm.name), run)
+                .file("metrics.json");
+            let m = read_metrics(&a.path, &a.fix())?;
+            let p = a.path;
             if m.benchmark != bm.name || m.run != run {
                 return Err(ReportError::bad(
                     &p,

@@ -13,6 +13,7 @@ use crate::plots::write_grid_png;
 use crate::schema::{EvalMetrics, FidKidMetrics};
 use crate::spec::{BenchmarkSpec, ReportSpec};
 use crate::tables::{fmt_estimate, fmt_num};
+use acpo_core::layout::Model;
 use std::path::Path;
 
 /// Images in each of the two grids (8 x 8).
@@ -103,11 +104,11 @@ pub fn base_summary(
     let rel = |f: &str| format!("{}/{f}", bm.name);
     let mut notes = Vec::new();
 
-    let samples = spec
-        .root
-        .join("results/eval")
-        .join(&bm.name)
-        .join("base/samples.safetensors");
+    let layout = spec.layout();
+    let samples = layout
+        .eval(Model::Bench(&bm.name), "base")
+        .path
+        .join("samples.safetensors");
     let (n, h, w, px) = crate::evaluate::load_sample_pixels(&samples)?;
     let k = n.min(GRID);
     write_grid_png(
@@ -119,11 +120,7 @@ pub fn base_summary(
         &dir.join("base_samples.png"),
     )?;
 
-    let test = spec
-        .root
-        .join("data/prepared")
-        .join(&bm.dataset)
-        .join("test.safetensors");
+    let test = layout.split(&bm.dataset, "test").path;
     let real_grid = if test.exists() {
         let mut set = acpo_diffusion::data::ImageSet::load(&test)?;
         set.truncate(GRID);
@@ -160,17 +157,13 @@ pub fn base_summary(
         None
     };
 
-    let floor_path = spec
-        .root
-        .join("results/fid/train-vs-test")
-        .join(&bm.dataset)
-        .join("metrics.json");
-    let floor = read_floor(&floor_path)?;
+    let floor_file = layout.fid_floor(&bm.dataset).file("metrics.json");
+    let floor = read_floor(&floor_file.path)?;
     if floor.is_none() {
         notes.push(format!(
-            "no real-data floor (acpo repro fid-train-vs-test@{} writes {})",
-            bm.dataset,
-            floor_path.display()
+            "no real-data floor ({} writes {})",
+            floor_file.fix(),
+            floor_file.path.display()
         ));
     }
     let quality = base.base_quality.clone().or_else(|| base.fid_kid.clone());
@@ -191,7 +184,7 @@ pub fn base_summary(
         quality,
         floor,
         heldout_mse: fmt_estimate(&base.heldout_mse),
-        training: training_of(&spec.root.join("results/base").join(&bm.name)),
+        training: training_of(&layout.base(Model::Bench(&bm.name)).path),
         base_grid: Some(rel("base_samples.png")),
         real_strip: real_grid.as_ref().map(|_| rel("samples_real.png")),
         real_grid,

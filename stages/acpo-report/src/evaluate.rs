@@ -22,6 +22,7 @@ use crate::schema::{
     SCHEMA,
 };
 use crate::stats::{self, Estimate};
+use acpo_core::layout::{Artifact, Layout, Model};
 use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::sampler::{sample, SamplerOpts};
@@ -147,28 +148,53 @@ pub struct EvalPaths {
     pub benchmark: String,
     /// `base` or a fine-tuning run name.
     pub run: String,
-    /// `results/base/<benchmark>/` (`model.safetensors`, `config.json`).
-    pub base_dir: PathBuf,
-    /// `results/finetune/<benchmark>/<run>/` (None for the base).
-    pub run_dir: Option<PathBuf>,
-    /// `results/eval/<benchmark>/base/` (for runs: the base's samples and scores).
-    pub base_eval_dir: Option<PathBuf>,
-    /// `data/prepared/<dataset>/` (its `test.safetensors`).
-    pub data_dir: PathBuf,
+    /// The base model, `results/base/<benchmark>/` (`model.safetensors`, `config.json`).
+    pub base: Artifact,
+    /// The fine-tuning run, `results/finetune/<benchmark>/<run>/` (None for the base).
+    pub tuned: Option<Artifact>,
+    /// The base's evaluation, `results/eval/<benchmark>/base/` (runs compare with its samples
+    /// and scores).
+    pub base_eval: Option<Artifact>,
+    /// The prepared dataset, `data/prepared/<dataset>/` (its `test.safetensors`).
+    pub data: Artifact,
     /// The judge registry.
     pub judges: PathBuf,
     /// Converted Inception weights (FID, KID, Inception diversity); None skips them.
-    pub inception: Option<PathBuf>,
+    pub inception: Option<Artifact>,
     /// The same network exported to ONNX (`fid-onnx`): its forward runs in ONNX Runtime.
-    pub inception_onnx: Option<PathBuf>,
+    pub inception_onnx: Option<Artifact>,
     /// Reference statistics of the test split; None skips FID and KID.
-    pub fid_ref: Option<PathBuf>,
+    pub fid_ref: Option<Artifact>,
     /// `results/eval/<benchmark>/<run>/`.
     pub out_dir: PathBuf,
-    /// Command that trains the base / the run / evaluates the base (named in errors).
-    pub fix_base: String,
-    pub fix_run: String,
-    pub fix_base_eval: String,
+}
+
+impl EvalPaths {
+    /// The inputs of evaluating `run` (`base`, or a fine-tuning run) of `benchmark` on
+    /// `dataset` (default: the benchmark's own) where `layout` puts them, without FID/KID.
+    pub fn new(
+        layout: &Layout,
+        benchmark: &str,
+        dataset: Option<&str>,
+        run: &str,
+        judges: PathBuf,
+    ) -> EvalPaths {
+        let model = Model::Bench(benchmark);
+        let is_base = run == "base";
+        EvalPaths {
+            benchmark: benchmark.to_string(),
+            run: run.to_string(),
+            base: layout.base(model),
+            tuned: (!is_base).then(|| layout.finetune(model, run)),
+            base_eval: (!is_base).then(|| layout.eval(model, "base")),
+            data: layout.prepared(dataset.unwrap_or(benchmark)),
+            judges,
+            inception: None,
+            inception_onnx: None,
+            fid_ref: None,
+            out_dir: layout.eval(model, run).path,
+        }
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -178,50 +204,47 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// The model an evaluation scores: a fine-tuning run's `model.safetensors` (its `metrics.json`
-/// must exist too; [`run_info`] reads it), or `base_model` for the base (`run_dir` `None`).
-/// `what` names the run in the errors, `fix_run` is the command that makes it, `trained`
-/// whether a missing one is reported as never trained.
+/// must exist too; [`run_info`] reads it), or `base_model` for the base (`tuned` `None`).
+/// `what` names the run in the errors, `trained` whether a missing one is reported as never
+/// trained.
 pub(crate) fn model_under_test(
     base_model: &Path,
-    run_dir: Option<&Path>,
+    tuned: Option<&Artifact>,
     what: &str,
-    fix_run: &str,
     trained: bool,
 ) -> Result<(PathBuf, RunInfo)> {
-    let Some(dir) = run_dir else {
+    let Some(run) = tuned else {
         let info = RunInfo {
             method: "base".into(),
             ..Default::default()
         };
         return Ok((base_model.to_path_buf(), info));
     };
-    let m = dir.join("model.safetensors");
-    require(&m, what, fix_run, trained)?;
+    let m = run.file("model.safetensors");
+    require(&m, what, trained)?;
     require(
-        &dir.join("metrics.json"),
+        &run.file("metrics.json"),
         &format!("{what} (metrics)"),
-        fix_run,
         trained,
     )?;
-    Ok((m, run_info(dir)?))
+    Ok((m.path, run_info(&run.path)?))
 }
 
-pub(crate) fn require(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
+/// `a` exists, or an error naming it and the stage that makes it.
+pub(crate) fn require(a: &Artifact, what: &str, trained: bool) -> Result<()> {
+    require_path(&a.path, what, &a.fix(), trained)
+}
+
+/// `path` exists, or an error naming it and `fix`, the command that makes it.
+pub(crate) fn require_path(path: &Path, what: &str, fix: &str, trained: bool) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
+    let (what, path, fix) = (what.into(), path.to_path_buf(), fix.into());
     Err(if trained {
-        ReportError::NotTrained {
-            what: what.into(),
-            path: path.to_path_buf(),
-            fix: fix.into(),
-        }
+        ReportError::NotTrained { what, path, fix }
     } else {
-        ReportError::MissingInput {
-            what: what.into(),
-            path: path.to_path_buf(),
-            fix: fix.into(),
-        }
+        ReportError::MissingInput { what, path, fix }
     })
 }
 
@@ -614,14 +637,14 @@ pub struct StepStudy {
 }
 
 /// Evaluates the base and `study.runs` with `study.steps` DDIM steps and `cfg`'s other
-/// settings, each into `out_dir/<run>/`, every run against this study's own base (same seeds,
+/// settings, each into `<out>/<run>/`, every run against this study's own base (same seeds,
 /// same steps). FID and KID are skipped: Inception costs most of an evaluation, and the study
 /// asks how scores and drift depend on the sampler. `paths_for(run)` gives a model's inputs
 /// as for [`evaluate`].
 pub fn evaluate_step_study(
     cfg: &EvalConfig,
     study: &StepStudy,
-    out_dir: &Path,
+    out: &Artifact,
     paths_for: &dyn Fn(&str) -> EvalPaths,
 ) -> Result<Vec<EvalMetrics>> {
     if cfg.sampler != SamplerKind::Ddim {
@@ -645,18 +668,18 @@ pub fn evaluate_step_study(
         base_fid_samples: 0,
         ..cfg.clone()
     };
-    let mut out = Vec::new();
+    let mut metrics = Vec::new();
     for run in std::iter::once("base").chain(study.runs.iter().map(String::as_str)) {
         let mut p = paths_for(run);
-        p.out_dir = out_dir.join(run);
+        p.out_dir = out.path.join(run);
         p.inception = None;
         p.fid_ref = None;
         if run != "base" {
-            p.base_eval_dir = Some(out_dir.join("base"));
+            p.base_eval = Some(out.file("base"));
         }
-        out.push(evaluate(&cfg, &p)?);
+        metrics.push(evaluate(&cfg, &p)?);
     }
-    Ok(out)
+    Ok(metrics)
 }
 
 /// Evaluates one model; writes every output into `paths.out_dir` (a temporary sibling
@@ -669,7 +692,7 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
     let device = Device::Cpu;
     let mut seconds = BTreeMap::new();
     let mut notes = Vec::new();
-    let is_base = paths.run_dir.is_none();
+    let is_base = paths.tuned.is_none();
     let Inputs {
         model_path,
         base_model,
@@ -764,8 +787,9 @@ pub fn evaluate(cfg: &EvalConfig, paths: &EvalPaths) -> Result<EvalMetrics> {
         seconds,
     };
     let config = serde_json::json!({ "evaluate": cfg, "benchmark": paths.benchmark, "run": paths.run,
-        "base_params": bp, "model": model_path, "data": paths.data_dir,
-        "judges": paths.judges, "inception": paths.inception, "fid_ref": paths.fid_ref });
+        "base_params": bp, "model": model_path, "data": paths.data.path,
+        "judges": paths.judges, "inception": paths.inception.as_ref().map(|a| &a.path),
+        "fid_ref": paths.fid_ref.as_ref().map(|a| &a.path) });
     write_outputs(&paths.out_dir, &samples, &cols, &config, &metrics)?;
     Ok(metrics)
 }
@@ -785,48 +809,41 @@ struct Inputs {
 
 impl Inputs {
     fn check(cfg: &EvalConfig, paths: &EvalPaths) -> Result<Self> {
-        let is_base = paths.run_dir.is_none();
-        let base_model = paths.base_dir.join("model.safetensors");
+        let is_base = paths.tuned.is_none();
+        let base_model = paths.base.file("model.safetensors");
         require(
             &base_model,
             &format!("the base model of `{}`", paths.benchmark),
-            &paths.fix_base,
             true,
         )?;
         let (model_path, info) = model_under_test(
-            &base_model,
-            paths.run_dir.as_deref(),
+            &base_model.path,
+            paths.tuned.as_ref(),
             &format!("fine-tuning run `{}` of `{}`", paths.run, paths.benchmark),
-            &paths.fix_run,
             true,
         )?;
-        let base_eval = match (&paths.base_eval_dir, is_base) {
+        let base_eval = match (&paths.base_eval, is_base) {
             (Some(d), false) => {
                 for f in ["samples.safetensors", "scores.csv"] {
                     require(
-                        &d.join(f),
+                        &d.file(f),
                         &format!("the base evaluation of `{}`", paths.benchmark),
-                        &paths.fix_base_eval,
                         false,
                     )?;
                 }
-                Some(d.clone())
+                Some(d.path.clone())
             }
             (None, false) => {
                 return Err(ReportError::config(
-                    "base_eval_dir",
+                    "base_eval",
                     "a fine-tuned run needs the base's evaluation directory",
                 ))
             }
             _ => None,
         };
-        let test_path = paths.data_dir.join("test.safetensors");
-        require(
-            &test_path,
-            "the prepared test split",
-            &format!("acpo repro {}", prepare_stage(&paths.data_dir)),
-            false,
-        )?;
+        let test = paths.data.file("test.safetensors");
+        require(&test, "the prepared test split", false)?;
+        let test_path = test.path;
         let registry = Registry::load(&paths.judges)?;
         let known = registry
             .judges
@@ -846,7 +863,7 @@ impl Inputs {
                 });
             }
         }
-        let bp_path = paths.base_dir.join("config.json");
+        let bp_path = paths.base.path.join("config.json");
         let bp: BenchmarkParams = serde_json::from_value(read_json(&bp_path)?)
             .map_err(|e| ReportError::bad(&bp_path, "config", e.to_string()))?;
         if bp.model.context_dim.is_some() {
@@ -868,7 +885,7 @@ impl Inputs {
         }
         Ok(Self {
             model_path,
-            base_model,
+            base_model: base_model.path,
             info,
             base_eval,
             test_path,
@@ -938,7 +955,7 @@ fn against_base(
             "seeds",
             format!(
                 "the base was sampled from other seeds or sizes; re-run `{}`",
-                paths.fix_base_eval
+                base_eval_fix(paths)
             ),
         ));
     }
@@ -949,7 +966,7 @@ fn against_base(
             "seed",
             format!(
                 "other seeds than this run; re-run `{}`",
-                paths.fix_base_eval
+                base_eval_fix(paths)
             ),
         ));
     }
@@ -959,7 +976,10 @@ fn against_base(
             ReportError::bad(
                 dir.join("scores.csv"),
                 name,
-                format!("no column for this score; re-run `{}`", paths.fix_base_eval),
+                format!(
+                    "no column for this score; re-run `{}`",
+                    base_eval_fix(paths)
+                ),
             )
         })?;
         let hib = scores[name].higher_is_better;
@@ -1013,27 +1033,18 @@ fn quality(
         notes.push("Inception weights not given: no FID, KID or Inception-space diversity".into());
         return Ok(q);
     };
-    require(
-        w,
-        "the converted Inception weights",
-        "acpo repro fid-weights",
-        false,
-    )?;
-    let inc = load_inception(w, paths.inception_onnx.as_deref(), &device)?;
+    require(w, "the converted Inception weights", false)?;
+    let inc = load_inception(&w.path, paths.inception_onnx.as_ref(), &device)?;
     let feats = inception_features(&inc, &u8_nchw, cfg.batch_size)?;
     q.diversity.inception = Some(from_diversity(&acpo_fid::feature_diversity(&feats)?));
     let Some(r) = &paths.fid_ref else {
         notes.push("reference statistics not given: no FID or KID".into());
         return Ok(q);
     };
-    require(
-        r,
-        "the FID reference statistics of the test split",
-        "acpo repro fid-ref",
-        false,
-    )?;
+    require(r, "the FID reference statistics of the test split", false)?;
+    let r = &r.path;
     q.fid_kid = Some(fid_and_kid(&feats, r, cfg)?);
-    let is_base = paths.run_dir.is_none();
+    let is_base = paths.tuned.is_none();
     if is_base && cfg.base_fid_samples > samples.n {
         let t1 = Instant::now();
         let more = (samples.n, cfg.base_fid_samples);
@@ -1097,14 +1108,13 @@ fn write_outputs(
     Ok(())
 }
 
-fn prepare_stage(data_dir: &Path) -> String {
-    format!(
-        "prepare-{}",
-        data_dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    )
+/// The command that makes the base's evaluation a run is compared with.
+fn base_eval_fix(paths: &EvalPaths) -> String {
+    paths
+        .base_eval
+        .as_ref()
+        .map(Artifact::fix)
+        .unwrap_or_default()
 }
 
 fn from_diversity(d: &acpo_fid::Diversity) -> Estimate {
@@ -1208,18 +1218,17 @@ fn fid_and_kid(feats: &Tensor, ref_path: &Path, cfg: &EvalConfig) -> Result<FidK
 /// The FID Inception of `weights`, its forward in ONNX Runtime when `onnx` is given.
 pub(crate) fn load_inception(
     weights: &Path,
-    onnx: Option<&Path>,
+    onnx: Option<&Artifact>,
     device: &Device,
 ) -> Result<acpo_fid::InceptionV3> {
     if let Some(o) = onnx {
-        require(
-            o,
-            "the ONNX export of the Inception",
-            "acpo repro fid-onnx",
-            false,
-        )?;
+        require(o, "the ONNX export of the Inception", false)?;
     }
-    Ok(acpo_fid::InceptionV3::open(weights, onnx, device)?)
+    Ok(acpo_fid::InceptionV3::open(
+        weights,
+        onnx.map(|o| o.path.as_path()),
+        device,
+    )?)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::plots::{Panel, Series};
 use crate::schema::EvalMetrics;
 use crate::stats::{self, Estimate};
 use crate::tables::fmt_num;
+use acpo_core::layout::{replicate_group, Layout, Model};
 use serde::{Deserialize, Serialize};
 
 /// What the headline tests (params `report.headline`).
@@ -95,18 +96,11 @@ impl HeadlineConfig {
     }
 }
 
-/// The replicate group of a run name: `acpo-s2` -> `acpo`; other names have none.
-pub fn group_of(run: &str) -> Option<&str> {
-    let (method, seed) = run.rsplit_once("-s")?;
-    (!method.is_empty() && !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()))
-        .then_some(method)
-}
-
 /// The runs of each replicate group, in the order the groups first appear.
 pub fn groups(evals: &[EvalMetrics]) -> Vec<(String, Vec<&EvalMetrics>)> {
     let mut out: Vec<(String, Vec<&EvalMetrics>)> = Vec::new();
     for m in evals {
-        if let Some(g) = group_of(&m.run) {
+        if let Some(g) = replicate_group(&m.run) {
             match out.iter_mut().find(|(n, _)| n == g) {
                 Some((_, v)) => v.push(m),
                 None => out.push((g.to_string(), vec![m])),
@@ -386,7 +380,10 @@ pub fn headline(cfg: &HeadlineConfig, benchmark: &str, evals: &[EvalMetrics]) ->
     let need = |what: &str, a: Option<AcrossSeeds>| {
         a.ok_or_else(|| {
             ReportError::bad(
-                format!("results/eval/{benchmark}/{}-s*/metrics.json", cfg.method),
+                Layout::default()
+                    .eval(Model::Bench(benchmark), &format!("{}-s*", cfg.method))
+                    .path
+                    .join("metrics.json"),
                 what,
                 "missing from the evaluations (re-run them with this acpo)",
             )
@@ -541,7 +538,7 @@ pub fn pareto_panels(cfg: &HeadlineConfig, benchmark: &str, evals: &[EvalMetrics
     // Units: a group (replicates) or a single run, with its λa when it is on the sweep line.
     let mut units: Vec<(String, Vec<&EvalMetrics>)> = Vec::new();
     for m in &tuned {
-        let name = group_of(&m.run).unwrap_or(&m.run).to_string();
+        let name = replicate_group(&m.run).unwrap_or(&m.run).to_string();
         match units.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => v.push(m),
             None => units.push((name, vec![m])),
@@ -587,7 +584,7 @@ pub fn pareto_panels(cfg: &HeadlineConfig, benchmark: &str, evals: &[EvalMetrics
             let mut series = vec![line];
             for (name, r) in &units {
                 if let Some((p, e)) = point(r, x.as_ref(), &y) {
-                    if on_sweep(r).is_some() && group_of(&r[0].run).is_none() {
+                    if on_sweep(r).is_some() && replicate_group(&r[0].run).is_none() {
                         continue; // a single sweep run is a point of the line only
                     }
                     series.push(Series {
@@ -760,10 +757,10 @@ mod tests {
 
     #[test]
     fn run_names_group_by_their_seed_suffix() {
-        assert_eq!(group_of("acpo-data-s12"), Some("acpo-data"));
-        assert_eq!(group_of("acpo"), None);
-        assert_eq!(group_of("sweep-la0.1"), None);
-        assert_eq!(group_of("variant-s"), None);
+        assert_eq!(replicate_group("acpo-data-s12"), Some("acpo-data"));
+        assert_eq!(replicate_group("acpo"), None);
+        assert_eq!(replicate_group("sweep-la0.1"), None);
+        assert_eq!(replicate_group("variant-s"), None);
     }
 
     #[test]

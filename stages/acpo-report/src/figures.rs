@@ -8,6 +8,7 @@ use crate::plots::{plot, write_grid_png, Panel, Series};
 use crate::schema::EvalMetrics;
 use crate::spec::{BenchmarkSpec, ReportSpec};
 use crate::tables::fmt_num;
+use acpo_core::layout::Model;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -54,11 +55,9 @@ pub(crate) fn plots_for(
     let dir = spec.out_dir.join(&bm.name);
     let rel = |stem: &str| format!("{}/{stem}", bm.name);
     // Training curve of the base.
-    let base_loss = spec
-        .root
-        .join("results/base")
-        .join(&bm.name)
-        .join("loss.csv");
+    let layout = spec.layout();
+    let model = Model::Bench(&bm.name);
+    let base_loss = layout.base(model).path.join("loss.csv");
     if base_loss.exists() {
         let c = read_numeric_csv(&base_loss)?;
         if let (Some(x), Some(y)) = (c.get("step"), c.get("loss")) {
@@ -81,7 +80,7 @@ pub(crate) fn plots_for(
     let mut loss_series = Vec::new();
     let mut curves: Vec<(String, BTreeMap<String, Vec<f64>>)> = Vec::new();
     for run in &bm.runs {
-        let d = spec.root.join("results/finetune").join(&bm.name).join(run);
+        let d = layout.finetune(model, run).path;
         if let Ok(c) = read_numeric_csv(&d.join("loss.csv")) {
             if let (Some(x), Some(y)) = (c.get("step"), c.get("loss")) {
                 let k = (y.len() / 50).max(1);
@@ -194,12 +193,7 @@ pub(crate) fn plots_for(
     }
     // Sample grids on the same seeds, side by side.
     for m in evals {
-        let p = spec
-            .root
-            .join("results/eval")
-            .join(&bm.name)
-            .join(&m.run)
-            .join("samples.safetensors");
+        let p = layout.eval(model, &m.run).path.join("samples.safetensors");
         let (n, h, w, px) = crate::evaluate::load_sample_pixels(&p)?;
         let k = n.min(crate::base::STRIP);
         let name = format!("samples_{}", m.run);

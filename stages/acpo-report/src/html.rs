@@ -322,7 +322,7 @@ fn samples_side_by_side(o: &BenchOutputs, base: Option<&crate::base::BaseSummary
     }
     let mut seen = std::collections::BTreeSet::new();
     for (stem, run) in &o.grids {
-        let group = crate::experiment::group_of(run).unwrap_or(run);
+        let group = acpo_core::layout::replicate_group(run).unwrap_or(run);
         if seen.insert(group.to_string()) {
             first.push_str(&row(run, &format!("{stem}.png")));
         }
@@ -613,9 +613,9 @@ fn provenance(toc: &mut Toc, spec: &ReportSpec) -> Result<String> {
             continue;
         }
         let p = spec
-            .root
-            .join("data/prepared")
-            .join(&bm.dataset)
+            .layout()
+            .prepared(&bm.dataset)
+            .path
             .join("manifest.json");
         let v: serde_json::Value = match std::fs::read_to_string(&p) {
             Ok(t) => serde_json::from_str(&t).unwrap_or(serde_json::Value::Null),

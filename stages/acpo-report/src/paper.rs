@@ -33,7 +33,7 @@ pub fn paper_comparison(all: &BTreeMap<String, Vec<EvalMetrics>>) -> Vec<PaperRo
             .get(bm)
             .map(|v| {
                 v.iter()
-                    .filter(|m| crate::experiment::group_of(&m.run) == Some("acpo"))
+                    .filter(|m| acpo_core::layout::replicate_group(&m.run) == Some("acpo"))
                     .collect()
             })
             .unwrap_or_default();

@@ -2,6 +2,7 @@
 
 use crate::evaluate::StepStudy;
 use crate::experiment::HeadlineConfig;
+use acpo_core::layout::Layout;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,13 +46,16 @@ pub struct ReportSpec {
     pub provenance: Provenance,
     /// The TTF for plot text.
     pub font: PathBuf,
-    /// Command that regenerates one evaluation: `{benchmark}` and `{run}` are replaced.
-    pub fix_eval: String,
     /// What the generated headline tests (params `report.headline`).
     pub headline: HeadlineConfig,
 }
 
 impl ReportSpec {
+    /// Where the report finds its inputs: the artifact layout under `root`.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.root)
+    }
+
     /// The scores that fine-tuning maximised: the guidance and the judges that run it.
     pub fn optimised(&self) -> Vec<String> {
         std::iter::once("guidance".to_string())

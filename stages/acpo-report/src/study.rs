@@ -21,6 +21,7 @@
 use crate::error::{ReportError, Result};
 use crate::fsio::{read_string, write_json};
 use crate::plots::write_grid_png;
+use acpo_core::layout::{Artifact, Layout};
 use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::data::{to_u8_hwc, ImageSet};
 use acpo_diffusion::flops::{train_step_flops, unet_forward_flops};
@@ -156,15 +157,29 @@ impl StudyMetrics {
 #[derive(Debug, Clone)]
 pub struct StudyPaths {
     /// `data/prepared/<benchmark>/` (train and test splits).
-    pub data_dir: PathBuf,
+    pub data: Artifact,
     /// Converted Inception weights.
-    pub inception: PathBuf,
+    pub inception: Artifact,
     /// The same network exported to ONNX: its forward runs in ONNX Runtime.
-    pub inception_onnx: Option<PathBuf>,
+    pub inception_onnx: Option<Artifact>,
     /// Reference statistics of the benchmark's test split.
-    pub fid_ref: PathBuf,
+    pub fid_ref: Artifact,
     /// `results/study/<config>/`.
     pub out_dir: PathBuf,
+}
+
+impl StudyPaths {
+    /// Configuration `config` of `benchmark`'s study where `layout` puts its inputs and
+    /// output, FID's forward in ONNX Runtime.
+    pub fn new(layout: &Layout, benchmark: &str, config: &str) -> StudyPaths {
+        StudyPaths {
+            data: layout.prepared(benchmark),
+            inception: layout.inception_weights(),
+            inception_onnx: Some(layout.inception_onnx()),
+            fid_ref: layout.fid_ref(benchmark),
+            out_dir: layout.study(config).path,
+        }
+    }
 }
 
 /// Deep-merges `over` onto `base` (mappings key by key; anything else replaces; null adds
@@ -365,42 +380,25 @@ pub fn run_study(
     settings: &StudySettings,
     paths: &StudyPaths,
 ) -> Result<StudyMetrics> {
-    for (what, path, fix) in [
-        (
-            "the Inception weights",
-            &paths.inception,
-            "acpo repro fid-weights".to_string(),
-        ),
-        (
-            "the FID reference statistics",
-            &paths.fid_ref,
-            format!("acpo repro fid-ref@{}", cfg.benchmark),
-        ),
-        (
-            "the prepared dataset",
-            &paths.data_dir.join("train.safetensors"),
-            format!("acpo repro prepare-{}", cfg.benchmark),
-        ),
+    let train = paths.data.file("train.safetensors");
+    for (what, a) in [
+        ("the Inception weights", &paths.inception),
+        ("the FID reference statistics", &paths.fid_ref),
+        ("the prepared dataset", &train),
     ] {
-        if !path.exists() {
-            return Err(ReportError::MissingInput {
-                what: what.into(),
-                path: path.clone(),
-                fix,
-            });
-        }
+        crate::evaluate::require(a, what, false)?;
     }
     let device = acpo_core::device::default_device();
-    let data = ImageSet::load(&paths.data_dir.join("train.safetensors"))?;
-    let mut test = ImageSet::load(&paths.data_dir.join("test.safetensors"))?;
+    let data = ImageSet::load(&train.path)?;
+    let mut test = ImageSet::load(&paths.data.path.join("test.safetensors"))?;
     test.truncate(settings.evaluate.heldout_images);
     let test = test.all(&device)?;
     let inception = crate::evaluate::load_inception(
-        &paths.inception,
-        paths.inception_onnx.as_deref(),
+        &paths.inception.path,
+        paths.inception_onnx.as_ref(),
         &device,
     )?;
-    let reference = acpo_fid::RefStats::load(&paths.fid_ref)?;
+    let reference = acpo_fid::RefStats::load(&paths.fid_ref.path)?;
     let run_dir = paths.out_dir.join("run");
     for d in [paths.out_dir.join("points"), run_dir.clone()] {
         std::fs::create_dir_all(&d).map_err(|e| ReportError::io(&d, e))?;

@@ -9,6 +9,7 @@ use crate::error::{ReportError, Result};
 use crate::fsio::{read_string, write_atomic};
 use crate::plots::{plot, register_font, Panel, Series};
 use crate::study::{StudyConfig, StudyMetrics};
+use acpo_core::layout::Layout;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,11 +20,10 @@ pub struct StudyReportSpec {
     pub benchmark: String,
     /// `study.configs` (those of other benchmarks are skipped).
     pub configs: BTreeMap<String, StudyConfig>,
-    /// `results/study/` (one folder per configuration).
-    pub results_dir: PathBuf,
-    /// `metrics.json` of real train images against the test statistics
-    /// (`results/fid/train-vs-test/<benchmark>/`): the floor a generator can reach.
-    pub floor: PathBuf,
+    /// Where the configurations' runs (`results/study/<config>/`) and the floor are: real
+    /// train images against the test statistics (`results/fid/train-vs-test/<benchmark>/`),
+    /// the floor a generator can reach.
+    pub layout: Layout,
     /// `reports/study/<benchmark>/`.
     pub out_dir: PathBuf,
     /// The TTF for plot text.
@@ -53,15 +53,10 @@ fn read_floor(path: &Path) -> Result<Floor> {
     })
 }
 
-fn read_run(dir: &Path, name: &str) -> Result<StudyMetrics> {
-    let path = dir.join(name).join("metrics.json");
-    if !path.exists() {
-        return Err(ReportError::MissingInput {
-            what: format!("study run `{name}`"),
-            path,
-            fix: format!("acpo repro --profile study base-study@{name}"),
-        });
-    }
+fn read_run(layout: &Layout, name: &str) -> Result<StudyMetrics> {
+    let a = layout.study(name).file("metrics.json");
+    crate::evaluate::require(&a, &format!("study run `{name}`"), false)?;
+    let path = a.path;
     serde_json::from_str(&read_string(&path)?)
         .map_err(|e| ReportError::bad(&path, "metrics", e.to_string()))
 }
@@ -229,9 +224,15 @@ pub fn study_report(spec: &StudyReportSpec) -> Result<Vec<StudyMetrics>> {
     }
     let runs = names
         .iter()
-        .map(|n| read_run(&spec.results_dir, n))
+        .map(|n| read_run(&spec.layout, n))
         .collect::<Result<Vec<_>>>()?;
-    let floor = read_floor(&spec.floor)?;
+    let floor = read_floor(
+        &spec
+            .layout
+            .fid_floor(&spec.benchmark)
+            .path
+            .join("metrics.json"),
+    )?;
     std::fs::create_dir_all(&spec.out_dir).map_err(|e| ReportError::io(&spec.out_dir, e))?;
     write_atomic(&spec.out_dir.join("study.csv"), csv(&runs).as_bytes())?;
     write_atomic(
@@ -244,7 +245,7 @@ pub fn study_report(spec: &StudyReportSpec) -> Result<Vec<StudyMetrics>> {
         &panels(&spec.benchmark, &runs),
     )?;
     for name in names {
-        let src = spec.results_dir.join(name).join("grid.png");
+        let src = spec.layout.study(name).path.join("grid.png");
         let dst = spec.out_dir.join(format!("{name}.png"));
         let bytes = std::fs::read(&src).map_err(|e| ReportError::io(&src, e))?;
         write_atomic(&dst, &bytes)?;

@@ -25,10 +25,11 @@
 //! `<set>/{scores.csv, samples.safetensors, grid.png, prompts.json}`.
 
 use crate::error::{ReportError, Result};
-use crate::evaluate::{read_scores_csv, require, score_images, write_scores_csv};
+use crate::evaluate::{read_scores_csv, require, require_path, score_images, write_scores_csv};
 use crate::fsio::write_json;
 use crate::schema::{RunInfo, Score};
 use crate::stats::{self, Estimate, Improvement};
+use acpo_core::layout::{Artifact, Layout, Model};
 use acpo_diffusion::config::{SamplerKind, Spacing};
 use acpo_diffusion::sampler::{sample, SamplerOpts};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
@@ -127,21 +128,40 @@ pub struct TextEvalPaths {
     pub data: String,
     /// `base` or a fine-tuning run name.
     pub run: String,
-    /// `results/base/<data>-text/`.
-    pub base_dir: PathBuf,
-    /// `results/finetune/<data>-text/<run>/` (None for the base).
-    pub run_dir: Option<PathBuf>,
-    /// `results/eval-text/<data>/base/` (runs: the base's scores and samples).
-    pub base_eval_dir: Option<PathBuf>,
-    /// `data/prepared/prompt-embeddings/`.
-    pub prompts_dir: PathBuf,
+    /// The base model, `results/base/<data>-text/` (or the linked Stable Diffusion model).
+    pub base: Artifact,
+    /// The fine-tuning run, `results/finetune/<data>-text/<run>/` (None for the base).
+    pub tuned: Option<Artifact>,
+    /// The base's evaluation, `results/eval-text/<data>/base/` (runs: its scores and samples).
+    pub base_eval: Option<Artifact>,
+    /// The prompt sets, `data/prepared/prompt-embeddings/` (a Stable Diffusion model's own).
+    pub prompts: Artifact,
     pub judges: PathBuf,
     /// `results/eval-text/<data>/<run>/`.
     pub out_dir: PathBuf,
-    pub fix_base: String,
-    pub fix_run: String,
-    pub fix_base_eval: String,
-    pub fix_prompts: String,
+}
+
+impl TextEvalPaths {
+    /// The inputs of evaluating `run` (`base` or a fine-tuning run) of `model` (a text
+    /// dataset's prompt-conditioned model or a linked Stable Diffusion model) where `layout`
+    /// puts them.
+    pub fn new(layout: &Layout, model: Model, run: &str, judges: PathBuf) -> TextEvalPaths {
+        let is_base = run == "base";
+        let (data, prompts) = match model {
+            Model::Sd(m) => (m, layout.sd_prompt_embeddings(m)),
+            Model::Text(d) | Model::Bench(d) => (d, layout.prompt_embeddings()),
+        };
+        TextEvalPaths {
+            data: data.to_string(),
+            run: run.to_string(),
+            base: layout.base(model),
+            tuned: (!is_base).then(|| layout.finetune(model, run)),
+            base_eval: (!is_base).then(|| layout.eval(model, "base")),
+            prompts,
+            judges,
+            out_dir: layout.eval(model, run).path,
+        }
+    }
 }
 
 /// Scores and improvements of one category of a set.
@@ -355,7 +375,7 @@ fn sample_set(
 /// Evaluate one model on every set of `cfg.sets`. See the module docs.
 pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<TextEvalMetrics> {
     cfg.validate()?;
-    let sd = SdLink::is_linked(&paths.base_dir);
+    let sd = SdLink::is_linked(&paths.base.path);
     // SD's UNet is sampled on the first CUDA device when there is one; the small models on
     // the CPU
     let device = match sd {
@@ -363,43 +383,36 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         false => Device::Cpu,
     };
     let base_model = paths
-        .base_dir
-        .join(if sd { "sd.json" } else { "model.safetensors" });
-    require(
-        &base_model,
-        "the prompt-conditioned base model",
-        &paths.fix_base,
-        false,
-    )?;
+        .base
+        .file(if sd { "sd.json" } else { "model.safetensors" });
+    require(&base_model, "the prompt-conditioned base model", false)?;
     let (model_path, info) = crate::evaluate::model_under_test(
-        &base_model,
-        paths.run_dir.as_deref(),
+        &base_model.path,
+        paths.tuned.as_ref(),
         &format!("fine-tuning run `{}`", paths.run),
-        &paths.fix_run,
         false,
     )?;
-    let base_eval = match (&paths.run_dir, &paths.base_eval_dir) {
+    let base_eval = match (&paths.tuned, &paths.base_eval) {
         (None, _) => None,
         (Some(_), Some(d)) => Some(d.clone()),
         (Some(_), None) => {
             return Err(ReportError::config(
-                "base_eval_dir",
+                "base_eval",
                 "a fine-tuned run needs the base's text evaluation",
             ))
         }
     };
     let registry = Registry::load(&paths.judges)?;
     let (text_model, base_params) = if sd {
-        let tuned = paths.run_dir.as_ref().map(|_| model_path.as_path());
-        let s = SdSampler::load(&paths.base_dir, &paths.prompts_dir, tuned, &device)
+        let tuned = paths.tuned.as_ref().map(|_| model_path.as_path());
+        let s = SdSampler::load(&paths.base.path, &paths.prompts.path, tuned, &device)
             .map_err(|e| ReportError::config("stable diffusion", e.to_string()))?;
         let link = serde_json::to_value(&s.link).expect("link records serialise");
         (TextModel::Sd(Box::new(s)), link)
     } else {
-        let bp: BenchmarkParams = serde_json::from_value(crate::evaluate::read_json(
-            &paths.base_dir.join("config.json"),
-        )?)
-        .map_err(|e| ReportError::bad(paths.base_dir.join("config.json"), "", e.to_string()))?;
+        let config = paths.base.path.join("config.json");
+        let bp: BenchmarkParams = serde_json::from_value(crate::evaluate::read_json(&config)?)
+            .map_err(|e| ReportError::bad(&config, "", e.to_string()))?;
         let schedule = NoiseSchedule::from_config(&bp.schedule)?;
         let model = UNet::load(&bp.model, &model_path, &device)?;
         let bp = serde_json::to_value(&bp).expect("base params serialise");
@@ -411,13 +424,13 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         .sets
         .iter()
         .map(|name| {
-            let dir = paths.prompts_dir.join(name);
+            let set = paths.prompts.file(name);
             require(
-                &dir.join("prompts.json"),
+                &set.file("prompts.json"),
                 &format!("prompt set `{name}`"),
-                &paths.fix_prompts,
                 false,
             )?;
+            let dir = set.path;
             PromptTable::load(&dir, &device)
                 .map_err(|e| ReportError::config(format!("prompt set `{name}`"), e.to_string()))
         })
@@ -432,13 +445,9 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
         let base = match &base_eval {
             None => None,
             Some(d) => {
-                let scores_path = d.join(name).join("scores.csv");
-                require(
-                    &scores_path,
-                    "the base's text evaluation",
-                    &paths.fix_base_eval,
-                    false,
-                )?;
+                let scores = d.file(name).file("scores.csv");
+                require(&scores, "the base's text evaluation", false)?;
+                let scores_path = scores.path;
                 let (base_seeds, base_cols) = read_scores_csv(&scores_path)?;
                 if base_seeds != seeds {
                     return Err(ReportError::bad(
@@ -447,11 +456,12 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
                         format!(
                             "the base was evaluated on other seeds ({} images); re-run `{}`",
                             base_seeds.len(),
-                            paths.fix_base_eval
+                            d.fix()
                         ),
                     ));
                 }
-                let base_samples = SetSamples::load(&d.join(name).join("samples.safetensors"))?;
+                let base_samples =
+                    SetSamples::load(&d.path.join(name).join("samples.safetensors"))?;
                 Some((base_cols, base_samples))
             }
         };
@@ -500,7 +510,7 @@ pub fn evaluate_text(cfg: &TextEvalConfig, paths: &TextEvalPaths) -> Result<Text
     write_json(
         &staging.path("config.json"),
         &serde_json::json!({ "text_evaluate": cfg, "data": paths.data, "run": paths.run,
-            "base_params": base_params, "model": model_path, "prompts": paths.prompts_dir }),
+            "base_params": base_params, "model": model_path, "prompts": paths.prompts.path }),
     )?;
     staging
         .commit()
@@ -610,7 +620,7 @@ fn set_metrics(
 /// Reads a `metrics.json` written by [`evaluate_text`]; a missing one is an error naming
 /// `fix`, the command that writes it.
 pub fn read_text_metrics(path: &Path, fix: &str) -> Result<TextEvalMetrics> {
-    require(path, "the text evaluation", fix, false)?;
+    require_path(path, "the text evaluation", fix, false)?;
     let v = crate::evaluate::read_json(path)?;
     let found = v.get("schema").and_then(|s| s.as_u64());
     if found != Some(TEXT_SCHEMA as u64) {

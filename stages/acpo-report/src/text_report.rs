@@ -11,23 +11,21 @@
 //! paper's numbers with how the protocol differs.
 
 use crate::error::{ReportError, Result};
-use crate::experiment::{group_of, short, HeadlineConfig, Verdict};
+use crate::experiment::{short, HeadlineConfig, Verdict};
 use crate::fsio::write_atomic;
 use crate::stats;
 use crate::tables::{fmt_estimate, fmt_num, md_table};
 use crate::text_eval::{read_text_metrics, TextEvalMetrics};
+use acpo_core::layout::{Layout, Model};
 use std::path::{Path, PathBuf};
 
 /// Where the report reads and writes.
 #[derive(Debug, Clone)]
 pub struct TextReportSpec {
     pub data: String,
-    /// `results/eval-text/<data>/`.
-    pub eval_dir: PathBuf,
-    /// `results/finetune/<data>-text/`.
-    pub finetune_dir: PathBuf,
-    /// `results/base/<data>-text/metrics.json`.
-    pub base_metrics: PathBuf,
+    /// Where the evaluations (`results/eval-text/<data>/`), the runs
+    /// (`results/finetune/<data>-text/`) and the base are.
+    pub layout: Layout,
     /// Runs (`<method>-s<seed>`) in the order of the table.
     pub runs: Vec<String>,
     /// `reports/<data>-text/`.
@@ -251,27 +249,16 @@ fn across(values: &[f64]) -> String {
 
 /// Build the report. Returns the path of `summary.md`.
 pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
-    // the stage that evaluates `run`: a sweep point or a method's replicate
-    let fix = |run: &str| match run.strip_prefix("sweep-la") {
-        Some(rest) => format!(
-            "acpo repro evaluate-text-sweep@{}-{}",
-            spec.data,
-            rest.replacen("-s", "-", 1)
-        ),
-        None => format!(
-            "acpo repro evaluate-text@{}-{}",
-            spec.data,
-            run.replacen("-s", "-", 1)
-        ),
+    let model = Model::Text(&spec.data);
+    let metrics = |run: &str| {
+        let a = spec.layout.eval(model, run).file("metrics.json");
+        read_text_metrics(&a.path, &a.fix())
     };
-    let base = read_text_metrics(
-        &spec.eval_dir.join("base/metrics.json"),
-        &format!("acpo repro evaluate-text-base@{}", spec.data),
-    )?;
+    let base = metrics("base")?;
     let mut runs: Vec<Run> = Vec::new();
     for r in &spec.runs {
-        let m = read_text_metrics(&spec.eval_dir.join(r).join("metrics.json"), &fix(r))?;
-        let drift = probe_drift(&spec.finetune_dir.join(r))?;
+        let m = metrics(r)?;
+        let drift = probe_drift(&spec.layout.finetune(model, r).path)?;
         runs.push((m, drift));
     }
     let score_names: Vec<String> = base
@@ -298,7 +285,9 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
     // main table: method x set, across seeds
     let mut groups: Vec<(String, Vec<&Run>)> = Vec::new();
     for r in &runs {
-        let g = group_of(&r.0.run).unwrap_or(&r.0.run).to_string();
+        let g = acpo_core::layout::replicate_group(&r.0.run)
+            .unwrap_or(&r.0.run)
+            .to_string();
         match groups.iter_mut().find(|(n, _)| *n == g) {
             Some((_, v)) => v.push(r),
             None => groups.push((g, vec![r])),
@@ -480,7 +469,12 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
 
     // base
     md.push_str("<a id=\"base\"></a>\n## The base\n\n");
-    if let Ok(text) = std::fs::read_to_string(&spec.base_metrics) {
+    let base_metrics = spec
+        .layout
+        .base(Model::Text(&spec.data))
+        .path
+        .join("metrics.json");
+    if let Ok(text) = std::fs::read_to_string(base_metrics) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             let c = &v["conditioning"];
             let f = |k: &str| {
@@ -510,17 +504,15 @@ pub fn text_report(spec: &TextReportSpec) -> Result<PathBuf> {
         .collect();
     md.push_str(&md_table(&h, &brow));
     md.push_str("\nSample grids (two images per prompt, prompts in row order of the set's `prompts.json`):\n\n");
+    let eval_of = |run: &str| spec.layout.eval(Model::Text(&spec.data), run).path;
     for set in base.sets.keys() {
         let mut shown = vec![(
             "base".to_string(),
-            spec.eval_dir.join("base").join(set).join("grid.png"),
+            eval_of("base").join(set).join("grid.png"),
         )];
         if let Some((_, members)) = acpo {
             if let Some((m, _)) = members.first() {
-                shown.push((
-                    m.run.clone(),
-                    spec.eval_dir.join(&m.run).join(set).join("grid.png"),
-                ));
+                shown.push((m.run.clone(), eval_of(&m.run).join(set).join("grid.png")));
             }
         }
         for (who, src) in shown {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use acpo_core::layout::{Artifact, Layout};
 use acpo_diffusion::{BenchmarkParams, NoiseSchedule, UNet};
 use acpo_report::{
     aggregate, evaluate, evaluate_step_study, read_metrics, BenchmarkSpec, EvalConfig, EvalPaths,
@@ -140,23 +141,13 @@ fn cfg() -> EvalConfig {
 }
 
 fn paths(root: &Path, run: &str) -> EvalPaths {
-    let is_base = run == "base";
-    EvalPaths {
-        benchmark: "tiny".into(),
-        run: run.into(),
-        base_dir: root.join("results/base/tiny"),
-        run_dir: (!is_base).then(|| root.join("results/finetune/tiny").join(run)),
-        base_eval_dir: (!is_base).then(|| root.join("results/eval/tiny/base")),
-        data_dir: root.join("data/prepared/tiny"),
-        judges: root.join("judges.yaml"),
-        inception: None,
-        fid_ref: None,
-        inception_onnx: None,
-        out_dir: root.join("results/eval/tiny").join(run),
-        fix_base: "acpo repro train-base@tiny".into(),
-        fix_run: format!("acpo repro finetune@tiny-{run}"),
-        fix_base_eval: "acpo repro evaluate-base@tiny".into(),
-    }
+    EvalPaths::new(
+        &Layout::new(root),
+        "tiny",
+        None,
+        run,
+        root.join("judges.yaml"),
+    )
 }
 
 /// The report of the `tiny` benchmark with these runs and sampler-steps studies.
@@ -182,7 +173,6 @@ fn report_spec(
             params: serde_json::json!({}),
         },
         font: env_dir("ACPO_ASSETS", ".cache/assets").join("fonts/DejaVuSans.ttf"),
-        fix_eval: "acpo repro evaluate@{benchmark}-{run}".into(),
         headline: Default::default(),
     }
 }
@@ -286,7 +276,7 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         runs: vec!["same".into(), "acpo-s0".into()],
         samples: None,
     };
-    let study_dir = root.join("results/eval-steps/tiny-few");
+    let study_dir = Layout::new(root).step_eval("tiny-few");
     let paths_for = |run: &str| paths(root, run);
     let ddpm = EvalConfig {
         sampler: acpo_diffusion::config::SamplerKind::Ddpm,
@@ -315,19 +305,14 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
     );
     let d = few[2].scores["guidance"].value.mean - few[0].scores["guidance"].value.mean;
     assert!((few[2].improvement["guidance"].absolute.mean - d).abs() < 1e-9);
-    assert!(study_dir.join("acpo-s0/metrics.json").is_file());
+    assert!(study_dir.path.join("acpo-s0/metrics.json").is_file());
     // A study may use fewer images than the main evaluation: the first seeds of it.
     let fewer = StepStudy {
         samples: Some(4),
         ..study.clone()
     };
-    let four = evaluate_step_study(
-        &c,
-        &fewer,
-        &root.join("results/eval-steps/four"),
-        &paths_for,
-    )
-    .unwrap();
+    let four =
+        evaluate_step_study(&c, &fewer, &Layout::new(root).step_eval("four"), &paths_for).unwrap();
     assert!(four.iter().all(|m| m.sampling.samples == 4));
 
     // The report.
@@ -520,9 +505,16 @@ fn the_base_is_also_scored_on_more_samples_beside_the_floor() {
     let root = dir.path();
     fixture(root);
     let (inception, fid_ref) = common::fid_inputs(root);
+    let l = Layout::new(root);
     let with_fid = |run: &str| EvalPaths {
-        inception: Some(inception.clone()),
-        fid_ref: Some(fid_ref.clone()),
+        inception: Some(Artifact {
+            path: inception.clone(),
+            ..l.inception_weights()
+        }),
+        fid_ref: Some(Artifact {
+            path: fid_ref.clone(),
+            ..l.fid_ref("tiny")
+        }),
         ..paths(root, run)
     };
     let c = EvalConfig {

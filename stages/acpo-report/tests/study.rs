@@ -5,6 +5,7 @@
 
 mod common;
 
+use acpo_core::layout::{Artifact, Layout};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::train::train_loop_until;
 use acpo_report::study::StudyEval;
@@ -107,12 +108,22 @@ fn config(set: serde_json::Value) -> StudyConfig {
 }
 
 fn paths(s: &Setup, name: &str) -> StudyPaths {
+    let l = Layout::new(&s.root);
     StudyPaths {
-        data_dir: s.data.clone(),
-        inception: s.inception.clone(),
-        fid_ref: s.fid_ref.clone(),
+        data: Artifact {
+            path: s.data.clone(),
+            ..l.prepared("tiny")
+        },
+        inception: Artifact {
+            path: s.inception.clone(),
+            ..l.inception_weights()
+        },
+        fid_ref: Artifact {
+            path: s.fid_ref.clone(),
+            ..l.fid_ref("tiny")
+        },
         inception_onnx: None,
-        out_dir: s.root.join("study").join(name),
+        out_dir: l.study(name).path,
     }
 }
 
@@ -141,7 +152,7 @@ fn study_runs_resumes_and_reports() {
         .all(|q| q.fid.is_finite() && q.kid.is_finite()));
     assert!(full.points[1].train_cpu_s >= full.points[0].train_cpu_s);
     assert_eq!(full.points[1].n, 6);
-    let out = s.root.join("study/a");
+    let out = paths(&s, "a").out_dir;
     for f in [
         "metrics.json",
         "config.json",
@@ -183,7 +194,9 @@ fn study_runs_resumes_and_reports() {
     let p2 = st.resolve("b8", &cfg2, &diffusion()).unwrap();
     assert_eq!(p2.train.steps, 4);
     run_study("b8", &cfg2, &p2, &st, &paths(&s, "b8")).unwrap();
-    let floor = s.root.join("floor.json");
+    let layout = Layout::new(&s.root);
+    let floor = layout.fid_floor("tiny").file("metrics.json").path;
+    std::fs::create_dir_all(floor.parent().unwrap()).unwrap();
     std::fs::write(
         &floor,
         r#"{"fid": 1.5, "kid_mean": 0.001, "kid_std": 0.0, "images_used": 6}"#,
@@ -202,8 +215,7 @@ fn study_runs_resumes_and_reports() {
     let spec = StudyReportSpec {
         benchmark: "tiny".into(),
         configs,
-        results_dir: s.root.join("study"),
-        floor,
+        layout,
         out_dir: s.root.join("reports/study/tiny"),
         font: common::assets().join("fonts/DejaVuSans.ttf"),
     };

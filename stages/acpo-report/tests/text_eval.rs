@@ -2,6 +2,7 @@
 //! prompt sets made here: pairing of prompts and noise with the base, per-category splits,
 //! the report's tables, and the errors for bad input. Real CNNIQA weights from the mirror.
 
+use acpo_core::layout::{Layout, Model};
 use acpo_diffusion::{BenchmarkParams, UNet};
 use acpo_report::text_eval::read_text_metrics;
 use acpo_report::{evaluate_text, text_report, TextEvalConfig, TextEvalPaths, TextReportSpec};
@@ -124,21 +125,12 @@ fn cfg() -> TextEvalConfig {
 }
 
 fn paths(root: &Path, run: &str) -> TextEvalPaths {
-    let is_base = run == "base";
-    TextEvalPaths {
-        data: "tiny".into(),
-        run: run.into(),
-        base_dir: root.join("results/base/tiny-text"),
-        run_dir: (!is_base).then(|| root.join("results/finetune/tiny-text").join(run)),
-        base_eval_dir: (!is_base).then(|| root.join("results/eval-text/tiny/base")),
-        prompts_dir: root.join("data/prepared/prompt-embeddings"),
-        judges: root.join("judges.yaml"),
-        out_dir: root.join("results/eval-text/tiny").join(run),
-        fix_base: "acpo repro train-base-text@tiny".into(),
-        fix_run: format!("acpo repro finetune-text@tiny-{run}"),
-        fix_base_eval: "acpo repro evaluate-text-base@tiny".into(),
-        fix_prompts: "acpo repro embed-prompts".into(),
-    }
+    TextEvalPaths::new(
+        &Layout::new(root),
+        Model::Text("tiny"),
+        run,
+        root.join("judges.yaml"),
+    )
 }
 
 #[test]
@@ -203,9 +195,7 @@ fn runs_are_paired_with_the_base_per_set_and_category_and_reported() {
 
     let spec = TextReportSpec {
         data: "tiny".into(),
-        eval_dir: root.join("results/eval-text/tiny"),
-        finetune_dir: root.join("results/finetune/tiny-text"),
-        base_metrics: root.join("results/base/tiny-text/metrics.json"),
+        layout: Layout::new(root),
         runs: vec!["acpo-s0".into(), "acpo-s1".into()],
         out_dir: root.join("reports/tiny-text"),
         revision: "test".into(),

@@ -46,7 +46,7 @@ fn main() -> Res<()> {
     let mut feats_o = Vec::new();
     for i in 0..=reps {
         let t = Instant::now();
-        let f = candle.forward_candle(&x)?;
+        let f = candle.forward_preprocessed(&x)?;
         feats_c = f.flatten_all()?.to_vec1::<f32>()?;
         let dc = t.elapsed().as_secs_f64();
         let t = Instant::now();
