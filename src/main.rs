@@ -3,7 +3,7 @@
 //!
 //! This is the only place that uses `anyhow` and maps errors to exit codes.
 
-mod stages;
+mod glue;
 
 use acpo_pipeline::{commands, metrics, remote, table, timing};
 use acpo_pipeline::{ErrorKind, ReproSettings, Workspace};
@@ -185,7 +185,7 @@ enum Command {
     Cache(CacheCommand),
     /// Run the work of one stage directly (this is what `pipeline.yaml` commands call).
     #[command(subcommand)]
-    Stage(stages::StageCommand),
+    Stage(glue::StageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -551,7 +551,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Stage(cmd) => stages::run(cmd).context("stage failed")?,
+        Command::Stage(cmd) => glue::run(cmd).context("stage failed")?,
     }
     Ok(())
 }
@@ -639,7 +639,7 @@ fn main() -> ExitCode {
 /// line, and every stage crate's input errors: `acpo_core::exit`), 1 a stage or the work
 /// itself failed, 130 interrupted (SIGINT/SIGTERM).
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<stages::params::BadParam>().is_some() || stage_bad_input(err) {
+    if err.downcast_ref::<glue::params::BadParam>().is_some() || stage_bad_input(err) {
         return 2;
     }
     match err.downcast_ref::<acpo_pipeline::Error>().map(|e| e.kind()) {

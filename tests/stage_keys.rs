@@ -36,7 +36,7 @@ fn stage_keys_cover_the_code_they_run() {
         "stages/acpo-finetune/src",
         "stages/acpo-iqa/src",
         "stages/acpo-diffusion/src",
-        "src/stages/finetune.rs",
+        "src/glue/finetune.rs",
     ] {
         assert!(has(ft, code), "finetune misses {code}: {ft:?}");
     }
@@ -61,7 +61,7 @@ fn stage_keys_cover_the_code_they_run() {
     let ev = deps(&p, "evaluate@cifar10-acpo-s0");
     for code in [
         "stages/acpo-report/src",
-        "src/stages/eval.rs",
+        "src/glue/eval.rs",
         "stages/acpo-diffusion/src",
         "stages/acpo-iqa/src",
         "stages/acpo-fid/src",
@@ -70,9 +70,9 @@ fn stage_keys_cover_the_code_they_run() {
     }
     // The aggregate's glue is not evaluation's: editing how tables are assembled does not
     // rerun every evaluation.
-    assert!(!has(ev, "src/stages/report.rs"), "{ev:?}");
+    assert!(!has(ev, "src/glue/report.rs"), "{ev:?}");
     let agg = deps(&p, "aggregate");
-    for code in ["stages/acpo-report/src", "src/stages/report.rs"] {
+    for code in ["stages/acpo-report/src", "src/glue/report.rs"] {
         assert!(has(agg, code), "aggregate misses {code}: {agg:?}");
     }
     let base = deps(&p, "train-base@cifar10");

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use acpo_diffusion::{sample_stage, train_base, BenchmarkParams};
+use acpo_diffusion::{sample_to_dir, train_base, BenchmarkParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     acpo_diffusion::malloc::retain_freed_memory();
@@ -18,6 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = Path::new(&a[3]);
     let o = train_base(&p, Path::new(&a[2]), &out.join("base"), false)?;
     println!("{}", serde_json::to_string(&o)?);
-    sample_stage(&p, &out.join("base"), &out.join("samples"))?;
+    sample_to_dir(&p, &out.join("base"), &out.join("samples"))?;
     Ok(())
 }

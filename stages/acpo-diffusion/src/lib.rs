@@ -10,7 +10,7 @@
 //!   reproducible from one seed per image, plus the single DDIM step for policy-gradient use.
 //! - [`heldout_mse`]: the held-out noise-prediction MSE with fixed `(x0, t, eps)` draws.
 //! - [`train`]: the `train-base` loop (AdamW, warm-up, clipping, EMA, exact resume) and
-//!   [`sample_stage`] for the `sample` stage.
+//!   [`sample_to_dir`] for the `sample` stage.
 //!
 //! Every random draw comes from [`rng::SeededRng`] streams keyed by explicit seeds, never from
 //! candle's global RNG, so results are reproducible and training resumes bit-exactly.
@@ -42,7 +42,7 @@ pub use error::{DiffusionError, Result};
 pub use metrics::{heldout_mse, HeldoutMse};
 pub use schedule::NoiseSchedule;
 pub use train::{
-    sample_stage, sample_stage_conditional, train_base, train_base_conditional, TrainCond,
+    sample_to_dir, sample_to_dir_conditional, train_base, train_base_conditional, TrainCond,
     TrainInvocation, TrainOutcome,
 };
 pub use unet::{Cond, UNet};

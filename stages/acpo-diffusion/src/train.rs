@@ -638,23 +638,23 @@ struct SampleRecord {
 /// The `sample` stage: `num_images` images from seeds `seed..seed+num_images` with the EMA
 /// weights in `model_dir/model.safetensors`, written to `out_dir/samples.safetensors`
 /// (`images` U8 `[N, H, W, 3]`, `labels`, `seeds`) and `out_dir/grid.png`.
-pub fn sample_stage(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Result<()> {
-    sample_stage_with(p, model_dir, None, out_dir)
+pub fn sample_to_dir(p: &BenchmarkParams, model_dir: &Path, out_dir: &Path) -> Result<()> {
+    sample_to_dir_with(p, model_dir, None, out_dir)
 }
 
-/// [`sample_stage`] for a prompt-conditioned model: image `i` is prompted with the first
+/// [`sample_to_dir`] for a prompt-conditioned model: image `i` is prompted with the first
 /// caption of class `i mod classes` (so a grid of `classes` columns shows one class per
 /// column) with classifier-free guidance `sample.guidance`; `labels` holds each image's class.
-pub fn sample_stage_conditional(
+pub fn sample_to_dir_conditional(
     p: &BenchmarkParams,
     model_dir: &Path,
     contexts: &ClassContexts,
     out_dir: &Path,
 ) -> Result<()> {
-    sample_stage_with(p, model_dir, Some(contexts), out_dir)
+    sample_to_dir_with(p, model_dir, Some(contexts), out_dir)
 }
 
-fn sample_stage_with(
+fn sample_to_dir_with(
     p: &BenchmarkParams,
     model_dir: &Path,
     contexts: Option<&ClassContexts>,

@@ -8,7 +8,7 @@ use std::path::Path;
 use acpo_diffusion::config::{BenchmarkParams, ScheduleKind};
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::{
-    sample_stage_conditional, train_base, train_base_conditional, ClassContexts, UNetConfig,
+    sample_to_dir_conditional, train_base, train_base_conditional, ClassContexts, UNetConfig,
 };
 use candle_core::{Device, Tensor};
 use common::bytes;
@@ -106,7 +106,7 @@ fn guidance_moves_samples_towards_their_caption() {
         q.sample.batch_size = 8;
         q.sample.guidance = guidance;
         let s = dir.path().join(format!("samples-g{guidance}"));
-        sample_stage_conditional(&q, &out, &contexts(), &s).unwrap();
+        sample_to_dir_conditional(&q, &out, &contexts(), &s).unwrap();
         let t =
             candle_core::safetensors::load(s.join("samples.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use acpo_diffusion::config::{BenchmarkParams, SamplerKind};
 use acpo_diffusion::rng::SeededRng;
-use acpo_diffusion::{sample_stage, train_base, UNetConfig};
+use acpo_diffusion::{sample_to_dir, train_base, UNetConfig};
 use candle_core::{Device, Tensor};
 use common::bytes;
 
@@ -109,10 +109,10 @@ fn resume_is_bit_identical_and_outputs_are_complete() {
     let s1 = dir.path().join("s1");
     let s2 = dir.path().join("s2");
     let p = tiny_params(8);
-    sample_stage(&p, &full, &s1).unwrap();
+    sample_to_dir(&p, &full, &s1).unwrap();
     let mut p2 = p.clone();
     p2.sample.batch_size = 6;
-    sample_stage(&p2, &full, &s2).unwrap();
+    sample_to_dir(&p2, &full, &s2).unwrap();
     assert!(bytes(&s1.join("samples.safetensors")) == bytes(&s2.join("samples.safetensors")));
     let imgs =
         candle_core::safetensors::load(s1.join("samples.safetensors"), &Device::Cpu).unwrap();
@@ -123,7 +123,7 @@ fn resume_is_bit_identical_and_outputs_are_complete() {
     let mut p3 = p.clone();
     p3.sample.sampler = SamplerKind::Ddpm;
     p3.sample.num_images = 2;
-    sample_stage(&p3, &full, &dir.path().join("s3")).unwrap();
+    sample_to_dir(&p3, &full, &dir.path().join("s3")).unwrap();
 }
 
 /// The recipe's levers (cosine decay, EMA warm-up, min-SNR weighting, weight decay) still

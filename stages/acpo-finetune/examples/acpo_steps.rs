@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use acpo_diffusion::{UNet, UNetConfig};
 use acpo_finetune::draws::{self, Stream};
-use acpo_finetune::stage::CnniqaGuidance;
+use acpo_finetune::run::CnniqaGuidance;
 use acpo_finetune::{
     data_batch, train_step, AdamW, AdamWConfig, Method, ObjectiveConfig, Schedule,
 };

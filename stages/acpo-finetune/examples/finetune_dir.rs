@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use acpo_diffusion::config::ScheduleConfig;
 use acpo_diffusion::{BenchmarkParams, UNet, UNetConfig};
-use acpo_finetune::stage::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::run::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions};
 use candle_core::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

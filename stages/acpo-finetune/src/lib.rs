@@ -16,7 +16,7 @@
 //!   draws exactly what an uninterrupted one would;
 //! - [`refl`]: DDIM sampling and the ReFL-style partial sampling path for text-to-image
 //!   (no-gradient sampling down to a late step, then one differentiable step);
-//! - [`stage`]: the `finetune` stage on acpo-diffusion's UNet with CNNIQA guidance (probe set,
+//! - [`run`]: one fine-tuning run (what the `finetune` stage runs) on acpo-diffusion's UNet with CNNIQA guidance (probe set,
 //!   judges, drift stop, checkpoints, exact resume);
 //! - [`text`]: runs on prompts (a prompt-conditioned base; on-policy draws with
 //!   classifier-free guidance, the data term on the base's captioned training images);
@@ -26,8 +26,8 @@
 pub mod draws;
 pub mod objective;
 pub mod refl;
+pub mod run;
 pub mod sd;
-pub mod stage;
 pub mod text;
 pub mod train;
 

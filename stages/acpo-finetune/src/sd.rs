@@ -1,5 +1,5 @@
 //! Fine-tuning Stable Diffusion from a user's weights (issue 20, item 5): the same objective,
-//! methods, probe and loop as every other run ([`crate::stage`]), on SD's latent UNet.
+//! methods, probe and loop as every other run ([`crate::run`]), on SD's latent UNet.
 //!
 //! What differs from a run of a small model on prompts ([`crate::text`]):
 //! - the network is acpo-sd's differentiable UNet in latent space; the guidance decodes
@@ -23,7 +23,7 @@ use candle_core::Tensor;
 use crate::draws::{self, Stream};
 use crate::objective::{Calibration, EpsModel, Guidance, Normalize, ObjectiveBatch, Schedule};
 use crate::refl;
-use crate::stage::{
+use crate::run::{
     calibrated, load_judges, probe_noise, run_loop, sample_from, save_tensors_atomic,
     CnniqaGuidance, DrawSource, FinetuneConfig, FinetuneOutcome, Guides, Probe, Run, RunOptions,
     Tunable,
@@ -123,7 +123,7 @@ fn check_sd_config(cfg: &FinetuneConfig) -> Result<()> {
     Ok(())
 }
 
-/// Run (or resume) one fine-tuning run of a linked SD model. Outputs as [`crate::stage`]'s,
+/// Run (or resume) one fine-tuning run of a linked SD model. Outputs as [`crate::run`]'s,
 /// `model.safetensors` holding the tuned UNet under diffusers' names.
 pub fn run_finetune_sd(
     cfg: &FinetuneConfig,

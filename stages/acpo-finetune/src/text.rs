@@ -128,86 +128,75 @@ impl EpsModel for Guided<'_> {
     }
 }
 
-/// A data batch of the base's training pairs: images drawn and noised as the unconditional
-/// path draws them (`(seed, step)` of `stream`), each with a caption of its class drawn from
-/// the same step's caption stream.
-#[allow(clippy::too_many_arguments)] // the draw's inputs, each needed
-pub fn captioned_batch(
-    n_images: usize,
-    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
-    labels: &[i64],
-    captions: &ClassContexts,
-    schedule: &Schedule,
-    cfg: &ObjectiveConfig,
-    batch_size: usize,
-    rng: acpo_diffusion::rng::SeededRng,
-    caption_rng: &mut acpo_diffusion::rng::SeededRng,
-    device: &Device,
-) -> Result<ObjectiveBatch> {
-    let (mut batch, idx) = draw_batch_indexed(n_images, fetch, schedule, cfg, batch_size, rng)?;
-    let l: Vec<i64> = idx.iter().map(|&i| labels[i]).collect();
-    batch.cond = Some(
-        captions
-            .draw(&l, caption_rng, device)
-            .map_err(|e| FinetuneError::config("captions", e.to_string()))?,
-    );
-    Ok(batch)
+/// The base's captioned training pairs as the data draws see them: `n` images fetched by
+/// index (`fetch` returns `[len, C, H, W]` in `[-1, 1]`), each image's class label, and the
+/// captions of every class (on `device`).
+pub struct CaptionedImages<'a> {
+    pub n: usize,
+    pub fetch: &'a dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
+    pub labels: &'a [i64],
+    pub captions: &'a ClassContexts,
+    pub device: &'a Device,
 }
 
-/// The training data batch of step `step` (methods with a data term).
-#[allow(clippy::too_many_arguments)] // the draw's inputs, each needed
-pub fn data_batch(
-    n_images: usize,
-    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
-    labels: &[i64],
-    captions: &ClassContexts,
-    schedule: &Schedule,
-    cfg: &ObjectiveConfig,
-    batch_size: usize,
-    seed: u64,
-    step: u64,
-    device: &Device,
-) -> Result<ObjectiveBatch> {
-    captioned_batch(
-        n_images,
-        fetch,
-        labels,
-        captions,
-        schedule,
-        cfg,
-        batch_size,
-        draws::rng(seed, Stream::Train, step),
-        &mut draws::rng(seed, Stream::Captions, step),
-        device,
-    )
-}
+impl CaptionedImages<'_> {
+    /// A batch of `batch_size` pairs: images drawn and noised as the unconditional path draws
+    /// them (from `rng`), each with a caption of its class drawn from `caption_rng`.
+    fn batch(
+        &self,
+        schedule: &Schedule,
+        cfg: &ObjectiveConfig,
+        batch_size: usize,
+        rng: acpo_diffusion::rng::SeededRng,
+        caption_rng: &mut acpo_diffusion::rng::SeededRng,
+    ) -> Result<ObjectiveBatch> {
+        let (mut batch, idx) =
+            draw_batch_indexed(self.n, self.fetch, schedule, cfg, batch_size, rng)?;
+        let l: Vec<i64> = idx.iter().map(|&i| self.labels[i]).collect();
+        batch.cond = Some(
+            self.captions
+                .draw(&l, caption_rng, self.device)
+                .map_err(|e| FinetuneError::config("captions", e.to_string()))?,
+        );
+        Ok(batch)
+    }
 
-/// The calibration draws of `normalize: base` on the base's captioned training pairs (as
-/// [`crate::train::calibration_batches`], with captions).
-#[allow(clippy::too_many_arguments)] // the draw's inputs, each needed
-pub fn calibration_batches(
-    n_images: usize,
-    fetch: &dyn Fn(&[usize]) -> candle_core::Result<Tensor>,
-    labels: &[i64],
-    captions: &ClassContexts,
-    schedule: &Schedule,
-    cfg: &ObjectiveConfig,
-    batch: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<Vec<ObjectiveBatch>> {
-    crate::train::calibration_draws(cfg, batch, seed, |len, rng, k| {
-        captioned_batch(
-            n_images,
-            fetch,
-            labels,
-            captions,
+    /// The training data batch of step `step` (methods with a data term): streams `Train`
+    /// and `Captions` of `(seed, step)`.
+    pub fn data_batch(
+        &self,
+        schedule: &Schedule,
+        cfg: &ObjectiveConfig,
+        batch_size: usize,
+        seed: u64,
+        step: u64,
+    ) -> Result<ObjectiveBatch> {
+        self.batch(
             schedule,
             cfg,
-            len,
-            rng,
-            &mut draws::rng(seed, Stream::Captions, u64::MAX - k),
-            device,
+            batch_size,
+            draws::rng(seed, Stream::Train, step),
+            &mut draws::rng(seed, Stream::Captions, step),
         )
-    })
+    }
+
+    /// The calibration draws of `normalize: base` on these pairs (as
+    /// [`crate::train::calibration_batches`], with captions).
+    pub fn calibration_batches(
+        &self,
+        schedule: &Schedule,
+        cfg: &ObjectiveConfig,
+        batch: usize,
+        seed: u64,
+    ) -> Result<Vec<ObjectiveBatch>> {
+        crate::train::calibration_draws(cfg, batch, seed, |len, rng, k| {
+            self.batch(
+                schedule,
+                cfg,
+                len,
+                rng,
+                &mut draws::rng(seed, Stream::Captions, u64::MAX - k),
+            )
+        })
+    }
 }

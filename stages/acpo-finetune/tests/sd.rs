@@ -7,8 +7,8 @@ mod common;
 use acpo_core::BadInput;
 use std::path::Path;
 
+use acpo_finetune::run::{DrawSource, FinetuneConfig, RunOptions};
 use acpo_finetune::sd::{run_finetune_sd, SdPaths};
-use acpo_finetune::stage::{DrawSource, FinetuneConfig, RunOptions};
 use acpo_finetune::text::TextConfig;
 use acpo_finetune::{Method, Normalize};
 use acpo_sd::config::Prediction;
@@ -78,13 +78,13 @@ fn setup(dir: &Path, run: &str) -> SdPaths {
             assert_eq!(s.context, 8);
         }
         acpo_sd::prompts::write_null_context(&enc, &prompts_dir, &Device::Cpu).unwrap();
-        common::stage_fixture::write_judges(dir);
+        common::run_fixture::write_judges(dir);
     }
     SdPaths {
         base_dir,
         prompts_dir,
         out_dir: dir.join(run),
-        guidance: common::stage_fixture::cnniqa(),
+        guidance: common::run_fixture::cnniqa(),
         judges: dir.join("judges.yaml"),
     }
 }

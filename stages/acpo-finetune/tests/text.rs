@@ -6,7 +6,7 @@ mod common;
 use acpo_core::BadInput;
 use acpo_diffusion::{ClassContexts, UNetConfig};
 use acpo_finetune::draws::{self, Stream};
-use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::run::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::text::{TextConfig, TextInputs};
 use acpo_finetune::Method;
 use acpo_text::{PromptRecord, PromptTable};
@@ -93,10 +93,10 @@ fn setup(dir: &Path, run: &str, context_dim: Option<usize>, prompt_seed: u64) ->
         std::fs::create_dir_all(&base_dir).unwrap();
         std::fs::create_dir_all(&data_dir).unwrap();
         let model = model_config(context_dim);
-        common::stage_fixture::write_base(&base_dir, &model);
+        common::run_fixture::write_base(&base_dir, &model);
         write_split(&data_dir.join("train.safetensors"), 12, 1);
         write_split(&data_dir.join("val.safetensors"), 6, 2);
-        common::stage_fixture::write_judges(dir);
+        common::run_fixture::write_judges(dir);
     }
     let prompts = dir.join(format!("prompts-{prompt_seed}"));
     let train = prompt_table(&prompts.join("train"), &[3, 5, 2, 4, 6, 3], prompt_seed);
@@ -107,7 +107,7 @@ fn setup(dir: &Path, run: &str, context_dim: Option<usize>, prompt_seed: u64) ->
         base_dir,
         data_dir,
         out_dir: dir.join(run),
-        guidance: common::stage_fixture::cnniqa(),
+        guidance: common::run_fixture::cnniqa(),
         judges: dir.join("judges.yaml"),
         base_eval: None,
         text: Some(TextInputs {

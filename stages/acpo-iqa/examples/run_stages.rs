@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use acpo_iqa::cifar::cifar_test_images;
+use acpo_iqa::export::{run_export, ExportConfig};
 use acpo_iqa::sanity::{run_sanity, write_outputs, SanityConfig};
-use acpo_iqa::stages::{cifar_test_images, run_export, ExportConfig};
 use acpo_iqa::{Cnniqa, Registry};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

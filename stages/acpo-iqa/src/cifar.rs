@@ -88,3 +88,28 @@ pub fn load_tar(path: &Path, count: usize) -> Result<Vec<RgbImage>> {
     }
     Ok(out.into_iter().flatten().collect())
 }
+
+/// CIFAR-10 test images: the prepared split when present, else the mirror's JPEG tar.
+/// Returns the images and a description of the source.
+pub fn cifar_test_images(
+    prepared: &Path,
+    mirror: &Path,
+    count: usize,
+) -> Result<(Vec<RgbImage>, String)> {
+    if prepared.is_file() {
+        Ok((
+            load_prepared(prepared, count)?,
+            prepared.display().to_string(),
+        ))
+    } else {
+        let tar = mirror.join("cifar10/cifar10-jpeg-test.tar");
+        if !tar.is_file() {
+            return Err(IqaError::Input(format!(
+                "no CIFAR-10 test images: neither {} (run prepare-cifar10) nor {} exists",
+                prepared.display(),
+                tar.display()
+            )));
+        }
+        Ok((load_tar(&tar, count)?, tar.display().to_string()))
+    }
+}

@@ -6,13 +6,13 @@ pub mod brisque;
 pub mod cifar;
 pub mod cnniqa;
 pub mod error;
+pub mod export;
 pub mod imageio;
 pub mod niqe;
 mod npy;
 pub mod onnx;
 pub mod registry;
 pub mod sanity;
-pub mod stages;
 pub mod stats;
 
 pub use brisque::Brisque;

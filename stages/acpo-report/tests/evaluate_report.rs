@@ -493,6 +493,18 @@ fn evaluate_pairs_seeds_and_aggregate_reports_the_same_numbers() {
         e.contains("schema 0") && e.contains("acpo repro evaluate@tiny-same"),
         "{e}"
     );
+    // The base's: the command names the stage that evaluates the base (the report's template
+    // used to name `evaluate@tiny-base`, which no pipeline has).
+    let bp = root.join("results/eval/tiny/base/metrics.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bp).unwrap()).unwrap();
+    v["schema"] = 0.into();
+    std::fs::write(&bp, v.to_string()).unwrap();
+    let e = aggregate(&spec).unwrap_err().to_string();
+    assert!(
+        e.contains("acpo repro evaluate-base@tiny") && !e.contains("evaluate@tiny-base"),
+        "{e}"
+    );
     assert!(read_metrics(&root.join("results/eval/tiny/acpo-s0/metrics.json"), "x").is_ok());
 }
 

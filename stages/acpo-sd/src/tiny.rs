@@ -73,26 +73,54 @@ pub fn tiny_architecture(linear_projection: bool, prediction: Prediction) -> Arc
     }
 }
 
-/// Fill every var of `map` with seeded values: `scale * u` around the initial value, `u`
-/// uniform in [-1, 1] (so unit-initialised norm weights stay near 1).
+/// Fill every var of `map` with seeded values, so the same seed always writes the same files
+/// (candle's initialisers draw from an unseeded generator), at the scale candle-nn initialises
+/// them: a var set to a constant (norm weights 1, zero biases) keeps it; a random matrix or
+/// kernel is drawn normal with standard deviation `sqrt(2 / fan_in)` (candle-nn's Kaiming
+/// default), a random bias uniform in `+-1 / sqrt(fan_in)` of its layer's weight. Then every
+/// element moves by `scale * u`, `u` uniform in [-1, 1]. Draws follow the sorted var names.
 fn randomise(map: &VarMap, seed: u64, scale: f64) -> candle_core::Result<()> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
     let data = map.data().lock().expect("var map lock");
+    let fan_in = |dims: &[usize]| dims[1..].iter().product::<usize>().max(1) as f64;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for name in names {
         let var = &data[name];
-        let n = var.elem_count();
-        let noise: Vec<f32> = (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-            })
-            .collect();
-        let noise = Tensor::from_vec(noise, var.shape(), var.device())?.to_dtype(var.dtype())?;
-        var.set(&(var.as_tensor() + (noise * scale)?)?)?;
+        let init = var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let constant = init.windows(2).all(|w| w[0] == w[1]);
+        let dims = var.dims().to_vec();
+        let bias_bound = name
+            .strip_suffix(".bias")
+            .and_then(|layer| data.get(&format!("{layer}.weight")))
+            .map_or(scale, |w| 1.0 / fan_in(w.dims()).sqrt());
+        let mut draw = |v: f64| -> f64 {
+            let base = match (constant, dims.len()) {
+                (true, _) => v,
+                (false, 1) => bias_bound * uniform(),
+                (false, _) => {
+                    // Box-Muller from two uniforms in (0, 1]
+                    let (a, b) = ((uniform() + 1.0) / 2.0, (uniform() + 1.0) / 2.0);
+                    let normal = (-2.0 * a.max(f64::MIN_POSITIVE).ln()).sqrt()
+                        * (std::f64::consts::TAU * b).cos();
+                    normal * (2.0 / fan_in(&dims)).sqrt()
+                }
+            };
+            base + scale * uniform()
+        };
+        let values: Vec<f64> = init.iter().map(|&v| draw(v)).collect();
+        let t = Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?;
+        var.set(&t)?;
     }
     Ok(())
 }
@@ -213,4 +241,24 @@ pub fn write_tiny(dir: &Path, arch: &Architecture, seed: u64) -> Result<SdConfig
         image_size: None,
         architecture: Some(arch.clone()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same seed writes the same bytes (the gradient checks on this model used to draw a
+    /// new random network every run and failed on some of them).
+    #[test]
+    fn the_same_seed_writes_the_same_files() {
+        let arch = tiny_architecture(false, Prediction::Epsilon);
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_tiny(a.path(), &arch, 7).unwrap();
+        write_tiny(b.path(), &arch, 7).unwrap();
+        let files = SdFiles::default();
+        for f in [&files.unet, &files.vae, &files.text_encoder] {
+            let read = |d: &Path| std::fs::read(d.join(f)).unwrap();
+            assert!(read(a.path()) == read(b.path()), "{} differs", f.display());
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! frozen, differentiable conv "quality" model. Weights come from seeded draws.
 #![allow(dead_code)]
 
-pub mod stage_fixture;
+pub mod run_fixture;
 
 use acpo_finetune::draws::{self, Stream};
 use acpo_finetune::{EpsModel, Guidance};

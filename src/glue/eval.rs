@@ -1,6 +1,6 @@
 //! `acpo stage eval ...`: evaluation of base and fine-tuned models and the base-training
 //! study (crate `acpo-report`). The tables and plots built from them are `acpo stage report`,
-//! whose glue (src/stages/report.rs) the evaluation stages do not depend on.
+//! whose glue (src/glue/report.rs) the evaluation stages do not depend on.
 
 use std::path::PathBuf;
 

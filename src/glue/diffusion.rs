@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use acpo_core::layout::{Layout, Model};
 use acpo_diffusion::{
-    sample_stage, sample_stage_conditional, train_base, train_base_conditional, BenchmarkParams,
+    sample_to_dir, sample_to_dir_conditional, train_base, train_base_conditional, BenchmarkParams,
     ClassContexts,
 };
 use anyhow::Context;
@@ -130,8 +130,8 @@ pub fn run(cmd: DiffusionCommand) -> anyhow::Result<()> {
             let model_dir = model_dir.unwrap_or_else(|| l.base(model).path);
             let out = out.unwrap_or_else(|| l.base_samples(model).path);
             match &captions {
-                None => sample_stage(&p, &model_dir, &out),
-                Some(dir) => sample_stage_conditional(&p, &model_dir, &class_contexts(dir)?, &out),
+                None => sample_to_dir(&p, &model_dir, &out),
+                Some(dir) => sample_to_dir_conditional(&p, &model_dir, &class_contexts(dir)?, &out),
             }
             .with_context(|| format!("sample {benchmark} into {}", out.display()))?;
             eprintln!(

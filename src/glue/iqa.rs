@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use acpo_core::layout::Layout;
+use acpo_iqa::cifar::cifar_test_images;
+use acpo_iqa::export::{run_export, ExportConfig};
 use acpo_iqa::sanity::{run_sanity, write_outputs, SanityConfig};
-use acpo_iqa::stages::{cifar_test_images, run_export, ExportConfig};
 use acpo_iqa::{Cnniqa, Registry};
 use anyhow::Context;
 use clap::Subcommand;

@@ -1,12 +1,11 @@
-//! The work of the crate's pipeline stages (`acpo stage iqa ...`); the CLI glue in the binary
-//! only reads params and paths and calls these.
+//! CNNIQA's ONNX export with its parity check against candle (stage `export-cnniqa`); the
+//! CLI glue in the binary only reads params and paths and calls [`run_export`].
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::cifar;
 use crate::cnniqa::{Cnniqa, PatchMode};
 use crate::error::{IqaError, Result};
 use crate::imageio::{images_to_tensor, RgbImage};
@@ -46,31 +45,6 @@ pub struct ExportCheck {
     pub images_checked: usize,
     pub max_abs_diff: f64,
     pub mean_score: f64,
-}
-
-/// CIFAR-10 test images: the prepared split when present, else the mirror's JPEG tar.
-/// Returns the images and a description of the source.
-pub fn cifar_test_images(
-    prepared: &Path,
-    mirror: &Path,
-    count: usize,
-) -> Result<(Vec<RgbImage>, String)> {
-    if prepared.is_file() {
-        Ok((
-            cifar::load_prepared(prepared, count)?,
-            prepared.display().to_string(),
-        ))
-    } else {
-        let tar = mirror.join("cifar10/cifar10-jpeg-test.tar");
-        if !tar.is_file() {
-            return Err(IqaError::Input(format!(
-                "no CIFAR-10 test images: neither {} (run prepare-cifar10) nor {} exists",
-                prepared.display(),
-                tar.display()
-            )));
-        }
-        Ok((cifar::load_tar(&tar, count)?, tar.display().to_string()))
-    }
 }
 
 /// Exports CNNIQA for every configured size and checks ort against candle on `images`

@@ -6,7 +6,7 @@ mod common;
 use acpo_core::BadInput;
 use acpo_diffusion::UNetConfig;
 use acpo_finetune::draws::{self, Stream};
-use acpo_finetune::stage::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
+use acpo_finetune::run::{run_finetune, DrawSource, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::{Method, Normalize};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -58,16 +58,16 @@ fn setup(dir: &Path, run: &str) -> FinetunePaths {
             norm_groups: 4,
             context_dim: None,
         };
-        common::stage_fixture::write_base(&base_dir, &model);
+        common::run_fixture::write_base(&base_dir, &model);
         write_split(&data_dir.join("train.safetensors"), 24, 1);
         write_split(&data_dir.join("val.safetensors"), 8, 2);
-        common::stage_fixture::write_judges(dir);
+        common::run_fixture::write_judges(dir);
     }
     FinetunePaths {
         base_dir,
         data_dir,
         out_dir: dir.join(run),
-        guidance: common::stage_fixture::cnniqa(),
+        guidance: common::run_fixture::cnniqa(),
         judges: dir.join("judges.yaml"),
         base_eval: None,
         text: None,

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use acpo_core::layout::{Layout, Model};
+use acpo_finetune::run::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::sd::{run_finetune_sd, SdPaths};
-use acpo_finetune::stage::{run_finetune, BaseEval, FinetuneConfig, FinetunePaths, RunOptions};
 use acpo_finetune::text::TextInputs;
 use acpo_finetune::Method;
 use acpo_text::PromptTable;
@@ -154,7 +154,7 @@ pub fn run(a: FinetuneArgs) -> anyhow::Result<()> {
 fn report(
     benchmark: &str,
     timing: Option<&Path>,
-    outcome: &acpo_finetune::stage::FinetuneOutcome,
+    outcome: &acpo_finetune::run::FinetuneOutcome,
 ) -> anyhow::Result<()> {
     if let Some(path) = timing {
         super::write_timing(path, &outcome.invocation)?;
