@@ -8,11 +8,12 @@
 //! page-faulting batch-sized column buffers, and candle's slow reduction over the batch and
 //! spatial axes for the weight and bias gradients (`perf`, README "Speed").
 //!
-//! This op works image by image, in parallel over the batch (rayon): im2col into a per-thread
-//! buffer, one `gemm` call (the crate candle's own matmul uses) into the output, the bias
-//! written first and accumulated into. The backward pass accumulates the weight and bias
-//! gradients per thread (`dW += dY_b cols_b^T`) and scatters `W^T dY_b` back to the image
-//! (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
+//! This op works image by image, in parallel over the batch (rayon), and within an image in
+//! tiles of output rows small enough for the core's L2 cache ([`TILE_ELEMS`]): the tile's
+//! im2col columns into a per-thread buffer, one `gemm` call (the crate candle's own matmul
+//! uses) into the tile's output columns, the bias written first and accumulated into. The
+//! backward pass accumulates the weight and bias gradients per thread (`dW += dY_tile
+//! cols_tile^T`) and scatters `W^T dY_tile` back to the image (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
 //! in `tests/gradcheck.rs`.
 
 use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
@@ -146,9 +147,17 @@ fn valid_ox(g: &Geom, kx: usize) -> (usize, usize) {
 }
 
 /// One image `x` (contiguous `[C, H, W]`) -> columns `[C*kh*kw, OH*OW]` in `cols` (every
-/// element is written: the buffer is reused between images).
+/// element is written: the buffer is reused between images). The ops work in row tiles
+/// ([`im2col_rows`]); the tests check this whole-image form against its definition.
+#[cfg(test)]
 fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
-    let l = g.l();
+    im2col_rows(x, g, 0..g.oh, cols)
+}
+
+/// The columns of the output rows `rows` only: `[C*kh*kw, rows.len()*OW]` in `cols`.
+fn im2col_rows<T: WithDType>(x: &[T], g: &Geom, rows: std::ops::Range<usize>, cols: &mut [T]) {
+    let l = rows.len() * g.ow;
+    let first_row = rows.start;
     for c in 0..g.c {
         let xs = &x[c * g.h * g.w..][..g.h * g.w];
         for ky in 0..g.kh {
@@ -156,8 +165,8 @@ fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
                 let row = (c * g.kh + ky) * g.kw + kx;
                 let dst = &mut cols[row * l..][..l];
                 let (lo, hi) = valid_ox(g, kx);
-                for oy in 0..g.oh {
-                    let drow = &mut dst[oy * g.ow..][..g.ow];
+                for oy in rows.clone() {
+                    let drow = &mut dst[(oy - first_row) * g.ow..][..g.ow];
                     let Some(iy) = g.iy(oy, ky) else {
                         drow.fill(T::zero());
                         continue;
@@ -186,8 +195,15 @@ fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
 
 /// Adjoint of [`im2col`] for one image: columns summed back into `x` (`[C, H, W]`, which the
 /// caller zeroes first).
+#[cfg(test)]
 fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
-    let l = g.l();
+    col2im_rows(cols, g, 0..g.oh, x)
+}
+
+/// Adjoint of [`im2col_rows`]: the columns of output rows `rows` summed back into `x`.
+fn col2im_rows<T: WithDType>(cols: &[T], g: &Geom, rows: std::ops::Range<usize>, x: &mut [T]) {
+    let l = rows.len() * g.ow;
+    let first_row = rows.start;
     for c in 0..g.c {
         let xs = &mut x[c * g.h * g.w..][..g.h * g.w];
         for ky in 0..g.kh {
@@ -199,10 +215,10 @@ fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
                     continue;
                 }
                 let first = lo * g.stride + kx - g.pad;
-                for oy in 0..g.oh {
+                for oy in rows.clone() {
                     let Some(iy) = g.iy(oy, ky) else { continue };
                     let xrow = &mut xs[iy * g.w..][..g.w];
-                    let srow = &src[oy * g.ow..][lo..hi];
+                    let srow = &src[(oy - first_row) * g.ow..][lo..hi];
                     for (d, &v) in xrow[first..].iter_mut().step_by(g.stride).zip(srow) {
                         *d += v;
                     }
@@ -212,35 +228,58 @@ fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
     }
 }
 
+/// Elements of the column buffer a tile may use: the tile's columns are written by `im2col`
+/// and read back by `gemm`'s packing (the backward's also by `col2im`) while they are still in
+/// the core's L2 cache; a whole image's columns, `C*9 x OH*OW`, are up to several MB at the
+/// cpu profile's sizes. 64 Ki elements (256 KiB in f32) made the UNet's convolution forward
+/// about 12 % faster than whole-image columns on the 2-core EPYC of 2026-12-03, and 16 Ki
+/// slower again (`bench/README.md`).
+const TILE_ELEMS: usize = 64 * 1024;
+
+/// Output rows per tile: as many as fit [`TILE_ELEMS`], at least one.
+fn tile_rows(g: &Geom) -> usize {
+    (TILE_ELEMS / (g.ckk() * g.ow).max(1)).clamp(1, g.oh.max(1))
+}
+
 /// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
 fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
+    forward_tiled(x, w, bias, g, tile_rows(g))
+}
+
+/// [`forward`] in tiles of `rt` output rows: per image, per tile, the tile's columns then one
+/// `gemm` into those output columns.
+fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom, rt: usize) -> Vec<T> {
     let (ckk, l) = (g.ckk(), g.l());
     let par = inner_parallelism(g.b);
     let mut out = vec![T::zero(); g.b * g.out_len()];
     out.par_chunks_mut(g.out_len())
         .zip(x.par_chunks(g.in_len()))
         .for_each_init(
-            || vec![T::zero(); if g.pointwise() { 0 } else { ckk * l }],
+            || vec![T::zero(); if g.pointwise() { 0 } else { ckk * rt * g.ow }],
             |cols, (y, xb)| {
                 for (row, &bv) in y.chunks_mut(l).zip(bias) {
                     row.fill(bv);
                 }
-                let rhs = if g.pointwise() {
-                    Mat::rows(xb, l)
-                } else {
-                    im2col(xb, g, cols);
-                    Mat::rows(cols, l)
-                };
-                matmul(
-                    MatMut::rows(y, l),
-                    true,
-                    g.cout,
-                    l,
-                    ckk,
-                    Mat::rows(w, ckk),
-                    rhs,
-                    par,
-                );
+                if g.pointwise() {
+                    let (lhs, rhs) = (Mat::rows(w, ckk), Mat::rows(xb, l));
+                    matmul(MatMut::rows(y, l), true, g.cout, l, ckk, lhs, rhs, par);
+                    return;
+                }
+                for r0 in (0..g.oh).step_by(rt) {
+                    let rows = r0..(r0 + rt).min(g.oh);
+                    let n = rows.len() * g.ow;
+                    im2col_rows(xb, g, rows, cols);
+                    matmul(
+                        MatMut::block(&mut y[r0 * g.ow..], l),
+                        true,
+                        g.cout,
+                        n,
+                        ckk,
+                        Mat::rows(w, ckk),
+                        Mat::rows(&cols[..ckk * n], n),
+                        par,
+                    );
+                }
             },
         );
     out
@@ -248,9 +287,21 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
 
 /// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
 fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<T>, Vec<T>) {
+    backward_tiled(x, w, gy, g, tile_rows(g))
+}
+
+/// [`backward`] in tiles of `rt` output rows (as [`forward_tiled`]): per image, per tile,
+/// `dW += dY_tile cols_tile^T` and `dcols_tile = W^T dY_tile` scattered back to the image.
+fn backward_tiled<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    gy: &[T],
+    g: &Geom,
+    rt: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
     let par = inner_parallelism(g.b);
-    let buf = if g.pointwise() { 0 } else { ckk * l };
+    let buf = if g.pointwise() { 0 } else { ckk * rt * g.ow };
     let run = run_len(g.b);
     let mut gx = vec![T::zero(); g.b * g.in_len()];
     let partial: Vec<(Vec<T>, Vec<T>)> = gx
@@ -267,30 +318,37 @@ fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<
                 .zip(xr.chunks(g.in_len()))
                 .zip(gyr.chunks(g.out_len()));
             for ((gxb, xb), gyb) in images {
-                // dW += dY_b (Cout x L) * cols_b^T (L x CKK)
-                let cols_t = if g.pointwise() {
-                    Mat::rows(xb, l).t()
-                } else {
-                    im2col(xb, g, &mut cols);
-                    Mat::rows(&cols, l).t()
-                };
-                let gw_m = MatMut::rows(&mut gw, ckk);
-                matmul(gw_m, true, cout, ckk, l, Mat::rows(gyb, l), cols_t, par);
                 for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
                     *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
                 }
-                // dcols_b = W^T (CKK x Cout) * dY_b (Cout x L), scattered back to the image.
-                // A pointwise kernel's columns are the image itself.
-                let dcols = if g.pointwise() {
-                    &mut *gxb
-                } else {
-                    &mut gcols[..]
-                };
                 let wt = Mat::rows(w, ckk).t();
-                let dy = Mat::rows(gyb, l);
-                matmul(MatMut::rows(dcols, l), false, ckk, l, cout, wt, dy, par);
-                if !g.pointwise() {
-                    col2im(&gcols, g, gxb);
+                if g.pointwise() {
+                    // The columns are the image itself: dW += dY_b X_b^T, dX_b = W^T dY_b.
+                    let (dy, xt) = (Mat::rows(gyb, l), Mat::rows(xb, l).t());
+                    matmul(MatMut::rows(&mut gw, ckk), true, cout, ckk, l, dy, xt, par);
+                    matmul(MatMut::rows(gxb, l), false, ckk, l, cout, wt, dy, par);
+                    continue;
+                }
+                for r0 in (0..g.oh).step_by(rt) {
+                    let rows = r0..(r0 + rt).min(g.oh);
+                    let n = rows.len() * g.ow;
+                    // this tile's output columns of dY_b: Cout x n, rows l apart
+                    let dy = Mat::block(&gyb[r0 * g.ow..], l);
+                    im2col_rows(xb, g, rows.clone(), &mut cols);
+                    let cols_t = Mat::rows(&cols[..ckk * n], n).t();
+                    matmul(
+                        MatMut::rows(&mut gw, ckk),
+                        true,
+                        cout,
+                        ckk,
+                        n,
+                        dy,
+                        cols_t,
+                        par,
+                    );
+                    let dcols = &mut gcols[..ckk * n];
+                    matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
+                    col2im_rows(dcols, g, rows, gxb);
                 }
             }
             (gw, gb)
@@ -406,6 +464,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn row_tiles_compute_what_one_whole_image_tile_computes() {
+        // Tiles of 1, 2 and 3 rows (3 leaves a partial last tile) against a single tile of
+        // all rows, forward and backward, on the geometries the UNet uses, two images,
+        // pointwise included. Only the order of additions differs (dW over the tiles, dX where
+        // two tiles' rows reach one input row).
+        for (h, w, k, pad, stride) in [
+            (7, 6, 3, 1, 1),
+            (7, 6, 3, 1, 2),
+            (5, 5, 3, 0, 1),
+            (6, 5, 1, 0, 1),
+        ] {
+            let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
+            let x: Vec<f64> = (0..2 * g.in_len())
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect();
+            let wt: Vec<f64> = (0..g.cout * g.ckk())
+                .map(|i| (i as f64 * 0.13).cos())
+                .collect();
+            let bias = [0.5, -0.25, 0.0, 1.0];
+            let gy: Vec<f64> = (0..2 * g.out_len())
+                .map(|i| (i as f64 * 0.29).sin())
+                .collect();
+            let whole = forward_tiled(&x, &wt, &bias, &g, g.oh);
+            let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &g, g.oh);
+            let diff = |a: &[f64], b: &[f64]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max)
+            };
+            for rt in [1, 2, 3] {
+                let at = format!("h {h} w {w} k {k} stride {stride} rows {rt}");
+                let d = diff(&whole, &forward_tiled(&x, &wt, &bias, &g, rt));
+                assert!(d < 1e-12, "forward, {at}: {d}");
+                let (tx, tw, tb) = backward_tiled(&x, &wt, &gy, &g, rt);
+                for (what, a, b) in [("dx", &gx, &tx), ("dw", &gw, &tw), ("db", &gb, &tb)] {
+                    let d = diff(a, b);
+                    assert!(d < 1e-12, "{what}, {at}: {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_fit_the_cache_budget() {
+        let g = Geom::new(&[1, 32, 32, 32], &[32, 32, 3, 3], 1, 1);
+        let rt = tile_rows(&g);
+        assert!(rt >= 1 && rt * g.ow * g.ckk() <= TILE_ELEMS, "{rt}");
+        // a row wider than the budget still makes one-row tiles
+        let wide = Geom::new(&[1, 512, 4, 64], &[8, 512, 3, 3], 1, 1);
+        assert_eq!(tile_rows(&wide), 1);
     }
 
     #[test]
