@@ -509,6 +509,9 @@ fn an_image_depends_on_its_seed_and_prompt_not_on_its_batch() {
     let per_image = |x: &Tensor, i: usize| x.narrow(0, i, 1).unwrap();
     assert!(max_abs(&(per_image(&a, 0) - per_image(&c, 0)).unwrap()) < 2e-3);
     let other_seed = max_abs(&(per_image(&a, 1) - per_image(&c, 1)).unwrap());
-    assert!(other_seed > 10.0 * d, "another seed changed an image by {other_seed}");
+    assert!(
+        other_seed > 10.0 * d,
+        "another seed changed an image by {other_seed}"
+    );
     assert!(max_abs(&a) <= 1.0);
 }
