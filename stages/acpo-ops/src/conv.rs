@@ -13,7 +13,9 @@
 //! im2col columns into a per-thread buffer, one `gemm` call (the crate candle's own matmul
 //! uses) into the tile's output columns, the bias written first and accumulated into. The
 //! backward pass accumulates the weight and bias gradients per thread (`dW += dY_tile
-//! cols_tile^T`) and scatters `W^T dY_tile` back to the image (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
+//! cols_tile^T`); the input gradient of a stride-1 kernel is the forward convolution of `dY`
+//! with the flipped, channel-transposed kernel, and otherwise `W^T dY_tile` scattered back to
+//! the image (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
 //! in `tests/gradcheck.rs`.
 
 use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
@@ -249,40 +251,89 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
 /// [`forward`] in tiles of `rt` output rows: per image, per tile, the tile's columns then one
 /// `gemm` into those output columns.
 fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom, rt: usize) -> Vec<T> {
-    let (ckk, l) = (g.ckk(), g.l());
     let par = inner_parallelism(g.b);
     let mut out = vec![T::zero(); g.b * g.out_len()];
     out.par_chunks_mut(g.out_len())
         .zip(x.par_chunks(g.in_len()))
         .for_each_init(
-            || vec![T::zero(); if g.pointwise() { 0 } else { ckk * rt * g.ow }],
-            |cols, (y, xb)| {
-                for (row, &bv) in y.chunks_mut(l).zip(bias) {
-                    row.fill(bv);
-                }
-                if g.pointwise() {
-                    let (lhs, rhs) = (Mat::rows(w, ckk), Mat::rows(xb, l));
-                    matmul(MatMut::rows(y, l), true, g.cout, l, ckk, lhs, rhs, par);
-                    return;
-                }
-                for r0 in (0..g.oh).step_by(rt) {
-                    let rows = r0..(r0 + rt).min(g.oh);
-                    let n = rows.len() * g.ow;
-                    im2col_rows(xb, g, rows, cols);
-                    matmul(
-                        MatMut::block(&mut y[r0 * g.ow..], l),
-                        true,
-                        g.cout,
-                        n,
-                        ckk,
-                        Mat::rows(w, ckk),
-                        Mat::rows(&cols[..ckk * n], n),
-                        par,
-                    );
-                }
-            },
+            || vec![T::zero(); cols_len(g, rt)],
+            |cols, (y, xb)| conv_image(xb, w, bias, g, rt, cols, y, par),
         );
     out
+}
+
+/// The column buffer one image's tiles of `rt` rows need (none for a pointwise kernel).
+fn cols_len(g: &Geom, rt: usize) -> usize {
+    if g.pointwise() {
+        0
+    } else {
+        g.ckk() * rt * g.ow
+    }
+}
+
+/// One image: `y [Cout, OH*OW] = bias + w [Cout, C*kh*kw] * columns of xb`, in tiles of `rt`
+/// output rows through `cols` (at least [`cols_len`]).
+#[allow(clippy::too_many_arguments)] // the image, the kernel, its geometry and the scratch
+fn conv_image<T: WithDType>(
+    xb: &[T],
+    w: &[T],
+    bias: &[T],
+    g: &Geom,
+    rt: usize,
+    cols: &mut [T],
+    y: &mut [T],
+    par: gemm::Parallelism,
+) {
+    let (ckk, l) = (g.ckk(), g.l());
+    for (row, &bv) in y.chunks_mut(l).zip(bias) {
+        row.fill(bv);
+    }
+    if g.pointwise() {
+        let (lhs, rhs) = (Mat::rows(w, ckk), Mat::rows(xb, l));
+        matmul(MatMut::rows(y, l), true, g.cout, l, ckk, lhs, rhs, par);
+        return;
+    }
+    for r0 in (0..g.oh).step_by(rt) {
+        let rows = r0..(r0 + rt).min(g.oh);
+        let n = rows.len() * g.ow;
+        im2col_rows(xb, g, rows, cols);
+        matmul(
+            MatMut::block(&mut y[r0 * g.ow..], l),
+            true,
+            g.cout,
+            n,
+            ckk,
+            Mat::rows(w, ckk),
+            Mat::rows(&cols[..ckk * n], n),
+            par,
+        );
+    }
+}
+
+/// For a stride-1 square kernel that is not pointwise, the input gradient is itself a
+/// convolution: `dY` correlated with the kernel flipped in space and transposed in its
+/// channels, padded by `k - 1 - pad`. Returns that convolution's geometry (`dY [B, Cout, OH,
+/// OW]` -> `[B, C, H, W]`) and kernel `[C, Cout*kh*kw]`; None where it does not apply.
+fn input_gradient_as_conv<T: WithDType>(w: &[T], g: &Geom) -> Option<(Geom, Vec<T>)> {
+    if g.stride != 1 || g.kh != g.kw || g.pointwise() || g.pad + 1 > g.kh {
+        return None;
+    }
+    let (k, c, cout) = (g.kh, g.c, g.cout);
+    let gt = Geom::new(&[g.b, cout, g.oh, g.ow], &[c, cout, k, k], k - 1 - g.pad, 1);
+    debug_assert_eq!((gt.oh, gt.ow), (g.h, g.w));
+    let mut flipped = vec![T::zero(); w.len()];
+    for o in 0..cout {
+        for ci in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let src = ((o * c + ci) * k + ky) * k + kx;
+                    let dst = ((ci * cout + o) * k + (k - 1 - ky)) * k + (k - 1 - kx);
+                    flipped[dst] = w[src];
+                }
+            }
+        }
+    }
+    Some((gt, flipped))
 }
 
 /// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
@@ -291,7 +342,9 @@ fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<
 }
 
 /// [`backward`] in tiles of `rt` output rows (as [`forward_tiled`]): per image, per tile,
-/// `dW += dY_tile cols_tile^T` and `dcols_tile = W^T dY_tile` scattered back to the image.
+/// `dW += dY_tile cols_tile^T`; `dX` as the convolution of [`input_gradient_as_conv`] where it
+/// applies (no scatter, and a product over `Cout*k*k` instead of `Cout`), else per tile
+/// `dcols_tile = W^T dY_tile` scattered back to the image.
 fn backward_tiled<T: WithDType>(
     x: &[T],
     w: &[T],
@@ -301,7 +354,9 @@ fn backward_tiled<T: WithDType>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
     let par = inner_parallelism(g.b);
-    let buf = if g.pointwise() { 0 } else { ckk * rt * g.ow };
+    let buf = cols_len(g, rt);
+    let as_conv = input_gradient_as_conv(w, g);
+    let zeros = vec![T::zero(); g.c];
     let run = run_len(g.b);
     let mut gx = vec![T::zero(); g.b * g.in_len()];
     let partial: Vec<(Vec<T>, Vec<T>)> = gx
@@ -312,7 +367,11 @@ fn backward_tiled<T: WithDType>(
             let mut gw = vec![T::zero(); cout * ckk];
             let mut gb = vec![T::zero(); cout];
             let mut cols = vec![T::zero(); buf];
-            let mut gcols = vec![T::zero(); buf];
+            let mut gcols = vec![T::zero(); if as_conv.is_some() { 0 } else { buf }];
+            let mut tcols = match &as_conv {
+                Some((gt, _)) => vec![T::zero(); cols_len(gt, tile_rows(gt))],
+                None => vec![],
+            };
             let images = gxr
                 .chunks_mut(g.in_len())
                 .zip(xr.chunks(g.in_len()))
@@ -346,9 +405,15 @@ fn backward_tiled<T: WithDType>(
                         cols_t,
                         par,
                     );
-                    let dcols = &mut gcols[..ckk * n];
-                    matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
-                    col2im_rows(dcols, g, rows, gxb);
+                    if as_conv.is_none() {
+                        let dcols = &mut gcols[..ckk * n];
+                        matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
+                        col2im_rows(dcols, g, rows, gxb);
+                    }
+                }
+                if let Some((gt, flipped)) = &as_conv {
+                    let rt = tile_rows(gt);
+                    conv_image(gyb, flipped, &zeros, gt, rt, &mut tcols, gxb, par);
                 }
             }
             (gw, gb)
@@ -507,6 +572,64 @@ mod tests {
                     assert!(d < 1e-12, "{what}, {at}: {d}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_matches_its_definition() {
+        // dX[c, iy, ix] = sum over o, ky, kx of dY[o, oy, ox] W[o, c, ky, kx] with
+        // iy = oy * stride + ky - pad (likewise x), on both of backward's paths: the
+        // flipped-kernel convolution (stride 1) and the scatter (stride 2, pointwise).
+        for (h, w, k, pad, stride) in [
+            (7, 6, 3, 1, 1),
+            (5, 5, 3, 0, 1),
+            (6, 5, 3, 2, 1),
+            (7, 6, 3, 1, 2),
+            (6, 5, 1, 0, 1),
+        ] {
+            let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
+            let x: Vec<f64> = (0..2 * g.in_len())
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect();
+            let wt: Vec<f64> = (0..g.cout * g.ckk())
+                .map(|i| (i as f64 * 0.13).cos())
+                .collect();
+            let gy: Vec<f64> = (0..2 * g.out_len())
+                .map(|i| (i as f64 * 0.29).sin())
+                .collect();
+            let mut want = vec![0.0; 2 * g.in_len()];
+            for b in 0..2 {
+                for o in 0..g.cout {
+                    for c in 0..g.c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                for oy in 0..g.oh {
+                                    for ox in 0..g.ow {
+                                        let (Some(iy), Some(ix)) = (g.iy(oy, ky), g.ix(ox, kx))
+                                        else {
+                                            continue;
+                                        };
+                                        let dy = gy[(b * g.cout + o) * g.l() + oy * g.ow + ox];
+                                        let wv = wt[((o * g.c + c) * k + ky) * k + kx];
+                                        want[((b * g.c + c) * h + iy) * w + ix] += dy * wv;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let (gx, _, _) = backward(&x, &wt, &gy, &g);
+            let d = want
+                .iter()
+                .zip(&gx)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            let path = input_gradient_as_conv(&wt, &g).map_or("scatter", |_| "convolution");
+            assert!(
+                d < 1e-12,
+                "h {h} w {w} k {k} pad {pad} stride {stride} ({path}): {d}"
+            );
         }
     }
 
