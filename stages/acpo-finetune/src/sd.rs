@@ -136,7 +136,7 @@ pub fn run_finetune_sd(
     let schedule = Schedule::from_alpha_bar(weights.alphas_cumprod.clone())?.without_x0_clamp();
     cfg.validate_for(schedule.num_steps(), true)?;
     check_sd_config(cfg)?;
-    let scale = cfg.text.clone().unwrap_or_default().guidance;
+    let scale = cfg.guidance_scale();
     let device = acpo_core::device::default_device();
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| FinetuneError::Io {

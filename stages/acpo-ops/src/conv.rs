@@ -531,6 +531,35 @@ mod tests {
         }
     }
 
+    /// A batch of two 3-channel `h x w` images, a 4-output `k x k` kernel and an output
+    /// gradient, all deterministic, with their geometry.
+    fn two_images(
+        h: usize,
+        w: usize,
+        k: usize,
+        pad: usize,
+        stride: usize,
+    ) -> (Geom, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
+        let wave = |n: usize, f: f64| (0..n).map(|i| (i as f64 * f).sin()).collect::<Vec<_>>();
+        let wt = (0..g.cout * g.ckk())
+            .map(|i| (i as f64 * 0.13).cos())
+            .collect();
+        (
+            g,
+            wave(2 * g.in_len(), 0.37),
+            wt,
+            wave(2 * g.out_len(), 0.29),
+        )
+    }
+
+    fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    }
+
     #[test]
     fn row_tiles_compute_what_one_whole_image_tile_computes() {
         // Tiles of 1, 2 and 3 rows (3 leaves a partial last tile) against a single tile of
@@ -543,32 +572,17 @@ mod tests {
             (5, 5, 3, 0, 1),
             (6, 5, 1, 0, 1),
         ] {
-            let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
-            let x: Vec<f64> = (0..2 * g.in_len())
-                .map(|i| (i as f64 * 0.37).sin())
-                .collect();
-            let wt: Vec<f64> = (0..g.cout * g.ckk())
-                .map(|i| (i as f64 * 0.13).cos())
-                .collect();
+            let (g, x, wt, gy) = two_images(h, w, k, pad, stride);
             let bias = [0.5, -0.25, 0.0, 1.0];
-            let gy: Vec<f64> = (0..2 * g.out_len())
-                .map(|i| (i as f64 * 0.29).sin())
-                .collect();
             let whole = forward_tiled(&x, &wt, &bias, &g, g.oh);
             let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &g, g.oh);
-            let diff = |a: &[f64], b: &[f64]| {
-                a.iter()
-                    .zip(b)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max)
-            };
             for rt in [1, 2, 3] {
                 let at = format!("h {h} w {w} k {k} stride {stride} rows {rt}");
-                let d = diff(&whole, &forward_tiled(&x, &wt, &bias, &g, rt));
+                let d = max_abs_diff(&whole, &forward_tiled(&x, &wt, &bias, &g, rt));
                 assert!(d < 1e-12, "forward, {at}: {d}");
                 let (tx, tw, tb) = backward_tiled(&x, &wt, &gy, &g, rt);
                 for (what, a, b) in [("dx", &gx, &tx), ("dw", &gw, &tw), ("db", &gb, &tb)] {
-                    let d = diff(a, b);
+                    let d = max_abs_diff(a, b);
                     assert!(d < 1e-12, "{what}, {at}: {d}");
                 }
             }
@@ -587,16 +601,7 @@ mod tests {
             (7, 6, 3, 1, 2),
             (6, 5, 1, 0, 1),
         ] {
-            let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
-            let x: Vec<f64> = (0..2 * g.in_len())
-                .map(|i| (i as f64 * 0.37).sin())
-                .collect();
-            let wt: Vec<f64> = (0..g.cout * g.ckk())
-                .map(|i| (i as f64 * 0.13).cos())
-                .collect();
-            let gy: Vec<f64> = (0..2 * g.out_len())
-                .map(|i| (i as f64 * 0.29).sin())
-                .collect();
+            let (g, x, wt, gy) = two_images(h, w, k, pad, stride);
             let mut want = vec![0.0; 2 * g.in_len()];
             for b in 0..2 {
                 for o in 0..g.cout {
@@ -620,11 +625,7 @@ mod tests {
                 }
             }
             let (gx, _, _) = backward(&x, &wt, &gy, &g);
-            let d = want
-                .iter()
-                .zip(&gx)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
+            let d = max_abs_diff(&want, &gx);
             let path = input_gradient_as_conv(&wt, &g).map_or("scatter", |_| "convolution");
             assert!(
                 d < 1e-12,

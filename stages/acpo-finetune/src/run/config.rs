@@ -175,6 +175,12 @@ pub fn merge_json(base: &mut Value, overlay: &Value) {
 }
 
 impl FinetuneConfig {
+    /// The classifier-free guidance scale of a run on prompts: `text.guidance`, or its
+    /// default when `text` is unset.
+    pub fn guidance_scale(&self) -> f64 {
+        self.text.clone().unwrap_or_default().guidance
+    }
+
     /// Parse the deep merge of `layers` (first is lowest); `what` names them in errors.
     pub fn from_layers(layers: &[Value], what: &str) -> Result<Self> {
         let mut v = Value::Object(Default::default());

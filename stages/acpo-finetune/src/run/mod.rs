@@ -67,7 +67,7 @@ pub fn run_finetune(
     let schedule = Schedule::new(ns);
     cfg.validate_for(schedule.num_steps(), paths.text.is_some())?;
     check_base_quality(cfg, paths)?;
-    let guidance_scale = cfg.text.clone().unwrap_or_default().guidance;
+    let guidance_scale = cfg.guidance_scale();
     let device = acpo_core::device::default_device();
     let out = &paths.out_dir;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
@@ -236,7 +236,7 @@ fn pixel_probe(
         if cfg.probe.samples > 0 {
             probe_prompts = Some((
                 t.probe_contexts(cfg.probe.samples, device)?,
-                cfg.text.clone().unwrap_or_default().guidance,
+                cfg.guidance_scale(),
             ));
         }
     }
