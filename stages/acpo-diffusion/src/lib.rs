@@ -18,7 +18,7 @@
 pub mod conditioning;
 pub mod config;
 /// The hand-written CPU ops (acpo-ops), re-exported where the UNet's layers call them.
-pub use acpo_ops::{conv, norm};
+pub use acpo_ops::{conv, norm, reference_ops};
 pub mod data;
 pub mod error;
 pub mod flops;

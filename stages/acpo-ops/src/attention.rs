@@ -16,7 +16,7 @@
 //! thread count. Other devices use the generic-op version; finite-difference checked in
 //! acpo-diffusion's `tests/gradcheck.rs`, compared with the generic version below.
 
-use crate::cpu_op::{host_vec, Elem, Op3, TypedOp3};
+use crate::cpu_op::{on_host, Elem, Op3, TypedOp3};
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, D};
@@ -275,13 +275,9 @@ impl TypedOp3 for Attention {
         go: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let g = Dims::new(q.dims(), k.dims(), self.heads);
-        let [gq, gk, gv] = backward(
-            &host_vec::<T>(q)?,
-            &host_vec::<T>(k)?,
-            &host_vec::<T>(v)?,
-            &host_vec::<T>(go)?,
-            &g,
-        );
+        let [gq, gk, gv] = on_host([q, k, v, go], |[q, k, v, go]| {
+            backward::<T>(q, k, v, go, &g)
+        })?;
         let dev = q.device();
         Ok((
             Tensor::from_vec(gq, q.dims(), dev)?,

@@ -8,18 +8,30 @@
 //! page-faulting batch-sized column buffers, and candle's slow reduction over the batch and
 //! spatial axes for the weight and bias gradients (`perf`, README "Speed").
 //!
-//! This op works image by image, in parallel over the batch (rayon), and within an image in
-//! tiles of output rows small enough for the core's L2 cache ([`TILE_ELEMS`]): the tile's
-//! im2col columns into a per-thread buffer, one `gemm` call (the crate candle's own matmul
-//! uses) into the tile's output columns, the bias written first and accumulated into. The
-//! backward pass accumulates the weight and bias gradients per thread (`dW += dY_tile
-//! cols_tile^T`); the input gradient of a stride-1 kernel is the forward convolution of `dY`
-//! with the flipped, channel-transposed kernel, and otherwise `W^T dY_tile` scattered back to
-//! the image (col2im). Other devices use candle's conv2d plus a broadcast add. Finite-difference checked
-//! in `tests/gradcheck.rs`.
+//! This op works image by image, in parallel over the batch (rayon). A [`Plan`] per call picks
+//! the product that multiplies the kernel by the image's columns:
+//!
+//! - **The panel kernel** (`crate::panel`: f32, a CPU with AVX2+FMA, a batch with an image per
+//!   thread). For a stride-1 kernel whose output rows are 8 pixels or a multiple of 16 there is
+//!   no im2col: each 16-pixel panel's columns are 16 consecutive pixels of a zero-padded copy of
+//!   the image, which the kernel gathers as it multiplies ([`Taps`]). Otherwise the columns of
+//!   a tile of output rows small enough for the core's L2 cache ([`TILE_ELEMS`]) are written in
+//!   16-pixel panels and multiplied from there.
+//! - **`gemm`** (the crate candle's own matmul uses) everywhere else: the tile's im2col
+//!   columns, row-major, and one `gemm` call into the tile's output columns.
+//!
+//! The bias is written first and accumulated into. The backward pass accumulates the weight and
+//! bias gradients per run of images (`dW += dY_tile cols_tile^T`; with the panel kernel
+//! `dW^T += cols_tile dY_tile^T`, `dY^T` packed in 16-channel panels); the input gradient of a
+//! stride-1 kernel is the forward convolution of `dY` with the flipped, channel-transposed
+//! kernel (so it takes the same fast path), and otherwise `W^T dY_tile` scattered back to the
+//! image (col2im). The two products compute the same sums in different orders (a test bounds
+//! the difference). Other devices use candle's conv2d plus a broadcast add. Finite-difference
+//! checked in `tests/gradcheck.rs` (f64, `gemm`).
 
-use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::cpu_op::{in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, TypedOp3};
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
+use crate::panel::{f32s, f32s_mut, gather_product, panel_product, panels_len, Kernel, NR};
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -148,51 +160,144 @@ fn valid_ox(g: &Geom, kx: usize) -> (usize, usize) {
     (lo.min(hi), hi)
 }
 
-/// One image `x` (contiguous `[C, H, W]`) -> columns `[C*kh*kw, OH*OW]` in `cols` (every
-/// element is written: the buffer is reused between images). The ops work in row tiles
-/// ([`im2col_rows`]); the tests check this whole-image form against its definition.
-#[cfg(test)]
-fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
-    im2col_rows(x, g, 0..g.oh, cols)
+/// How a tile's im2col columns (`C*kh*kw` kernel rows by `n` output pixels) are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ColLayout {
+    /// Row-major `[C*kh*kw, n]`: `gemm`'s right operand, and the weight gradient's left
+    /// operand for the panel kernel.
+    Rows,
+    /// Panels of 16 pixels, `[ceil(n / 16), C*kh*kw, 16]` (`panel` module docs): the forward
+    /// product's right operand for the panel kernel.
+    PixelPanels,
 }
 
-/// The columns of the output rows `rows` only: `[C*kh*kw, rows.len()*OW]` in `cols`.
-fn im2col_rows<T: WithDType>(x: &[T], g: &Geom, rows: std::ops::Range<usize>, cols: &mut [T]) {
-    let l = rows.len() * g.ow;
-    let first_row = rows.start;
-    for c in 0..g.c {
-        let xs = &x[c * g.h * g.w..][..g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (c * g.kh + ky) * g.kw + kx;
-                let dst = &mut cols[row * l..][..l];
-                let (lo, hi) = valid_ox(g, kx);
-                for oy in rows.clone() {
-                    let drow = &mut dst[(oy - first_row) * g.ow..][..g.ow];
-                    let Some(iy) = g.iy(oy, ky) else {
-                        drow.fill(T::zero());
-                        continue;
-                    };
-                    let xrow = &xs[iy * g.w..][..g.w];
-                    drow[..lo].fill(T::zero());
-                    drow[hi..].fill(T::zero());
-                    if lo < hi {
-                        let first = lo * g.stride + kx - g.pad;
-                        if g.stride == 1 {
-                            drow[lo..hi].copy_from_slice(&xrow[first..first + (hi - lo)]);
-                        } else {
-                            for (d, &v) in drow[lo..hi]
-                                .iter_mut()
-                                .zip(xrow[first..].iter().step_by(g.stride))
-                            {
-                                *d = v;
-                            }
-                        }
+/// One image `x` (contiguous `[C, H, W]`) -> columns `[C*kh*kw, OH*OW]` in `cols` (every
+/// element is written: the buffer is reused between images). The ops work in row tiles
+/// ([`im2col_tile`]); the tests check this whole-image form against its definition.
+#[cfg(test)]
+fn im2col<T: WithDType>(x: &[T], g: &Geom, cols: &mut [T]) {
+    im2col_tile(x, g, 0..g.oh, ColLayout::Rows, cols)
+}
+
+/// The columns of the output rows `rows` only (`n = rows.len() * OW` pixels), stored in
+/// `layout`; every element of the layout is written, the padding of a last partial panel with
+/// zeros.
+fn im2col_tile<T: WithDType>(
+    x: &[T],
+    g: &Geom,
+    rows: std::ops::Range<usize>,
+    layout: ColLayout,
+    cols: &mut [T],
+) {
+    let (ckk, n) = (g.ckk(), rows.len() * g.ow);
+    let valid: Vec<_> = (0..g.kw).map(|kx| valid_ox(g, kx)).collect();
+    match layout {
+        ColLayout::Rows => {
+            // each (kernel row, output row) is one segment of a column row
+            for oy in rows.clone() {
+                let p = (oy - rows.start) * g.ow;
+                for_each_tap(x, g, &valid, oy, |j, tap| {
+                    tap_segment(g, tap, 0, &mut cols[j * n + p..][..g.ow]);
+                });
+            }
+        }
+        ColLayout::PixelPanels => {
+            for (pp, panel) in cols[..panels_len(ckk, n)].chunks_mut(ckk * NR).enumerate() {
+                let (start, end) = (pp * NR, (pp * NR + NR).min(n));
+                // the panel's pixels, one output row's segment at a time
+                let mut p = start;
+                while p < end {
+                    let (oy, ox0) = (rows.start + p / g.ow, p % g.ow);
+                    let len = (g.ow - ox0).min(end - p);
+                    let lane = p - start;
+                    for_each_tap(x, g, &valid, oy, |j, tap| {
+                        tap_segment(g, tap, ox0, &mut panel[j * NR + lane..][..len]);
+                    });
+                    p += len;
+                }
+                if end - start < NR {
+                    for row in panel.chunks_mut(NR) {
+                        row[end - start..].fill(T::zero());
                     }
                 }
             }
         }
     }
+}
+
+/// Calls `f(j, tap)` for every kernel row `j = (c, ky, kx)` of output row `oy`.
+fn for_each_tap<'x, T>(
+    x: &'x [T],
+    g: &Geom,
+    valid: &[(usize, usize)],
+    oy: usize,
+    mut f: impl FnMut(usize, Tap<'x, T>),
+) {
+    for c in 0..g.c {
+        let xs = &x[c * g.h * g.w..][..g.h * g.w];
+        for ky in 0..g.kh {
+            let xrow = g.iy(oy, ky).map(|iy| &xs[iy * g.w..][..g.w]);
+            for (kx, &valid) in valid.iter().enumerate() {
+                f((c * g.kh + ky) * g.kw + kx, Tap { xrow, kx, valid });
+            }
+        }
+    }
+}
+
+/// What one kernel tap reads for one output row: the input row (None where it falls in the
+/// padding), the kernel column, and the output columns whose input lies inside the row
+/// ([`valid_ox`], computed once per tile: it divides by the stride).
+#[derive(Clone, Copy)]
+struct Tap<'x, T> {
+    xrow: Option<&'x [T]>,
+    kx: usize,
+    valid: (usize, usize),
+}
+
+/// `dst[i]` = the input pixel that output column `ox0 + i` reads through `tap` (zero where that
+/// falls in the padding).
+#[inline]
+fn tap_segment<T: WithDType>(g: &Geom, tap: Tap<'_, T>, ox0: usize, dst: &mut [T]) {
+    let Some(xrow) = tap.xrow else {
+        dst.fill(T::zero());
+        return;
+    };
+    let (len, kx) = (dst.len(), tap.kx);
+    let (lo, hi) = tap.valid;
+    let hi = hi.clamp(ox0, ox0 + len) - ox0;
+    let lo = lo.clamp(ox0, ox0 + len) - ox0;
+    let lo = lo.min(hi);
+    dst[..lo].fill(T::zero());
+    dst[hi..].fill(T::zero());
+    if lo == hi {
+        return;
+    }
+    let first = (ox0 + lo) * g.stride + kx - g.pad;
+    if g.stride == 1 {
+        copy_short(&mut dst[lo..hi], &xrow[first..first + (hi - lo)]);
+    } else {
+        for (d, &v) in dst[lo..hi]
+            .iter_mut()
+            .zip(xrow[first..].iter().step_by(g.stride))
+        {
+            *d = v;
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, with the panel's lengths (16 and 8) as fixed-size copies: a copy
+/// of unknown length is a call to `memcpy`, which cost more than the copy at these sizes.
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    match dst.len() {
+        NR => copy_fixed::<T, NR>(dst, src),
+        8 => copy_fixed::<T, 8>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+fn copy_fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+    let d: &mut [T; N] = dst.try_into().expect("copy_fixed: destination length");
+    *d = src.try_into().expect("copy_fixed: source length");
 }
 
 /// Adjoint of [`im2col`] for one image: columns summed back into `x` (`[C, H, W]`, which the
@@ -202,7 +307,8 @@ fn col2im<T: WithDType>(cols: &[T], g: &Geom, x: &mut [T]) {
     col2im_rows(cols, g, 0..g.oh, x)
 }
 
-/// Adjoint of [`im2col_rows`]: the columns of output rows `rows` summed back into `x`.
+/// Adjoint of [`im2col_tile`] in [`ColLayout::Rows`]: the columns of output rows `rows` summed
+/// back into `x`.
 fn col2im_rows<T: WithDType>(cols: &[T], g: &Geom, rows: std::ops::Range<usize>, x: &mut [T]) {
     let l = rows.len() * g.ow;
     let first_row = rows.start;
@@ -231,59 +337,188 @@ fn col2im_rows<T: WithDType>(cols: &[T], g: &Geom, rows: std::ops::Range<usize>,
 }
 
 /// Elements of the column buffer a tile may use: the tile's columns are written by `im2col`
-/// and read back by `gemm`'s packing (the backward's also by `col2im`) while they are still in
+/// and read back by the product (the backward's also by `col2im`) while they are still in
 /// the core's L2 cache; a whole image's columns, `C*9 x OH*OW`, are up to several MB at the
 /// cpu profile's sizes. 64 Ki elements (256 KiB in f32) made the UNet's convolution forward
 /// about 12 % faster than whole-image columns on the 2-core EPYC of 2026-12-03, and 16 Ki
 /// slower again (`bench/README.md`).
 const TILE_ELEMS: usize = 64 * 1024;
 
+/// Kernel rows per pass of the panel product: a panel's slice of at most this many rows (16
+/// floats each, 20 KiB) stays in L1 while every block of output channels reads it. The kernel
+/// rows are split into equal chunks no longer than this (576 as 2 x 288).
+const PANEL_ROWS: usize = 320;
+
 /// Output rows per tile: as many as fit [`TILE_ELEMS`], at least one.
 fn tile_rows(g: &Geom) -> usize {
     (TILE_ELEMS / (g.ckk() * g.ow).max(1)).clamp(1, g.oh.max(1))
 }
 
-/// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
-fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
-    forward_tiled(x, w, bias, g, tile_rows(g))
+/// How one call's convolution runs: its geometry, the output rows per tile, which kernel
+/// multiplies a tile's columns, and where the panel kernel can read the columns straight from
+/// the padded image instead ([`Taps`]).
+#[derive(Debug, Clone)]
+struct Plan {
+    g: Geom,
+    rt: usize,
+    kernel: Kernel,
+    taps: Option<Taps>,
 }
 
-/// [`forward`] in tiles of `rt` output rows: per image, per tile, the tile's columns then one
-/// `gemm` into those output columns.
-fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom, rt: usize) -> Vec<T> {
+impl Plan {
+    /// Tiles of [`tile_rows`]; the panel kernel for f32 where the CPU has it
+    /// ([`Kernel::detect`]) and this thread is not inside [`crate::reference_ops`], the kernel is not
+    /// pointwise (its columns are the image itself,
+    /// row-major) and the batch has an image for every thread (the panel kernel does not
+    /// split one image's product over threads; `gemm` does).
+    fn new<T: 'static>(g: Geom) -> Self {
+        let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+        let gemm_only = in_reference_ops();
+        let kernel = if f32 && !gemm_only && !g.pointwise() && g.b >= rayon::current_num_threads() {
+            Kernel::detect()
+        } else {
+            Kernel::Gemm
+        };
+        Self::with(g, tile_rows(&g), kernel)
+    }
+
+    /// `rt` rows per tile and `kernel`; [`Taps`] where the panel kernel can use them.
+    fn with(g: Geom, rt: usize, kernel: Kernel) -> Self {
+        let taps = (kernel == Kernel::Panels).then(|| Taps::new(&g)).flatten();
+        Self {
+            g,
+            rt,
+            kernel,
+            taps,
+        }
+    }
+
+    /// Per-thread buffers for one image: the tile's columns, in any [`ColLayout`] (none for a
+    /// pointwise kernel), and the zero-padded image [`Taps`] read.
+    fn scratch<T: WithDType>(&self) -> Scratch<T> {
+        let cols = if self.g.pointwise() {
+            0
+        } else {
+            self.g.ckk().next_multiple_of(NR) * (self.rt * self.g.ow).next_multiple_of(NR)
+        };
+        let padded = self.taps.as_ref().map_or(0, |t| self.g.c * t.hp * t.wp);
+        Scratch {
+            cols: vec![T::zero(); cols],
+            padded: vec![T::zero(); padded],
+        }
+    }
+}
+
+/// See [`Plan::scratch`]. The padded image's border is written once, as zeros, and only its
+/// interior after that.
+struct Scratch<T> {
+    cols: Vec<T>,
+    padded: Vec<T>,
+}
+
+/// The convolution without im2col, for a stride-1 kernel: a panel of 16 output pixels is one
+/// row segment (`OW` a multiple of 16) or two whole rows (`OW` = 8, an even `OH`), and then
+/// the 16 columns of kernel tap `(c, ky, kx)` are 16 (or 2 x 8) consecutive pixels of the
+/// zero-padded image, at `offs[(c, ky, kx)] = (c * HP + ky) * WP + kx` from the panel's first
+/// output pixel's position `oy * WP + ox`. The panel kernel gathers them as it multiplies
+/// ([`gather_product`]).
+#[derive(Debug, Clone)]
+struct Taps {
+    offs: Vec<u32>,
+    hp: usize,
+    wp: usize,
+}
+
+impl Taps {
+    /// None where the geometry does not allow it (stride, row width, odd rows, or offsets past
+    /// `u32`).
+    fn new(g: &Geom) -> Option<Self> {
+        let rows_fit = g.ow.is_multiple_of(NR) || (g.ow == NR / 2 && g.oh.is_multiple_of(2));
+        if g.stride != 1 || g.pointwise() || g.l() == 0 || !rows_fit {
+            return None;
+        }
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        u32::try_from(g.c * hp * wp).ok()?;
+        let mut offs = Vec::with_capacity(g.ckk());
+        for c in 0..g.c {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    offs.push(((c * hp + ky) * wp + kx) as u32);
+                }
+            }
+        }
+        Some(Self { offs, hp, wp })
+    }
+
+    /// Copies image `x` (`[C, H, W]`) into the interior of `padded` (`[C, HP, WP]`).
+    fn pad<T: Copy>(&self, g: &Geom, x: &[T], padded: &mut [T]) {
+        for (src, dst) in x
+            .chunks(g.h * g.w)
+            .zip(padded.chunks_mut(self.hp * self.wp))
+        {
+            for (srow, drow) in src
+                .chunks(g.w)
+                .zip(dst[g.pad * self.wp..].chunks_mut(self.wp))
+            {
+                drow[g.pad..g.pad + g.w].copy_from_slice(srow);
+            }
+        }
+    }
+
+    /// `y += w * columns` for a whole image, panel by panel, from the padded image.
+    fn product(&self, w: &[f32], padded: &[f32], y: &mut [f32], g: &Geom) {
+        let (ckk, l) = (g.ckk(), g.l());
+        let delta = if g.ow.is_multiple_of(NR) {
+            NR / 2
+        } else {
+            self.wp
+        };
+        let chunk = ckk.div_ceil(ckk.div_ceil(PANEL_ROWS));
+        for p in (0..l).step_by(NR) {
+            let at = p / g.ow * self.wp + p % g.ow;
+            for k0 in (0..ckk).step_by(chunk) {
+                let kc = chunk.min(ckk - k0);
+                let (a, offs) = (&w[k0..], &self.offs[k0..]);
+                let c = &mut y[p..];
+                gather_product(g.cout, kc, a, ckk, &padded[at..], offs, delta, c, l, NR);
+            }
+        }
+    }
+}
+
+/// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
+fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
+    forward_tiled(x, w, bias, &Plan::new::<T>(*g))
+}
+
+/// [`forward`] as `plan` says: per image, per tile, the tile's columns then one product into
+/// those output columns.
+fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec<T> {
+    let g = &plan.g;
     let par = inner_parallelism(g.b);
     let mut out = vec![T::zero(); g.b * g.out_len()];
     out.par_chunks_mut(g.out_len())
         .zip(x.par_chunks(g.in_len()))
         .for_each_init(
-            || vec![T::zero(); cols_len(g, rt)],
-            |cols, (y, xb)| conv_image(xb, w, bias, g, rt, cols, y, par),
+            || plan.scratch(),
+            |scratch, (y, xb)| conv_image(xb, w, bias, plan, scratch, y, par),
         );
     out
 }
 
-/// The column buffer one image's tiles of `rt` rows need (none for a pointwise kernel).
-fn cols_len(g: &Geom, rt: usize) -> usize {
-    if g.pointwise() {
-        0
-    } else {
-        g.ckk() * rt * g.ow
-    }
-}
-
-/// One image: `y [Cout, OH*OW] = bias + w [Cout, C*kh*kw] * columns of xb`, in tiles of `rt`
-/// output rows through `cols` (at least [`cols_len`]).
-#[allow(clippy::too_many_arguments)] // the image, the kernel, its geometry and the scratch
+/// One image: `y [Cout, OH*OW] = bias + w [Cout, C*kh*kw] * columns of xb`, in the tiles of
+/// `plan` through `scratch` (from [`Plan::scratch`]), or from the padded image where the plan
+/// has [`Taps`].
 fn conv_image<T: WithDType>(
     xb: &[T],
     w: &[T],
     bias: &[T],
-    g: &Geom,
-    rt: usize,
-    cols: &mut [T],
+    plan: &Plan,
+    scratch: &mut Scratch<T>,
     y: &mut [T],
     par: gemm::Parallelism,
 ) {
+    let g = &plan.g;
     let (ckk, l) = (g.ckk(), g.l());
     for (row, &bv) in y.chunks_mut(l).zip(bias) {
         row.fill(bv);
@@ -293,20 +528,96 @@ fn conv_image<T: WithDType>(
         matmul(MatMut::rows(y, l), true, g.cout, l, ckk, lhs, rhs, par);
         return;
     }
-    for r0 in (0..g.oh).step_by(rt) {
-        let rows = r0..(r0 + rt).min(g.oh);
+    if let Some(taps) = &plan.taps {
+        taps.pad(g, xb, &mut scratch.padded);
+        taps.product(f32s(w), f32s(&scratch.padded), f32s_mut(y), g);
+        return;
+    }
+    let cols = &mut scratch.cols;
+    for r0 in (0..g.oh).step_by(plan.rt) {
+        let rows = r0..(r0 + plan.rt).min(g.oh);
         let n = rows.len() * g.ow;
-        im2col_rows(xb, g, rows, cols);
-        matmul(
-            MatMut::block(&mut y[r0 * g.ow..], l),
-            true,
-            g.cout,
-            n,
-            ckk,
-            Mat::rows(w, ckk),
-            Mat::rows(&cols[..ckk * n], n),
-            par,
-        );
+        match plan.kernel {
+            Kernel::Gemm => {
+                im2col_tile(xb, g, rows, ColLayout::Rows, cols);
+                matmul(
+                    MatMut::block(&mut y[r0 * g.ow..], l),
+                    true,
+                    g.cout,
+                    n,
+                    ckk,
+                    Mat::rows(w, ckk),
+                    Mat::rows(&cols[..ckk * n], n),
+                    par,
+                );
+            }
+            Kernel::Panels => {
+                im2col_tile(xb, g, rows, ColLayout::PixelPanels, cols);
+                forward_panels(f32s(w), f32s(cols), f32s_mut(y), g, r0 * g.ow, n);
+            }
+        }
+    }
+}
+
+/// `y[:, p0..p0 + n] += w cols` for one tile whose `n` pixels' columns are in pixel panels:
+/// the kernel rows in chunks of at most [`PANEL_ROWS`], and within a chunk panel by panel.
+fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n: usize) {
+    let ckk = g.ckk();
+    let chunk = ckk.div_ceil(ckk.div_ceil(PANEL_ROWS));
+    for k0 in (0..ckk).step_by(chunk) {
+        let kc = chunk.min(ckk - k0);
+        for (pp, panel) in cols[..panels_len(ckk, n)].chunks(ckk * NR).enumerate() {
+            let lanes = NR.min(n - pp * NR);
+            let c = &mut y[p0 + pp * NR..];
+            panel_product(
+                g.cout,
+                kc,
+                &w[k0..],
+                ckk,
+                &panel[k0 * NR..],
+                c,
+                g.l(),
+                lanes,
+            );
+        }
+    }
+}
+
+/// `dW^T += cols_tile dY_tile^T` for one tile of `n` pixels: `cols` row-major (`C*kh*kw x
+/// n`), `dyt` the tile's `dY^T` in panels of 16 output channels ([`pack_transposed`]), `gwt`
+/// the weight gradient transposed, `[C*kh*kw, Cout]`. One product per panel, every kernel row
+/// against it: the panel, `n x 16`, stays in L1.
+fn weight_gradient_panels(cols: &[f32], dyt: &[f32], gwt: &mut [f32], g: &Geom, n: usize) {
+    let (ckk, cout) = (g.ckk(), g.cout);
+    for (cp, panel) in dyt[..panels_len(n, cout)].chunks(n * NR).enumerate() {
+        let lanes = NR.min(cout - cp * NR);
+        panel_product(ckk, n, cols, n, panel, &mut gwt[cp * NR..], cout, lanes);
+    }
+}
+
+/// The `cols x rows` transpose of a row-major `rows x cols` matrix.
+fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..cols * rows)
+        .map(|i| m[i % rows * cols + i / rows])
+        .collect()
+}
+
+/// The transpose of `m` rows of `n` elements (rows `stride` apart in `src`) in panels of 16 of
+/// those rows: `dst[r / 16][i][r % 16] = src[r * stride + i]`, zero in a last partial panel.
+fn pack_transposed(src: &[f32], m: usize, n: usize, stride: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..panels_len(n, m)];
+    if !m.is_multiple_of(NR) {
+        dst[m / NR * n * NR..].fill(0.0);
+    }
+    for r in 0..m {
+        let base = r / NR * n * NR + r % NR;
+        for (d, &v) in dst[base..]
+            .iter_mut()
+            .step_by(NR)
+            .zip(&src[r * stride..][..n])
+        {
+            *d = v;
+        }
     }
 }
 
@@ -338,89 +649,154 @@ fn input_gradient_as_conv<T: WithDType>(w: &[T], g: &Geom) -> Option<(Geom, Vec<
 
 /// Backward pass: `(dx, dw, db)` from contiguous `x`, `w`, `gy [B, Cout, OH*OW]`.
 fn backward<T: WithDType>(x: &[T], w: &[T], gy: &[T], g: &Geom) -> (Vec<T>, Vec<T>, Vec<T>) {
-    backward_tiled(x, w, gy, g, tile_rows(g))
+    backward_tiled(x, w, gy, &Plan::new::<T>(*g))
 }
 
-/// [`backward`] in tiles of `rt` output rows (as [`forward_tiled`]): per image, per tile,
-/// `dW += dY_tile cols_tile^T`; `dX` as the convolution of [`input_gradient_as_conv`] where it
-/// applies (no scatter, and a product over `Cout*k*k` instead of `Cout`), else per tile
-/// `dcols_tile = W^T dY_tile` scattered back to the image.
+/// [`backward`] as `plan` says (tiles as [`forward_tiled`]): per image, per tile, `dW +=
+/// dY_tile cols_tile^T` (with the panel kernel as `dW^T += cols_tile dY_tile^T`, transposed
+/// once at the end); `dX` as the convolution of [`input_gradient_as_conv`] where it applies
+/// (no scatter, and a product over `Cout*k*k` instead of `Cout`), with the same kernel, else per
+/// tile `dcols_tile = W^T dY_tile` (through `gemm`) scattered back to the image. The buffers
+/// are per thread; the parameter gradients per run of images ([`run_len`]), added in order.
 fn backward_tiled<T: WithDType>(
     x: &[T],
     w: &[T],
     gy: &[T],
-    g: &Geom,
-    rt: usize,
+    plan: &Plan,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
-    let par = inner_parallelism(g.b);
-    let buf = cols_len(g, rt);
-    let as_conv = input_gradient_as_conv(w, g);
-    let zeros = vec![T::zero(); g.c];
+    let g = &plan.g;
+    let (ckk, cout) = (g.ckk(), g.cout);
+    let pass = Backward {
+        plan,
+        w,
+        dx_conv: input_gradient_as_conv(w, g)
+            .map(|(gt, flipped)| (Plan::with(gt, tile_rows(&gt), plan.kernel), flipped)),
+        zeros: vec![T::zero(); g.c],
+        par: inner_parallelism(g.b),
+    };
     let run = run_len(g.b);
     let mut gx = vec![T::zero(); g.b * g.in_len()];
     let partial: Vec<(Vec<T>, Vec<T>)> = gx
         .par_chunks_mut(run * g.in_len())
         .zip(x.par_chunks(run * g.in_len()))
         .zip(gy.par_chunks(run * g.out_len()))
-        .map(|((gxr, xr), gyr)| {
-            let mut gw = vec![T::zero(); cout * ckk];
-            let mut gb = vec![T::zero(); cout];
-            let mut cols = vec![T::zero(); buf];
-            let mut gcols = vec![T::zero(); if as_conv.is_some() { 0 } else { buf }];
-            let mut tcols = match &as_conv {
-                Some((gt, _)) => vec![T::zero(); cols_len(gt, tile_rows(gt))],
-                None => vec![],
-            };
-            let images = gxr
-                .chunks_mut(g.in_len())
-                .zip(xr.chunks(g.in_len()))
-                .zip(gyr.chunks(g.out_len()));
-            for ((gxb, xb), gyb) in images {
-                for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
-                    *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
+        .map_init(
+            || pass.scratch(),
+            |scratch, ((gxr, xr), gyr)| {
+                let mut grads = (vec![T::zero(); cout * ckk], vec![T::zero(); cout]);
+                let images = gxr
+                    .chunks_mut(g.in_len())
+                    .zip(xr.chunks(g.in_len()))
+                    .zip(gyr.chunks(g.out_len()));
+                for ((gxb, xb), gyb) in images {
+                    pass.image(xb, gyb, scratch, gxb, &mut grads);
                 }
-                let wt = Mat::rows(w, ckk).t();
-                if g.pointwise() {
-                    // The columns are the image itself: dW += dY_b X_b^T, dX_b = W^T dY_b.
-                    let (dy, xt) = (Mat::rows(gyb, l), Mat::rows(xb, l).t());
-                    matmul(MatMut::rows(&mut gw, ckk), true, cout, ckk, l, dy, xt, par);
-                    matmul(MatMut::rows(gxb, l), false, ckk, l, cout, wt, dy, par);
-                    continue;
-                }
-                for r0 in (0..g.oh).step_by(rt) {
-                    let rows = r0..(r0 + rt).min(g.oh);
-                    let n = rows.len() * g.ow;
-                    // this tile's output columns of dY_b: Cout x n, rows l apart
-                    let dy = Mat::block(&gyb[r0 * g.ow..], l);
-                    im2col_rows(xb, g, rows.clone(), &mut cols);
-                    let cols_t = Mat::rows(&cols[..ckk * n], n).t();
-                    matmul(
-                        MatMut::rows(&mut gw, ckk),
-                        true,
-                        cout,
-                        ckk,
-                        n,
-                        dy,
-                        cols_t,
-                        par,
-                    );
-                    if as_conv.is_none() {
-                        let dcols = &mut gcols[..ckk * n];
-                        matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
-                        col2im_rows(dcols, g, rows, gxb);
-                    }
-                }
-                if let Some((gt, flipped)) = &as_conv {
-                    let rt = tile_rows(gt);
-                    conv_image(gyb, flipped, &zeros, gt, rt, &mut tcols, gxb, par);
-                }
-            }
-            (gw, gb)
-        })
+                grads
+            },
+        )
         .collect();
     let (gw, gb) = sum_runs(partial);
+    let gw = match plan.kernel {
+        Kernel::Panels => transpose(&gw, ckk, cout),
+        Kernel::Gemm => gw,
+    };
     (gx, gw, gb)
+}
+
+/// What every image of one backward pass shares: the plan, the kernel, the input gradient's
+/// convolution (plan and flipped kernel) where it applies, its zero bias, `gemm`'s threading.
+struct Backward<'a, T> {
+    plan: &'a Plan,
+    w: &'a [T],
+    dx_conv: Option<(Plan, Vec<T>)>,
+    zeros: Vec<T>,
+    par: gemm::Parallelism,
+}
+
+/// One thread's buffers for [`Backward::image`].
+struct BackwardScratch<T> {
+    /// The tile's columns of `x` (row-major).
+    cols: Vec<T>,
+    /// The tile's `dY^T` in panels (panel kernel only).
+    dyt: Vec<T>,
+    /// The tile's column gradient (the scatter path only).
+    gcols: Vec<T>,
+    /// The input gradient's convolution's buffers (where it applies).
+    dx: Option<Scratch<T>>,
+}
+
+impl<T: WithDType> Backward<'_, T> {
+    fn scratch(&self) -> BackwardScratch<T> {
+        let (g, rt) = (&self.plan.g, self.plan.rt);
+        let panels = self.plan.kernel == Kernel::Panels;
+        let scatter = self.dx_conv.is_none();
+        BackwardScratch {
+            cols: self.plan.scratch().cols,
+            dyt: vec![
+                T::zero();
+                if panels {
+                    panels_len(rt * g.ow, g.cout)
+                } else {
+                    0
+                }
+            ],
+            gcols: vec![T::zero(); if scatter { g.ckk() * rt * g.ow } else { 0 }],
+            dx: self.dx_conv.as_ref().map(|(p, _)| p.scratch()),
+        }
+    }
+
+    /// One image: `gxb` (zeroed) receives `dX`; `grads` accumulates `(dW, db)` (`dW^T` with the
+    /// panel kernel).
+    fn image(
+        &self,
+        xb: &[T],
+        gyb: &[T],
+        scratch: &mut BackwardScratch<T>,
+        gxb: &mut [T],
+        (gw, gb): &mut (Vec<T>, Vec<T>),
+    ) {
+        let (plan, w, par) = (self.plan, self.w, self.par);
+        let g = &plan.g;
+        let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
+        for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
+            *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
+        }
+        let wt = Mat::rows(w, ckk).t();
+        if g.pointwise() {
+            // The columns are the image itself: dW += dY_b X_b^T, dX_b = W^T dY_b.
+            let (dy, xt) = (Mat::rows(gyb, l), Mat::rows(xb, l).t());
+            matmul(MatMut::rows(gw, ckk), true, cout, ckk, l, dy, xt, par);
+            matmul(MatMut::rows(gxb, l), false, ckk, l, cout, wt, dy, par);
+            return;
+        }
+        let cols = &mut scratch.cols;
+        for r0 in (0..g.oh).step_by(plan.rt) {
+            let rows = r0..(r0 + plan.rt).min(g.oh);
+            let n = rows.len() * g.ow;
+            im2col_tile(xb, g, rows.clone(), ColLayout::Rows, cols);
+            // this tile's output columns of dY_b: Cout x n, rows l apart
+            let dy = Mat::block(&gyb[r0 * g.ow..], l);
+            match plan.kernel {
+                Kernel::Gemm => {
+                    let cols_t = Mat::rows(&cols[..ckk * n], n).t();
+                    matmul(MatMut::rows(gw, ckk), true, cout, ckk, n, dy, cols_t, par);
+                }
+                Kernel::Panels => {
+                    let dyt = f32s_mut(&mut scratch.dyt);
+                    pack_transposed(f32s(&gyb[r0 * g.ow..]), cout, n, l, dyt);
+                    weight_gradient_panels(f32s(cols), dyt, f32s_mut(gw), g, n);
+                }
+            }
+            if self.dx_conv.is_none() {
+                let dcols = &mut scratch.gcols[..ckk * n];
+                matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
+                col2im_rows(dcols, g, rows, gxb);
+            }
+        }
+        if let (Some((tplan, flipped)), Some(ts)) = (&self.dx_conv, &mut scratch.dx) {
+            conv_image(gyb, flipped, &self.zeros, tplan, ts, gxb, par);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -461,12 +837,7 @@ impl TypedOp3 for GemmConv {
         gy: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let g = Geom::new(x.dims(), w.dims(), self.padding, self.stride);
-        let (gx, gw, gb) = backward(
-            &host_vec::<T>(x)?,
-            &host_vec::<T>(w)?,
-            &host_vec::<T>(gy)?,
-            &g,
-        );
+        let (gx, gw, gb) = on_host([x, w, gy], |[x, w, gy]| backward::<T>(x, w, gy, &g))?;
         let dev = x.device();
         Ok((
             Tensor::from_vec(gx, x.dims(), dev)?,
@@ -574,13 +945,14 @@ mod tests {
         ] {
             let (g, x, wt, gy) = two_images(h, w, k, pad, stride);
             let bias = [0.5, -0.25, 0.0, 1.0];
-            let whole = forward_tiled(&x, &wt, &bias, &g, g.oh);
-            let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &g, g.oh);
+            let gemm = |rt| Plan::with(g, rt, Kernel::Gemm);
+            let whole = forward_tiled(&x, &wt, &bias, &gemm(g.oh));
+            let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &gemm(g.oh));
             for rt in [1, 2, 3] {
                 let at = format!("h {h} w {w} k {k} stride {stride} rows {rt}");
-                let d = max_abs_diff(&whole, &forward_tiled(&x, &wt, &bias, &g, rt));
+                let d = max_abs_diff(&whole, &forward_tiled(&x, &wt, &bias, &gemm(rt)));
                 assert!(d < 1e-12, "forward, {at}: {d}");
-                let (tx, tw, tb) = backward_tiled(&x, &wt, &gy, &g, rt);
+                let (tx, tw, tb) = backward_tiled(&x, &wt, &gy, &gemm(rt));
                 for (what, a, b) in [("dx", &gx, &tx), ("dw", &gw, &tw), ("db", &gb, &tb)] {
                     let d = max_abs_diff(a, b);
                     assert!(d < 1e-12, "{what}, {at}: {d}");
@@ -653,5 +1025,134 @@ mod tests {
         im2col(&x, &g, &mut cols);
         assert!(cols.iter().all(|&v| v == 0.0 || v == 1.0));
         assert_eq!(cols.iter().filter(|&&v| v == 1.0).count(), 49);
+    }
+
+    #[test]
+    fn pixel_panels_hold_the_row_major_columns() {
+        // Every (kernel row, pixel) of a tile is where the panels put it, and the padding
+        // lanes are zero even in a dirty buffer; odd sizes, partial panels, panels that span
+        // output rows, 27 kernel rows.
+        for (c, h, w, k, pad, stride) in [
+            (3, 7, 6, 3, 1, 1),
+            (2, 9, 5, 3, 1, 2),
+            (5, 6, 11, 3, 2, 1),
+            (1, 4, 4, 3, 0, 1),
+        ] {
+            let g = Geom::new(&[1, c, h, w], &[2, c, k, k], pad, stride);
+            let x: Vec<f32> = (0..g.in_len()).map(|i| i as f32 + 1.0).collect();
+            let ckk = g.ckk();
+            for rows in [0..g.oh, 1..g.oh.min(3), g.oh - 1..g.oh] {
+                let n = rows.len() * g.ow;
+                let mut flat = vec![0f32; ckk * n];
+                im2col_tile(&x, &g, rows.clone(), ColLayout::Rows, &mut flat);
+                let len = ckk.next_multiple_of(NR) * n.next_multiple_of(NR);
+                let mut pix = vec![-7f32; len];
+                im2col_tile(&x, &g, rows.clone(), ColLayout::PixelPanels, &mut pix);
+                let at = format!("c {c} h {h} w {w} stride {stride} rows {rows:?}");
+                for j in 0..ckk {
+                    for p in 0..n.next_multiple_of(NR) {
+                        let want = if p < n { flat[j * n + p] } else { 0.0 };
+                        let got = pix[p / NR * ckk * NR + j * NR + p % NR];
+                        assert_eq!(got, want, "{at}, j {j} p {p}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A batch of `b` f32 images of `c` channels and a `cout`-output kernel, with an output
+    /// gradient, deterministic and of magnitude <= 1.
+    fn f32_batch(
+        b: usize,
+        c: usize,
+        cout: usize,
+        hw: (usize, usize),
+        (k, pad, stride): (usize, usize, usize),
+    ) -> (Geom, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let g = Geom::new(&[b, c, hw.0, hw.1], &[cout, c, k, k], pad, stride);
+        let wave = |n: usize, f: f64| (0..n).map(|i| (i as f64 * f).sin() as f32).collect();
+        (
+            g,
+            wave(b * g.in_len(), 0.37),
+            wave(cout * g.ckk(), 0.13),
+            wave(b * g.out_len(), 0.29),
+        )
+    }
+
+    #[test]
+    fn the_panel_kernel_computes_what_gemm_computes() {
+        // Forward, dX and dW through the panel kernel (which runs its AVX2 kernel where the CPU
+        // has one, else its portable loop), from im2col panels and, where the geometry allows,
+        // gathered from the padded image, against the gemm path, in f32: only the order of the
+        // additions differs. Output channels around the kernel's 6-row block, 27 and 288
+        // kernel rows, partial panels, stride 2 (dX by the scatter), padding 0 and 2, rows of
+        // 8 and 16 (gathered), batch 1, several tilings.
+        let f32_sum_error = |terms: usize| 4.0 * f32::EPSILON * terms as f32;
+        let mut gathered = 0;
+        for (b, c, cout, hw, kps) in [
+            (2, 3, 4, (7, 6), (3, 1, 1)),
+            (1, 3, 13, (9, 9), (3, 1, 1)),
+            (2, 5, 7, (7, 6), (3, 1, 2)),
+            (2, 4, 6, (5, 5), (3, 0, 1)),
+            (2, 6, 5, (6, 5), (3, 2, 1)),
+            (1, 32, 32, (8, 8), (3, 1, 1)),
+            (2, 3, 7, (16, 16), (3, 1, 1)),
+            (2, 4, 7, (6, 18), (3, 0, 1)),
+            (2, 3, 6, (8, 6), (3, 2, 1)),
+            (2, 2, 3, (8, 32), (3, 1, 1)),
+        ] {
+            let (g, x, wt, gy) = f32_batch(b, c, cout, hw, kps);
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let gemm = Plan::with(g, g.oh, Kernel::Gemm);
+            let want = forward_tiled(&x, &wt, &bias, &gemm);
+            let (wx, ww, wb) = backward_tiled(&x, &wt, &gy, &gemm);
+            for rt in [1, 2, g.oh] {
+                let with_taps = Plan::with(g, rt, Kernel::Panels);
+                gathered += usize::from(with_taps.taps.is_some());
+                let im2col = Plan {
+                    taps: None,
+                    ..with_taps.clone()
+                };
+                for plan in [with_taps, im2col] {
+                    let at = format!(
+                        "b {b} c {c} cout {cout} {hw:?} {kps:?} rows {rt} taps {}",
+                        plan.taps.is_some()
+                    );
+                    let got = forward_tiled(&x, &wt, &bias, &plan);
+                    let d = max_abs_diff_f32(&want, &got);
+                    assert!(d <= f32_sum_error(g.ckk()), "forward, {at}: {d}");
+                    let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &plan);
+                    let d = max_abs_diff_f32(&wx, &gx);
+                    assert!(d <= f32_sum_error(cout * 9), "dx, {at}: {d}");
+                    let d = max_abs_diff_f32(&ww, &gw);
+                    assert!(d <= f32_sum_error(b * g.l()), "dw, {at}: {d}");
+                    assert_eq!(wb, gb, "db, {at}");
+                }
+            }
+        }
+        assert_eq!(gathered, 5 * 3, "the shapes with rows of 8 or 16 gather");
+    }
+
+    fn max_abs_diff_f32(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn the_plan_uses_panels_only_where_they_apply() {
+        let g = |b, k| Geom::new(&[b, 8, 8, 8], &[8, 8, k, k], 0, 1);
+        let threads = rayon::current_num_threads();
+        assert_eq!(Plan::new::<f32>(g(threads, 3)).kernel, Kernel::detect());
+        assert_eq!(Plan::new::<f64>(g(threads, 3)).kernel, Kernel::Gemm);
+        assert_eq!(Plan::new::<f32>(g(threads, 1)).kernel, Kernel::Gemm);
+        if threads > 1 {
+            assert_eq!(Plan::new::<f32>(g(1, 3)).kernel, Kernel::Gemm);
+        }
+        let inside = crate::reference_ops(|| Plan::new::<f32>(g(threads, 3)).kernel);
+        assert_eq!(inside, Kernel::Gemm);
+        assert_eq!(Plan::new::<f32>(g(threads, 3)).kernel, Kernel::detect());
     }
 }

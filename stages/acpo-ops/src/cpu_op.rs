@@ -4,12 +4,94 @@
 //! bit-identical whatever the thread count.
 
 use crate::timing::{span, OpClass};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
+use std::cell::Cell;
 
 /// The element types the CPU ops run on (f32, f64): candle's dtype plus float math.
-pub(crate) trait Elem: WithDType + num_traits::Float {}
-impl Elem for f32 {}
-impl Elem for f64 {}
+pub(crate) trait Elem: WithDType + num_traits::Float {
+    /// `e^self`: [`exp_f32`] for f32 (which vectorises; libm's `expf` is a call per element),
+    /// the exact `exp` for f64.
+    fn exp_fast(self) -> Self;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        exp_f32(self)
+    }
+}
+
+impl Elem for f64 {
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        self.exp()
+    }
+}
+
+/// `e^x` in f32 within 2 ulp over the whole range (Cephes' `expf`: `x = n ln 2 + r`, `|r| <=
+/// ln 2 / 2`, a degree-6 polynomial for `e^r`, `2^n` from the exponent bits), in plain
+/// arithmetic so that a loop of it vectorises. Inputs are clamped to [-87.3, 88.3], where
+/// `2^n` stays a normal float: below, the result is about 1.2e-38 instead of rounding to 0 (or
+/// a subnormal); above, about 2.1e38 instead of infinity. NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // adding and subtracting 1.5 * 2^23 rounds to the nearest integer in SSE2 arithmetic
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_2e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+thread_local! {
+    /// Set inside [`reference_ops`] on this thread.
+    static REFERENCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the ops this thread starts computed as every result before 2026-12-03 was:
+/// convolutions multiplied by `gemm` instead of the panel kernel (which adds the same products
+/// in another order), and SiLU's `exp` from libm instead of [`exp_f32`]. The default ops
+/// differ from these in the last bits; this reproduces digests pinned before (the sampler's
+/// test) and compares the two in one process.
+pub fn reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE.set(self.0);
+        }
+    }
+    let _restore = Restore(REFERENCE.replace(true));
+    f()
+}
+
+/// Whether this thread is inside [`reference_ops`] (read by an op on the thread that starts it,
+/// before it fans out).
+pub(crate) fn in_reference_ops() -> bool {
+    REFERENCE.get()
+}
+
+/// Whether this CPU runs AVX2 and FMA (the panel kernel's, and the vectorised op loops', run
+/// time dispatch).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// A three-input CPU op written once for every [`Elem`]; [`forward`] and [`backward`] pick the
 /// element type from the inputs' dtype, and [`Op3`] makes it a candle op.
@@ -125,9 +207,35 @@ fn slice<'a, O: TypedOp3, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a 
     Ok(&v[a..b])
 }
 
-/// A tensor's elements, row-major, on the host.
-pub(crate) fn host_vec<T: WithDType>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
+/// Runs `f` on the tensors' elements, row-major, on the host: borrowed from the storage of a
+/// contiguous CPU tensor (the backward passes' inputs, activation-sized: a copy of each cost a
+/// few percent of a training step), copied for any other.
+pub(crate) fn on_host<T: WithDType, R, const N: usize>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[T]; N]) -> R,
+) -> candle_core::Result<R> {
+    let borrowable = |t: &Tensor| t.is_contiguous() && t.device().is_cpu();
+    // copies first, under no lock of ours
+    let copies = ts
+        .iter()
+        .map(|t| match borrowable(t) {
+            true => Ok(None),
+            false => t.flatten_all()?.to_vec1::<T>().map(Some),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[T]; N] = [&[]; N];
+    for ((slice, copy), (storage, layout)) in slices.iter_mut().zip(&copies).zip(&guards) {
+        *slice = match (copy, &**storage) {
+            (Some(v), _) => v,
+            (None, Storage::Cpu(cpu)) => {
+                let (a, b) = layout.contiguous_offsets().expect("checked contiguous");
+                &cpu.as_slice::<T>()?[a..b]
+            }
+            (None, _) => candle_core::bail!("on_host: a CPU tensor's storage is not on the CPU"),
+        };
+    }
+    Ok(f(slices))
 }
 
 /// The batch is split into at most this many fixed runs of consecutive images for a backward
@@ -178,5 +286,25 @@ mod tests {
         // (1e8 + -1e8) + 1 = 1 in f32; any other order loses the 1.
         assert_eq!(p, vec![6.0, 1.0]);
         assert_eq!(q, vec![6.0]);
+    }
+
+    #[test]
+    fn exp_f32_is_within_two_ulp_of_exp() {
+        // every 97th float bit pattern in [-87.3, 88.3], against f64's exp rounded to f32
+        let (lo, hi) = ((-87.3f32).to_bits(), 88.3f32.to_bits());
+        let mut worst = 0u32;
+        let negatives = (0x8000_0000u32..=lo).step_by(97);
+        let positives = (0u32..=hi).step_by(97);
+        for bits in negatives.chain(positives) {
+            let x = f32::from_bits(bits);
+            let want = (x as f64).exp() as f32;
+            let ulps = want.to_bits().abs_diff(exp_f32(x).to_bits());
+            worst = worst.max(ulps);
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert!(exp_f32(-1000.0) < 1.3e-38 && exp_f32(-1000.0) > 0.0);
+        assert!(exp_f32(1000.0).is_finite() && exp_f32(1000.0) > 2e38);
     }
 }

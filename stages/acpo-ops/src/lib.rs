@@ -7,14 +7,19 @@
 //! - [`norm`]: group normalisation, optionally fused with SiLU, forward and backward.
 //! - [`attention`]: multi-head scaled dot-product attention, forward and backward.
 //! - [`timing`]: opt-in wall-clock counters per op class, for the roofline bench.
-//! - `cpu_op`: what they share: the f32/f64 dispatch, host buffers, fixed-order reductions;
-//!   `mat`: strided matrix views and the bounds-checked call into `gemm`.
+//! - `cpu_op`: what they share: the f32/f64 dispatch, host slices, fixed-order reductions, the
+//!   CPU feature check and a vectorisable f32 `exp`;
+//!   `mat`: strided matrix views and the bounds-checked call into `gemm`; `panel`: the f32
+//!   product on panel-packed columns with the AVX2+FMA kernel the convolution uses.
 
 pub mod attention;
 pub mod conv;
 mod cpu_op;
 mod mat;
 pub mod norm;
+mod panel;
 #[cfg(test)]
 mod test_util;
 pub mod timing;
+
+pub use cpu_op::reference_ops;

@@ -9,7 +9,7 @@
 //! accumulated in f64. Other devices use the generic-op version. Finite-difference checked in
 //! `tests/gradcheck.rs`.
 
-use crate::cpu_op::{host_vec, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::cpu_op::{avx2_fma, in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, TypedOp3};
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -79,6 +79,7 @@ const LANES: usize = 8;
 
 /// `sum_{i < n} f(i)` in f64 over [`LANES`] interleaved chains (element `i` in chain
 /// `i % LANES`, the tail past the last full round in its own), added in a fixed order.
+#[inline(always)]
 fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
     let full = n / LANES * LANES;
@@ -92,6 +93,7 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
 }
 
 /// Mean and 1/std of one group's values.
+#[inline(always)]
 fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = lane_sum(xs.len(), |i| xs[i].to_f64()) / n;
@@ -102,9 +104,86 @@ fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
+/// Runs `$body` (an expression over the op's slices) compiled twice: for AVX2+FMA where the CPU
+/// has them, else for the baseline target. The two copies compute the same operations in the
+/// same order (Rust does not contract `a * b + c` into an FMA), so their results are
+/// bit-identical; the AVX2 copy's loops vectorise 8 wide.
+macro_rules! multiversion {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: Elem>(&self, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if avx2_fma() {
+                #[allow(clippy::too_many_arguments)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<T: Elem>(op: &GroupNormOp, $($arg: $ty),*) {
+                    op.$body($($arg),*)
+                }
+                // SAFETY: the CPU reports the features this copy is compiled for.
+                return unsafe { avx2(self, $($arg),*) };
+            }
+            self.$body($($arg),*)
+        }
+    };
+}
+
+/// `ys = silu(xs * scale + shift)`, `silu(a) = a / (1 + exp(-a))`, with the given `exp`.
+#[inline(always)]
+fn affine_silu<T: Elem>(xs: &[T], ys: &mut [T], scale: T, shift: T, exp: impl Fn(T) -> T) {
+    for (o, &v) in ys.iter_mut().zip(xs) {
+        let a = v * scale + shift;
+        *o = a / (T::one() + exp(-a));
+    }
+}
+
+/// `gys = gos * silu'(a)` with `a = (xs - mean) * rstd * gamma + beta` (the pre-activation) and
+/// `silu'(a) = s (1 + a (1 - s))`, `s = 1 / (1 + exp(-a))`, with the given `exp`.
+#[inline(always)]
+fn silu_gradient<T: Elem>(
+    xs: &[T],
+    gos: &[T],
+    gys: &mut [T],
+    (mean, rstd, gamma, beta): (T, T, T, T),
+    exp: impl Fn(T) -> T,
+) {
+    for ((o, &xv), &go) in gys.iter_mut().zip(xs).zip(gos) {
+        let a = (xv - mean) * rstd * gamma + beta;
+        let s = T::one() / (T::one() + exp(-a));
+        *o = go * s * (T::one() + a * (T::one() - s));
+    }
+}
+
 impl GroupNormOp {
+    multiversion!(
+        forward_image,
+        forward_image_body,
+        (x: &[T], gamma: &[T], beta: &[T], y: &mut [T], exact: bool)
+    );
+    multiversion!(
+        backward_image,
+        backward_image_body,
+        (
+            x: &[T],
+            gamma: &[T],
+            beta: &[T],
+            gout: &[T],
+            gx: &mut [T],
+            dgamma: &mut [f64],
+            dbeta: &mut [f64],
+            exact: bool
+        )
+    );
+
     /// One image: `x`, `y` are `[C, HW]`.
-    fn forward_image<T: Elem>(&self, x: &[T], gamma: &[T], beta: &[T], y: &mut [T]) {
+    #[inline(always)]
+    fn forward_image_body<T: Elem>(
+        &self,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        y: &mut [T],
+        exact: bool,
+    ) {
         let c = gamma.len();
         let hw = x.len() / c;
         let cg = c / self.groups;
@@ -118,11 +197,10 @@ impl GroupNormOp {
                 let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
                 let xs = &x[ch * hw..][..hw];
                 let ys = &mut y[ch * hw..][..hw];
-                if self.silu {
-                    for (o, &v) in ys.iter_mut().zip(xs) {
-                        let a = v * scale + shift;
-                        *o = a / (T::one() + (-a).exp());
-                    }
+                if self.silu && exact {
+                    affine_silu(xs, ys, scale, shift, T::exp);
+                } else if self.silu {
+                    affine_silu(xs, ys, scale, shift, T::exp_fast);
                 } else {
                     for (o, &v) in ys.iter_mut().zip(xs) {
                         *o = v * scale + shift;
@@ -133,17 +211,19 @@ impl GroupNormOp {
     }
 
     fn forward<T: Elem>(&self, x: &[T], gamma: &[T], beta: &[T], b: usize) -> Vec<T> {
+        let exact = in_reference_ops();
         let per = x.len() / b;
         let mut y = vec![T::zero(); x.len()];
         y.par_chunks_mut(per)
             .zip(x.par_chunks(per))
-            .for_each(|(yb, xb)| self.forward_image(xb, gamma, beta, yb));
+            .for_each(|(yb, xb)| self.forward_image(xb, gamma, beta, yb, exact));
         y
     }
 
     /// One image: writes `dx` and adds into the per-channel `dgamma`, `dbeta` accumulators.
     #[allow(clippy::too_many_arguments)]
-    fn backward_image<T: Elem>(
+    #[inline(always)]
+    fn backward_image_body<T: Elem>(
         &self,
         x: &[T],
         gamma: &[T],
@@ -152,6 +232,7 @@ impl GroupNormOp {
         gx: &mut [T],
         dgamma: &mut [f64],
         dbeta: &mut [f64],
+        exact: bool,
     ) {
         let c = gamma.len();
         let hw = x.len() / c;
@@ -169,14 +250,14 @@ impl GroupNormOp {
                 let (ga, be) = (gamma[ch], beta[ch]);
                 let xs = &x[ch * hw..][..hw];
                 let gys = &mut gx[ch * hw..][..hw];
-                for ((o, &xv), &go) in gys.iter_mut().zip(xs).zip(&gout[ch * hw..][..hw]) {
-                    *o = if self.silu {
-                        let a = (xv - tm) * tr * ga + be;
-                        let s = T::one() / (T::one() + (-a).exp());
-                        go * s * (T::one() + a * (T::one() - s))
-                    } else {
-                        go
-                    };
+                let gos = &gout[ch * hw..][..hw];
+                let affine = (tm, tr, ga, be);
+                if self.silu && exact {
+                    silu_gradient(xs, gos, gys, affine, T::exp);
+                } else if self.silu {
+                    silu_gradient(xs, gos, gys, affine, T::exp_fast);
+                } else {
+                    gys.copy_from_slice(gos);
                 }
                 let sg = lane_sum(hw, |i| gys[i].to_f64());
                 let sgx = lane_sum(hw, |i| gys[i].to_f64() * ((xs[i] - tm) * tr).to_f64());
@@ -211,6 +292,7 @@ impl GroupNormOp {
         let mut gx = vec![T::zero(); x.len()];
         // Fixed runs of images summed in a fixed order: bit-reproducible (see cpu_op.rs).
         let run = run_len(b);
+        let exact = in_reference_ops();
         let partial: Vec<(Vec<f64>, Vec<f64>)> = gx
             .par_chunks_mut(run * per)
             .zip(x.par_chunks(run * per))
@@ -219,7 +301,7 @@ impl GroupNormOp {
                 let (mut dg, mut db) = (vec![0f64; c], vec![0f64; c]);
                 let images = gxr.chunks_mut(per).zip(xr.chunks(per)).zip(gor.chunks(per));
                 for ((gxb, xb), gob) in images {
-                    self.backward_image(xb, gamma, beta, gob, gxb, &mut dg, &mut db);
+                    self.backward_image(xb, gamma, beta, gob, gxb, &mut dg, &mut db, exact);
                 }
                 (dg, db)
             })
@@ -249,13 +331,10 @@ impl TypedOp3 for GroupNormOp {
         beta: &Tensor,
         gout: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let (gx, dg, db) = self.backward(
-            &host_vec::<T>(x)?,
-            &host_vec::<T>(gamma)?,
-            &host_vec::<T>(beta)?,
-            &host_vec::<T>(gout)?,
-            x.dim(0)?,
-        );
+        let batch = x.dim(0)?;
+        let (gx, dg, db) = on_host([x, gamma, beta, gout], |[x, gamma, beta, gout]| {
+            self.backward::<T>(x, gamma, beta, gout, batch)
+        })?;
         let dev = x.device();
         Ok((
             Tensor::from_vec(gx, x.dims(), dev)?,
@@ -308,6 +387,35 @@ mod tests {
                     assert!(max_diff(a, e) < 1e-4, "{case}: gradient of input {i}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_avx2_copy_computes_the_baseline_bits() {
+        // The dispatched sweeps (the AVX2+FMA copy where the CPU has it) against the bodies
+        // called directly (the baseline copy), with either exp, forward and backward: equal
+        // bits. An odd pixel count leaves the vector loops a tail.
+        let op = GroupNormOp {
+            groups: 2,
+            eps: 1e-5,
+            silu: true,
+        };
+        let (c, hw) = (4, 37);
+        let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin() * 2.0).collect();
+        let (x, go): (Vec<f32>, Vec<f32>) = (wave(c * hw, 0.37), wave(c * hw, 0.29));
+        let (gamma, beta): (Vec<f32>, Vec<f32>) = (wave(c, 0.7), wave(c, 1.3));
+        for exact in [false, true] {
+            let (mut y1, mut y2) = (vec![0f32; c * hw], vec![0f32; c * hw]);
+            op.forward_image(&x, &gamma, &beta, &mut y1, exact);
+            op.forward_image_body(&x, &gamma, &beta, &mut y2, exact);
+            assert_eq!(y1, y2, "forward, exact {exact}");
+            let mut one = (vec![0f32; c * hw], vec![0f64; c], vec![0f64; c]);
+            let mut two = one.clone();
+            let (gx, dg, db) = (&mut one.0, &mut one.1, &mut one.2);
+            op.backward_image(&x, &gamma, &beta, &go, gx, dg, db, exact);
+            let (gx, dg, db) = (&mut two.0, &mut two.1, &mut two.2);
+            op.backward_image_body(&x, &gamma, &beta, &go, gx, dg, db, exact);
+            assert_eq!(one, two, "backward, exact {exact}");
         }
     }
 

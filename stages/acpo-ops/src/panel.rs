@@ -1,0 +1,445 @@
+//! The f32 matrix product of the convolution's tiles, on a right operand packed in 16-wide
+//! panels, with a hand-written AVX2+FMA register kernel.
+//!
+//! Why hand-written: `gemm` (what candle's matmul runs) packs both operands of every call into
+//! its own blocked layout. The convolution's products at the UNet's 32x32 level are only 32 rows
+//! (output channels) tall, so that packing, of an operand the size of the tile's im2col columns,
+//! is not paid back, and they ran at about half of one core's peak (`examples/gemm_shapes.rs`,
+//! bench/README "Roofline"). Here the im2col itself writes the columns in the layout the kernel
+//! reads (`conv`'s `ColLayout`), so the kernel reads each panel from L1 with no second copy.
+//!
+//! **The panel layout.** A `k x n` right operand `B` is stored as `ceil(n / 16)` panels of 16
+//! columns; panel `p` holds `B[kk][16 p + l]` at `p * k * 16 + kk * 16 + l`, zero past column
+//! `n`. [`panel_product`] multiplies one panel: `C[i][l] += sum_kk A[i][kk] B[kk][l]` for the
+//! `m` rows of `A`, six rows at a time (the 6x16 kernel of BLIS's Haswell port: twelve
+//! accumulators, two panel loads and six broadcasts per `kk`, which fits AVX2's sixteen
+//! registers), then the rows left over.
+//!
+//! The AVX2+FMA kernel runs only where the CPU reports both features at run time; elsewhere a
+//! portable loop computes the same sums (the tests run both). [`Kernel::detect`] picks which
+//! implementation the convolution uses.
+
+use crate::cpu_op::avx2_fma;
+use std::any::TypeId;
+use std::sync::OnceLock;
+
+/// Columns per panel: two AVX2 registers of f32.
+pub(crate) const NR: usize = 16;
+
+/// Rows of `A` the kernel keeps in registers at a time.
+#[cfg(target_arch = "x86_64")]
+const MR: usize = 6;
+
+/// Which implementation runs the convolution's tile products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// Row-major im2col columns multiplied by `gemm` (every dtype, every CPU).
+    Gemm,
+    /// Columns packed in panels, multiplied by [`panel_product`] (f32).
+    Panels,
+}
+
+impl Kernel {
+    /// [`Kernel::Panels`] when this CPU has AVX2 and FMA, unless the environment variable
+    /// `ACPO_CONV_KERNEL` is `gemm` (the bench's A/B switch); detected once per process.
+    pub(crate) fn detect() -> Self {
+        static KERNEL: OnceLock<Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let forced_gemm = std::env::var("ACPO_CONV_KERNEL").is_ok_and(|v| v == "gemm");
+            if avx2_fma() && !forced_gemm {
+                Kernel::Panels
+            } else {
+                Kernel::Gemm
+            }
+        })
+    }
+}
+
+/// `s` as the f32 slice it is; panics for any other element type (the panel path is chosen
+/// for f32 only).
+pub(crate) fn f32s<T: 'static>(s: &[T]) -> &[f32] {
+    assert_eq!(
+        TypeId::of::<T>(),
+        TypeId::of::<f32>(),
+        "panel kernel: f32 only"
+    );
+    // SAFETY: T is f32 (checked above), so the slice is reinterpreted as itself.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// [`f32s`] for a mutable slice.
+pub(crate) fn f32s_mut<T: 'static>(s: &mut [T]) -> &mut [f32] {
+    assert_eq!(
+        TypeId::of::<T>(),
+        TypeId::of::<f32>(),
+        "panel kernel: f32 only"
+    );
+    // SAFETY: as in `f32s`; the borrow of `s` moves into the result.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+}
+
+/// Elements of `n` columns of a `k`-row operand in panels (the last panel padded to 16).
+pub(crate) fn panels_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * NR * k
+}
+
+/// `c[i * rsc + l] += sum over kk < k of a[i * rsa + kk] * b[kk * 16 + l]` for every row `i <
+/// m` and lane `l < lanes`: `m` rows of a row-major `A` (rows `rsa` apart) times one panel `b`
+/// (`k x 16`, [module docs](self)), added to the first `lanes` columns of `m` rows of `C` (rows
+/// `rsc` apart). Lanes of the panel past `lanes` are read but their sums are dropped.
+///
+/// Panics when an operand is too short for the shape, or `lanes > 16`.
+#[allow(clippy::too_many_arguments)] // the shape, two strided operands and a strided result
+pub(crate) fn panel_product(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    b: &[f32],
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
+    if m == 0 || lanes == 0 {
+        return;
+    }
+    check_shapes(m, k, a.len(), rsa, c.len(), rsc, lanes);
+    assert!(
+        k * NR <= b.len(),
+        "panel product: panel too short for {k} rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the asserts above keep every address the kernel forms (`a` up to `(m-1) rsa
+        // + k`, `b` up to `k * 16`, `c` up to `(m-1) rsc + lanes`) inside its slice, `c` is
+        // the only mutable one, and the CPU reports the kernel's features.
+        unsafe {
+            let b = avx2::Panel(b.as_ptr());
+            avx2::product(m, k, a.as_ptr(), rsa, b, c.as_mut_ptr(), rsc, lanes)
+        };
+        return;
+    }
+    portable_product(m, k, a, rsa, |kk, l| b[kk * NR + l], c, rsc, lanes);
+}
+
+/// [`panel_product`] with the right operand's rows gathered from an image instead of a panel:
+/// `B[kk][l] = x[offs[kk] + l]` for `l < 8` and `x[offs[kk] + delta + l - 8]` for the second
+/// half (`delta` is 8 where a row's 16 lanes are contiguous, an image row's pitch where they
+/// are two image rows of 8). This is the convolution without its im2col: `x` a zero-padded
+/// image, `offs` where each kernel tap reads, relative to the output pixels' first input pixel.
+///
+/// Panics when an operand is too short, `offs` has fewer than `k` entries, a gathered row
+/// would read past `x`, or `lanes > 16`.
+#[allow(clippy::too_many_arguments)] // as panel_product, with the gather's three
+pub(crate) fn gather_product(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    x: &[f32],
+    offs: &[u32],
+    delta: usize,
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
+    if m == 0 || lanes == 0 {
+        return;
+    }
+    check_shapes(m, k, a.len(), rsa, c.len(), rsc, lanes);
+    let offs = &offs[..k];
+    let reach = offs
+        .iter()
+        .max()
+        .map_or(0, |&o| o as usize + delta.max(8) + 8);
+    assert!(
+        reach <= x.len(),
+        "gather product: a gathered row reads past the image"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: as in `panel_product`; every gathered row lies within `x` (the assert on
+        // `reach`: a row's furthest lane is `offs[kk] + max(delta, 8) + 7`).
+        unsafe {
+            let b = avx2::Gather {
+                base: x.as_ptr(),
+                offs: offs.as_ptr(),
+                delta,
+            };
+            avx2::product(m, k, a.as_ptr(), rsa, b, c.as_mut_ptr(), rsc, lanes)
+        };
+        return;
+    }
+    let at = |kk: usize, l: usize| {
+        let o = offs[kk] as usize;
+        if l < 8 {
+            x[o + l]
+        } else {
+            x[o + delta + l - 8]
+        }
+    };
+    portable_product(m, k, a, rsa, at, c, rsc, lanes);
+}
+
+/// The bounds every product checks: `a` holds `m` rows of `k` (rows `rsa` apart) and `c` `m`
+/// rows of `lanes` (rows `rsc` apart), `lanes <= 16`.
+fn check_shapes(m: usize, k: usize, a: usize, rsa: usize, c: usize, rsc: usize, lanes: usize) {
+    assert!(
+        lanes <= NR,
+        "panel product: {lanes} lanes in a {NR}-wide panel"
+    );
+    assert!(
+        k == 0 || (m - 1) * rsa + k <= a,
+        "panel product: left operand too short for {m}x{k}"
+    );
+    assert!(
+        (m - 1) * rsc + lanes <= c,
+        "panel product: result too short for {m}x{lanes}"
+    );
+}
+
+/// The products as plain loops, the right operand's element `(kk, l)` from `b`: the fallback,
+/// and the tests' second implementation.
+#[allow(clippy::too_many_arguments)]
+fn portable_product(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    rsa: usize,
+    b: impl Fn(usize, usize) -> f32,
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
+    for i in 0..m {
+        let mut acc = [0f32; NR];
+        for (kk, &av) in a[i * rsa..][..k].iter().enumerate() {
+            for (l, s) in acc.iter_mut().enumerate() {
+                *s = av.mul_add(b(kk, l), *s);
+            }
+        }
+        for (d, s) in c[i * rsc..][..lanes].iter_mut().zip(acc) {
+            *d += s;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Where the kernel finds row `kk` of the right operand: two 8-float vectors.
+    pub(super) trait Rhs: Copy {
+        /// The addresses of lanes 0..8 and 8..16 of row `kk`.
+        unsafe fn row(self, kk: usize) -> (*const f32, *const f32);
+    }
+
+    /// A panel: row `kk` at `kk * 16`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Panel(pub(super) *const f32);
+
+    impl Rhs for Panel {
+        #[inline(always)]
+        unsafe fn row(self, kk: usize) -> (*const f32, *const f32) {
+            let p = self.0.add(kk * NR);
+            (p, p.add(8))
+        }
+    }
+
+    /// Rows gathered from an image: row `kk` at `offs[kk]`, its second half `delta` further.
+    #[derive(Clone, Copy)]
+    pub(super) struct Gather {
+        pub(super) base: *const f32,
+        pub(super) offs: *const u32,
+        pub(super) delta: usize,
+    }
+
+    impl Rhs for Gather {
+        #[inline(always)]
+        unsafe fn row(self, kk: usize) -> (*const f32, *const f32) {
+            let p = self.base.add(*self.offs.add(kk) as usize);
+            (p, p.add(self.delta))
+        }
+    }
+
+    /// [`super::panel_product`] on raw pointers: blocks of six rows, then one block of the
+    /// rest. Callers check the bounds and the CPU features.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn product<B: Rhs>(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        rsa: usize,
+        b: B,
+        c: *mut f32,
+        rsc: usize,
+        lanes: usize,
+    ) {
+        let mut i = 0;
+        while i + MR <= m {
+            rows::<MR, B>(k, a.add(i * rsa), rsa, b, c.add(i * rsc), rsc, lanes);
+            i += MR;
+        }
+        let (a, c) = (a.add(i * rsa), c.add(i * rsc));
+        match m - i {
+            0 => {}
+            1 => rows::<1, B>(k, a, rsa, b, c, rsc, lanes),
+            2 => rows::<2, B>(k, a, rsa, b, c, rsc, lanes),
+            3 => rows::<3, B>(k, a, rsa, b, c, rsc, lanes),
+            4 => rows::<4, B>(k, a, rsa, b, c, rsc, lanes),
+            _ => rows::<5, B>(k, a, rsa, b, c, rsc, lanes),
+        }
+    }
+
+    /// `M` rows (`M <= 6`) times the right operand, the sums in `2 M` registers.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const M: usize, B: Rhs>(
+        k: usize,
+        a: *const f32,
+        rsa: usize,
+        b: B,
+        c: *mut f32,
+        rsc: usize,
+        lanes: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for kk in 0..k {
+            let (p0, p1) = b.row(kk);
+            let b0 = _mm256_loadu_ps(p0);
+            let b1 = _mm256_loadu_ps(p1);
+            for (i, s) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(i * rsa + kk));
+                s[0] = _mm256_fmadd_ps(av, b0, s[0]);
+                s[1] = _mm256_fmadd_ps(av, b1, s[1]);
+            }
+        }
+        for (i, s) in acc.iter().enumerate() {
+            let row = c.add(i * rsc);
+            if lanes == NR {
+                _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), s[0]));
+                _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), s[1]));
+            } else {
+                let mut sums = [0f32; NR];
+                _mm256_storeu_ps(sums.as_mut_ptr(), s[0]);
+                _mm256_storeu_ps(sums.as_mut_ptr().add(8), s[1]);
+                for (l, v) in sums.iter().take(lanes).enumerate() {
+                    *row.add(l) += v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `C += A B` in f64 from the definition, for the same strided operands.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        m: usize,
+        k: usize,
+        a: &[f32],
+        rsa: usize,
+        b: &[f32],
+        c: &[f32],
+        rsc: usize,
+        lanes: usize,
+    ) -> Vec<f64> {
+        let mut out: Vec<f64> = c.iter().map(|&v| v as f64).collect();
+        for i in 0..m {
+            for l in 0..lanes {
+                let s: f64 = (0..k)
+                    .map(|kk| a[i * rsa + kk] as f64 * b[kk * NR + l] as f64)
+                    .sum();
+                out[i * rsc + l] += s;
+            }
+        }
+        out
+    }
+
+    fn wave(n: usize, f: f64) -> Vec<f32> {
+        (0..n).map(|i| ((i as f64 * f).sin()) as f32).collect()
+    }
+
+    #[test]
+    fn both_implementations_compute_the_definition() {
+        // Row counts around the six-row block (remainders 1..5, several blocks), short and
+        // long products, full and partial panels, operands with row gaps; the elements of C
+        // outside the product must stay as they were.
+        for m in [1, 2, 5, 6, 7, 12, 13, 32] {
+            for k in [0, 1, 3, 27, 64, 300] {
+                for lanes in [1, 7, 15, 16] {
+                    let (rsa, rsc) = (k + 3, lanes + 5);
+                    let a = wave(m * rsa, 0.37);
+                    let b = wave(k * NR, 0.11);
+                    let c0 = wave(m * rsc, 0.23);
+                    let want = reference(m, k, &a, rsa, &b, &c0, rsc, lanes);
+                    let mut fast = c0.clone();
+                    panel_product(m, k, &a, rsa, &b, &mut fast, rsc, lanes);
+                    let mut plain = c0.clone();
+                    let bv = |kk: usize, l: usize| b[kk * NR + l];
+                    portable_product(m, k, &a, rsa, bv, &mut plain, rsc, lanes);
+                    for (what, got) in [("dispatched", &fast), ("portable", &plain)] {
+                        for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                            // f32 sums of k products of magnitude <= 1
+                            let tol = 1e-6 * (k as f64 + 1.0);
+                            assert!(
+                                (g as f64 - w).abs() <= tol,
+                                "{what}: m {m} k {k} lanes {lanes} at {idx}: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gathered_rows_are_the_rows_of_a_panel() {
+        // The same product with the right operand gathered from an "image" and packed as a
+        // panel: contiguous rows (delta 8) and rows split over two image rows (delta 11).
+        let x = wave(600, 0.19);
+        for delta in [8, 11] {
+            for (m, k) in [(6, 9), (13, 27), (3, 1)] {
+                let offs: Vec<u32> = (0..k as u32).map(|kk| (kk * 37) % 500).collect();
+                let mut panel = vec![0f32; k * NR];
+                for (kk, &o) in offs.iter().enumerate() {
+                    for l in 0..NR {
+                        let at = o as usize + if l < 8 { l } else { delta + l - 8 };
+                        panel[kk * NR + l] = x[at];
+                    }
+                }
+                let a = wave(m * k, 0.41);
+                let c0 = wave(m * NR, 0.23);
+                let mut want = c0.clone();
+                panel_product(m, k, &a, k, &panel, &mut want, NR, NR);
+                let mut got = c0.clone();
+                gather_product(m, k, &a, k, &x, &offs, delta, &mut got, NR, NR);
+                assert_eq!(got, want, "m {m} k {k} delta {delta}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "reads past the image")]
+    fn a_gather_past_the_image_panics() {
+        // the second half of row 1 would read x[23..31] of 30
+        let (a, x) = (vec![0f32; 2], vec![0f32; 30]);
+        let mut c = vec![0f32; NR];
+        gather_product(1, 2, &a, 2, &x, &[0, 15], 8, &mut c, NR, NR);
+    }
+
+    #[test]
+    #[should_panic(expected = "left operand too short")]
+    fn a_short_operand_panics() {
+        let a = vec![0f32; 10];
+        let b = vec![0f32; 4 * NR];
+        let mut c = vec![0f32; 2 * NR];
+        panel_product(2, 4, &a, 8, &b, &mut c, NR, NR);
+    }
+}
