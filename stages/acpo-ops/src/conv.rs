@@ -12,9 +12,10 @@
 //! the product that multiplies the kernel by the image's columns:
 //!
 //! - **The panel kernel** (`crate::panel`: f32, a CPU with AVX2+FMA, a batch with an image per
-//!   thread). For a stride-1 kernel whose output rows are 8 pixels or a multiple of 16 there is
-//!   no im2col: each 16-pixel panel's columns are 16 consecutive pixels of a zero-padded copy of
-//!   the image, which the kernel gathers as it multiplies ([`Taps`]). Otherwise the columns of
+//!   thread). For a stride-1 or stride-2 kernel whose output rows are 8 pixels or a multiple of
+//!   16 there is no im2col: each 16-pixel panel's columns are 16 consecutive elements of a
+//!   zero-padded copy of the image (for stride 2 with its columns split by parity), which the
+//!   kernel gathers as it multiplies ([`Taps`]). Otherwise the columns of
 //!   a tile of output rows small enough for the core's L2 cache ([`TILE_ELEMS`]) are written in
 //!   16-pixel panels and multiplied from there.
 //! - **`gemm`** (the crate candle's own matmul uses) everywhere else: the tile's im2col
@@ -416,51 +417,70 @@ struct Scratch<T> {
     padded: Vec<T>,
 }
 
-/// The convolution without im2col, for a stride-1 kernel: a panel of 16 output pixels is one
-/// row segment (`OW` a multiple of 16) or two whole rows (`OW` = 8, an even `OH`), and then
-/// the 16 columns of kernel tap `(c, ky, kx)` are 16 (or 2 x 8) consecutive pixels of the
-/// zero-padded image, at `offs[(c, ky, kx)] = (c * HP + ky) * WP + kx` from the panel's first
-/// output pixel's position `oy * WP + ox`. The panel kernel gathers them as it multiplies
+/// The convolution without im2col, for a stride-1 or stride-2 kernel: a panel of 16 output
+/// pixels is one row segment (`OW` a multiple of 16) or two whole rows (`OW` = 8, an even
+/// `OH`), and then the 16 columns of kernel tap `(c, ky, kx)` are 16 (or 2 x 8) consecutive
+/// elements of the zero-padded image. For stride 2 the padded image's columns are stored split
+/// by parity (the even columns, then the odd ones, of each row), so that every second input
+/// column is again consecutive. A tap reads at `offs[(c, ky, kx)]` from the position of the
+/// panel's first output pixel; the panel kernel gathers the columns as it multiplies
 /// ([`gather_product`]).
 #[derive(Debug, Clone)]
 struct Taps {
     offs: Vec<u32>,
     hp: usize,
     wp: usize,
+    stride: usize,
 }
 
 impl Taps {
-    /// None where the geometry does not allow it (stride, row width, odd rows, or offsets past
-    /// `u32`).
+    /// None where the geometry does not allow it (stride, row width, odd rows, an odd padded
+    /// width for stride 2, or offsets past `u32`).
     fn new(g: &Geom) -> Option<Self> {
+        let (hp, wp, stride) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let rows_fit = g.ow.is_multiple_of(NR) || (g.ow == NR / 2 && g.oh.is_multiple_of(2));
-        if g.stride != 1 || g.pointwise() || g.l() == 0 || !rows_fit {
+        let strided = stride == 1 || (stride == 2 && wp.is_multiple_of(2));
+        if !strided || g.pointwise() || g.l() == 0 || !rows_fit {
             return None;
         }
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         u32::try_from(g.c * hp * wp).ok()?;
+        let taps = Self {
+            offs: vec![],
+            hp,
+            wp,
+            stride,
+        };
         let mut offs = Vec::with_capacity(g.ckk());
         for c in 0..g.c {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
-                    offs.push(((c * hp + ky) * wp + kx) as u32);
+                    offs.push((c * hp * wp + taps.at(ky, kx)) as u32);
                 }
             }
         }
-        Some(Self { offs, hp, wp })
+        Some(Self { offs, ..taps })
     }
 
-    /// Copies image `x` (`[C, H, W]`) into the interior of `padded` (`[C, HP, WP]`).
+    /// Where padded pixel `(y, x)` of a channel is stored: row `y`, then by the parity of `x`
+    /// for stride 2.
+    fn at(&self, y: usize, x: usize) -> usize {
+        y * self.wp + x % self.stride * (self.wp / self.stride) + x / self.stride
+    }
+
+    /// Copies image `x` (`[C, H, W]`) into the interior of `padded` (`[C, HP, WP]`, stored as
+    /// [`Taps::at`] says).
     fn pad<T: Copy>(&self, g: &Geom, x: &[T], padded: &mut [T]) {
-        for (src, dst) in x
-            .chunks(g.h * g.w)
-            .zip(padded.chunks_mut(self.hp * self.wp))
-        {
-            for (srow, drow) in src
-                .chunks(g.w)
-                .zip(dst[g.pad * self.wp..].chunks_mut(self.wp))
-            {
-                drow[g.pad..g.pad + g.w].copy_from_slice(srow);
+        let plane = self.hp * self.wp;
+        for (src, dst) in x.chunks(g.h * g.w).zip(padded.chunks_mut(plane)) {
+            for (iy, srow) in src.chunks(g.w).enumerate() {
+                if self.stride == 1 {
+                    let at = self.at(iy + g.pad, g.pad);
+                    dst[at..at + g.w].copy_from_slice(srow);
+                } else {
+                    for (ix, &v) in srow.iter().enumerate() {
+                        dst[self.at(iy + g.pad, ix + g.pad)] = v;
+                    }
+                }
             }
         }
     }
@@ -468,14 +488,15 @@ impl Taps {
     /// `y += w * columns` for a whole image, panel by panel, from the padded image.
     fn product(&self, w: &[f32], padded: &[f32], y: &mut [f32], g: &Geom) {
         let (ckk, l) = (g.ckk(), g.l());
+        // the second half of a panel: 8 output pixels on, or the next output row
         let delta = if g.ow.is_multiple_of(NR) {
             NR / 2
         } else {
-            self.wp
+            self.stride * self.wp
         };
         let chunk = ckk.div_ceil(ckk.div_ceil(PANEL_ROWS));
         for p in (0..l).step_by(NR) {
-            let at = p / g.ow * self.wp + p % g.ow;
+            let at = self.stride * (p / g.ow) * self.wp + p % g.ow;
             for k0 in (0..ckk).step_by(chunk) {
                 let kc = chunk.min(ckk - k0);
                 let (a, offs) = (&w[k0..], &self.offs[k0..]);
@@ -1086,7 +1107,8 @@ mod tests {
         // gathered from the padded image, against the gemm path, in f32: only the order of the
         // additions differs. Output channels around the kernel's 6-row block, 27 and 288
         // kernel rows, partial panels, stride 2 (dX by the scatter), padding 0 and 2, rows of
-        // 8 and 16 (gathered), batch 1, several tilings.
+        // 8 and 16 (gathered; for stride 2 from parity-split columns), an odd padded width,
+        // batch 1, several tilings.
         let f32_sum_error = |terms: usize| 4.0 * f32::EPSILON * terms as f32;
         let mut gathered = 0;
         for (b, c, cout, hw, kps) in [
@@ -1100,6 +1122,9 @@ mod tests {
             (2, 4, 7, (6, 18), (3, 0, 1)),
             (2, 3, 6, (8, 6), (3, 2, 1)),
             (2, 2, 3, (8, 32), (3, 1, 1)),
+            (2, 3, 7, (32, 32), (3, 1, 2)),
+            (2, 2, 5, (16, 16), (3, 1, 2)),
+            (1, 2, 3, (32, 31), (3, 1, 2)),
         ] {
             let (g, x, wt, gy) = f32_batch(b, c, cout, hw, kps);
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
@@ -1130,7 +1155,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(gathered, 5 * 3, "the shapes with rows of 8 or 16 gather");
+        // rows of 8 or 16 output pixels gather, for stride 2 only with an even padded width
+        assert_eq!(gathered, 7 * 3, "gathering shapes");
     }
 
     fn max_abs_diff_f32(a: &[f32], b: &[f32]) -> f32 {

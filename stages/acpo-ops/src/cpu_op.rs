@@ -38,10 +38,14 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // adding and subtracting 1.5 * 2^23 rounds to the nearest integer in SSE2 arithmetic
+    // Adding 1.5 * 2^23 rounds to the nearest integer n in SSE2 arithmetic, and leaves n in the
+    // sum's low mantissa bits: integer arithmetic on the bits, which vectorises (a float to int
+    // cast with Rust's saturating semantics does not).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_2e-3;
@@ -50,7 +54,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    er * f32::from_bits((ni.wrapping_add(127) as u32) << 23)
 }
 
 thread_local! {

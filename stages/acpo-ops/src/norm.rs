@@ -77,18 +77,21 @@ struct GroupNormOp {
 /// chains overlap. They are added in a fixed order, so a sum does not depend on threads.
 const LANES: usize = 8;
 
-/// `sum_{i < n} f(i)` in f64 over [`LANES`] interleaved chains (element `i` in chain
-/// `i % LANES`, the tail past the last full round in its own), added in a fixed order.
+/// `sum_i f(xs[i], ys[i])` in f64 over [`LANES`] interleaved chains (element `i` in chain
+/// `i % LANES`, the tail past the last full round in its own), added in a fixed order. Over
+/// whole chunks of `LANES`, so that the chains become vector registers.
 #[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum<T: Copy>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
-    let full = n / LANES * LANES;
-    for base in (0..full).step_by(LANES) {
+    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let tail: f64 = (xc.remainder().iter().zip(yc.remainder()))
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (xb, yb) in xc.zip(yc) {
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
+            *a += f(xb[l], yb[l]);
         }
     }
-    let tail: f64 = (full..n).map(&f).sum();
     acc.iter().sum::<f64>() + tail
 }
 
@@ -96,9 +99,9 @@ fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
 #[inline(always)]
 fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
     let n = xs.len() as f64;
-    let mean = lane_sum(xs.len(), |i| xs[i].to_f64()) / n;
-    let var = lane_sum(xs.len(), |i| {
-        let d = xs[i].to_f64() - mean;
+    let mean = lane_sum(xs, xs, |x, _| x.to_f64()) / n;
+    let var = lane_sum(xs, xs, |x, _| {
+        let d = x.to_f64() - mean;
         d * d
     }) / n;
     (mean, 1.0 / (var + eps).sqrt())
@@ -259,8 +262,8 @@ impl GroupNormOp {
                 } else {
                     gys.copy_from_slice(gos);
                 }
-                let sg = lane_sum(hw, |i| gys[i].to_f64());
-                let sgx = lane_sum(hw, |i| gys[i].to_f64() * ((xs[i] - tm) * tr).to_f64());
+                let sg = lane_sum(gys, gys, |g, _| g.to_f64());
+                let sgx = lane_sum(gys, xs, |g, x| g.to_f64() * ((x - tm) * tr).to_f64());
                 let ga64 = ga.to_f64();
                 m1 += ga64 * sg;
                 m2 += ga64 * sgx;
