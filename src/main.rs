@@ -621,9 +621,10 @@ fn put_self_on_path() {
 }
 
 fn main() -> ExitCode {
-    // Stages allocate activation-sized buffers every step; keep freed memory for reuse
-    // (acpo_diffusion::malloc has the measurement).
-    acpo_diffusion::malloc::retain_freed_memory();
+    // Stages allocate activation-sized buffers every step and run candle ops beside rayon's:
+    // keep freed memory for reuse, leave candle's own thread pool empty
+    // (acpo_diffusion::startup has the measurements). First: it may set a variable.
+    acpo_diffusion::startup::tune_cpu_process();
     put_self_on_path();
     let cli = Cli::parse();
     match run(cli) {

@@ -9,7 +9,7 @@ use std::path::Path;
 use acpo_diffusion::{sample_to_dir, train_base, BenchmarkParams};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    acpo_diffusion::malloc::retain_freed_memory();
+    acpo_diffusion::startup::tune_cpu_process();
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 4 {
         return Err("usage: base_run PARAMS_JSON DATA_DIR OUT_DIR".into());

@@ -12,7 +12,7 @@ use acpo_diffusion::BenchmarkParams;
 use candle_core::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    acpo_diffusion::malloc::retain_freed_memory();
+    acpo_diffusion::startup::tune_cpu_process();
     let a: Vec<String> = std::env::args().collect();
     if a.len() != 6 {
         return Err("usage: loss_curve cpu|cuda DATA_DIR STEPS PARAMS_JSON OUT_DIR".into());

@@ -201,7 +201,7 @@ fn pass_json(
 }
 
 fn main() -> Res<()> {
-    acpo_diffusion::malloc::retain_freed_memory();
+    acpo_diffusion::startup::tune_cpu_process();
     let args: Vec<String> = std::env::args().collect();
     let cfg: UNetConfig = serde_json::from_str(args.get(1).map(String::as_str).unwrap_or("{}"))?;
     let train_batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(16);

@@ -12,7 +12,7 @@ use acpo_diffusion::{NoiseSchedule, UNet, UNetConfig};
 use candle_core::{Device, Tensor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    acpo_diffusion::malloc::retain_freed_memory();
+    acpo_diffusion::startup::tune_cpu_process();
     let args: Vec<String> = std::env::args().collect();
     let cfg: UNetConfig = serde_json::from_str(args.get(1).map(String::as_str).unwrap_or("{}"))?;
     let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32);

@@ -30,6 +30,7 @@ pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod startup;
 pub mod train;
 pub mod unet;
 

@@ -5,7 +5,8 @@
 //! at the top of the heap is returned to the kernel, so every step page-faults its buffers in
 //! again: measured on the 2-core machine, the cpu-profile UNet step spent about 7 s of 12 s in
 //! the kernel (`throughput` example, batch 32). Keeping freed memory in the process removes
-//! that. Binaries call [`retain_freed_memory`] once at start-up; it is a no-op off glibc.
+//! that. Binaries call it once at start-up, through [`crate::startup::tune_cpu_process`]; it is a
+//! no-op off glibc.
 
 /// Blocks up to this size come from the heap rather than from `mmap` (glibc's maximum, 32 MiB
 /// on 64-bit).

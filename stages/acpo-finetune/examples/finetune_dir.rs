@@ -11,7 +11,7 @@ use acpo_finetune::run::{run_finetune, FinetuneConfig, FinetunePaths, RunOptions
 use candle_core::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    acpo_diffusion::malloc::retain_freed_memory();
+    acpo_diffusion::startup::tune_cpu_process();
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 4 {
         return Err(

@@ -394,18 +394,26 @@ impl Plan {
         }
     }
 
-    /// Per-thread buffers for one image: the tile's columns, in any [`ColLayout`] (none for a
-    /// pointwise kernel), and the zero-padded image [`Taps`] read.
+    /// Per-thread buffers for the forward pass: the tile's columns (none where the plan has
+    /// [`Taps`]), or the zero-padded image they read.
     fn scratch<T: WithDType>(&self) -> Scratch<T> {
-        let cols = if self.g.pointwise() {
-            0
-        } else {
-            self.g.ckk().next_multiple_of(NR) * (self.rt * self.g.ow).next_multiple_of(NR)
+        let (cols, padded) = match &self.taps {
+            Some(t) => (0, self.g.c * t.hp * t.wp),
+            None => (self.cols_len(), 0),
         };
-        let padded = self.taps.as_ref().map_or(0, |t| self.g.c * t.hp * t.wp);
         Scratch {
             cols: vec![T::zero(); cols],
             padded: vec![T::zero(); padded],
+        }
+    }
+
+    /// A tile's columns in any [`ColLayout`] (none for a pointwise kernel, whose columns are
+    /// the image).
+    fn cols_len(&self) -> usize {
+        if self.g.pointwise() {
+            0
+        } else {
+            self.g.ckk().next_multiple_of(NR) * (self.rt * self.g.ow).next_multiple_of(NR)
         }
     }
 }
@@ -473,12 +481,19 @@ impl Taps {
         let plane = self.hp * self.wp;
         for (src, dst) in x.chunks(g.h * g.w).zip(padded.chunks_mut(plane)) {
             for (iy, srow) in src.chunks(g.w).enumerate() {
+                let row = &mut dst[(iy + g.pad) * self.wp..][..self.wp];
                 if self.stride == 1 {
-                    let at = self.at(iy + g.pad, g.pad);
-                    dst[at..at + g.w].copy_from_slice(srow);
+                    row[g.pad..g.pad + g.w].copy_from_slice(srow);
                 } else {
+                    // stride 2: padded column x at x / 2 of its parity's half (`Taps::at`)
+                    let (even, odd) = row.split_at_mut(self.wp / 2);
                     for (ix, &v) in srow.iter().enumerate() {
-                        dst[self.at(iy + g.pad, ix + g.pad)] = v;
+                        let x = ix + g.pad;
+                        if x.is_multiple_of(2) {
+                            even[x / 2] = v;
+                        } else {
+                            odd[x / 2] = v;
+                        }
                     }
                 }
             }
@@ -517,13 +532,18 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
 fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec<T> {
     let g = &plan.g;
     let par = inner_parallelism(g.b);
+    // runs of images, two per thread, each with its own buffers (rayon's `for_each_init` made
+    // them once per split: several times per call, each a few hundred KB to zero)
+    let run = g.b.div_ceil(2 * rayon::current_num_threads()).max(1);
     let mut out = vec![T::zero(); g.b * g.out_len()];
-    out.par_chunks_mut(g.out_len())
-        .zip(x.par_chunks(g.in_len()))
-        .for_each_init(
-            || plan.scratch(),
-            |scratch, (y, xb)| conv_image(xb, w, bias, plan, scratch, y, par),
-        );
+    out.par_chunks_mut(run * g.out_len())
+        .zip(x.par_chunks(run * g.in_len()))
+        .for_each(|(ys, xs)| {
+            let mut scratch = plan.scratch();
+            for (y, xb) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
+                conv_image(xb, w, bias, plan, &mut scratch, y, par);
+            }
+        });
     out
 }
 
@@ -752,7 +772,7 @@ impl<T: WithDType> Backward<'_, T> {
         let panels = self.plan.kernel == Kernel::Panels;
         let scatter = self.dx_conv.is_none();
         BackwardScratch {
-            cols: self.plan.scratch().cols,
+            cols: vec![T::zero(); self.plan.cols_len()],
             dyt: vec![
                 T::zero();
                 if panels {
