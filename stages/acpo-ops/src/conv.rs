@@ -23,7 +23,8 @@
 //!
 //! The bias is written first and accumulated into. The backward pass accumulates the weight and
 //! bias gradients per run of images (`dW += dY_tile cols_tile^T`; with the panel kernel
-//! `dW^T += cols_tile dY_tile^T`, `dY^T` packed in 16-channel panels); the input gradient of a
+//! `dW^T += cols_tile dY_tile^T`, `dY^T` packed in 16-channel panels, and for stride 1 the
+//! columns read from the padded image as well, [`Taps::row_span`]); the input gradient of a
 //! stride-1 kernel is the forward convolution of `dY` with the flipped, channel-transposed
 //! kernel (so it takes the same fast path), and otherwise `W^T dY_tile` scattered back to the
 //! image (col2im). The two products compute the same sums in different orders (a test bounds
@@ -32,7 +33,9 @@
 
 use crate::cpu_op::{in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, TypedOp3};
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
-use crate::panel::{f32s, f32s_mut, gather_product, panel_product, panels_len, Kernel, NR};
+use crate::panel::{
+    f32s, f32s_mut, gather_product, offsets_product, panel_product, panels_len, Kernel, NR,
+};
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -469,6 +472,20 @@ impl Taps {
         Some(Self { offs, ..taps })
     }
 
+    /// Elements of the padded image: `[C, HP, WP]`.
+    fn padded_len(&self, g: &Geom) -> usize {
+        g.c * self.hp * self.wp
+    }
+
+    /// Stride 1: the weight gradient's pixels of `rows` output rows as one run of the padded
+    /// image, `WP` apart per row, the gaps between rows (`WP - OW` pixels each) included, which
+    /// [`pack_transposed_rows`] gives a zero gradient. A tap's columns for those rows are then
+    /// `span` consecutive elements from its offset, and the last row's run ends inside the
+    /// padded image: `(rows - 1) * WP + OW`.
+    fn row_span(&self, g: &Geom, rows: usize) -> usize {
+        rows.saturating_sub(1) * self.wp + g.ow
+    }
+
     /// Where padded pixel `(y, x)` of a channel is stored: row `y`, then by the parity of `x`
     /// for stride 2.
     fn at(&self, y: usize, x: usize) -> usize {
@@ -636,6 +653,26 @@ fn weight_gradient_panels(cols: &[f32], dyt: &[f32], gwt: &mut [f32], g: &Geom, 
     }
 }
 
+/// [`pack_transposed`] for the padded image's row runs ([`Taps::row_span`]): `dY` of `rows`
+/// output rows (`dy` from the first; channels `OH*OW` apart) transposed into panels of 16
+/// channels over `(rows - 1) * pitch + OW` positions, output pixel `(r, ox)` at `r * pitch +
+/// ox`, zero at the gap positions between rows.
+fn pack_transposed_rows(dy: &[f32], g: &Geom, rows: usize, pitch: usize, dst: &mut [f32]) {
+    let span = rows.saturating_sub(1) * pitch + g.ow;
+    let dst = &mut dst[..panels_len(span, g.cout)];
+    dst.fill(0.0);
+    for co in 0..g.cout {
+        let panel = co / NR * span * NR + co % NR;
+        for r in 0..rows {
+            let src = &dy[co * g.l() + r * g.ow..][..g.ow];
+            let at = panel + r * pitch * NR;
+            for (d, &v) in dst[at..].iter_mut().step_by(NR).zip(src) {
+                *d = v;
+            }
+        }
+    }
+}
+
 /// The `cols x rows` transpose of a row-major `rows x cols` matrix.
 fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..cols * rows)
@@ -756,8 +793,10 @@ struct Backward<'a, T> {
 
 /// One thread's buffers for [`Backward::image`].
 struct BackwardScratch<T> {
-    /// The tile's columns of `x` (row-major).
+    /// The tile's columns of `x` (row-major; none where [`Backward::dw_taps`] applies).
     cols: Vec<T>,
+    /// The zero-padded image (where [`Backward::dw_taps`] applies).
+    padded: Vec<T>,
     /// The tile's `dY^T` in panels (panel kernel only).
     dyt: Vec<T>,
     /// The tile's column gradient (the scatter path only).
@@ -767,20 +806,29 @@ struct BackwardScratch<T> {
 }
 
 impl<T: WithDType> Backward<'_, T> {
+    /// The plan's [`Taps`] where the weight gradient reads the padded image instead of im2col
+    /// columns: stride 1 (a row of output pixels is then a row of the padded image; for stride
+    /// 2 the rows would be mostly gaps).
+    fn dw_taps(&self) -> Option<&Taps> {
+        self.plan.taps.as_ref().filter(|t| t.stride == 1)
+    }
+
     fn scratch(&self) -> BackwardScratch<T> {
         let (g, rt) = (&self.plan.g, self.plan.rt);
-        let panels = self.plan.kernel == Kernel::Panels;
+        let dyt = match (self.plan.kernel, self.dw_taps()) {
+            (Kernel::Gemm, _) => 0,
+            (Kernel::Panels, None) => panels_len(rt * g.ow, g.cout),
+            (Kernel::Panels, Some(t)) => panels_len(t.row_span(g, rt), g.cout),
+        };
+        let (cols, padded) = match self.dw_taps() {
+            Some(t) => (0, t.padded_len(g)),
+            None => (self.plan.cols_len(), 0),
+        };
         let scatter = self.dx_conv.is_none();
         BackwardScratch {
-            cols: vec![T::zero(); self.plan.cols_len()],
-            dyt: vec![
-                T::zero();
-                if panels {
-                    panels_len(rt * g.ow, g.cout)
-                } else {
-                    0
-                }
-            ],
+            cols: vec![T::zero(); cols],
+            padded: vec![T::zero(); padded],
+            dyt: vec![T::zero(); dyt],
             gcols: vec![T::zero(); if scatter { g.ckk() * rt * g.ow } else { 0 }],
             dx: self.dx_conv.as_ref().map(|(p, _)| p.scratch()),
         }
@@ -810,25 +858,15 @@ impl<T: WithDType> Backward<'_, T> {
             matmul(MatMut::rows(gxb, l), false, ckk, l, cout, wt, dy, par);
             return;
         }
-        let cols = &mut scratch.cols;
+        if let Some(taps) = self.dw_taps() {
+            taps.pad(g, xb, &mut scratch.padded);
+        }
         for r0 in (0..g.oh).step_by(plan.rt) {
             let rows = r0..(r0 + plan.rt).min(g.oh);
-            let n = rows.len() * g.ow;
-            im2col_tile(xb, g, rows.clone(), ColLayout::Rows, cols);
-            // this tile's output columns of dY_b: Cout x n, rows l apart
-            let dy = Mat::block(&gyb[r0 * g.ow..], l);
-            match plan.kernel {
-                Kernel::Gemm => {
-                    let cols_t = Mat::rows(&cols[..ckk * n], n).t();
-                    matmul(MatMut::rows(gw, ckk), true, cout, ckk, n, dy, cols_t, par);
-                }
-                Kernel::Panels => {
-                    let dyt = f32s_mut(&mut scratch.dyt);
-                    pack_transposed(f32s(&gyb[r0 * g.ow..]), cout, n, l, dyt);
-                    weight_gradient_panels(f32s(cols), dyt, f32s_mut(gw), g, n);
-                }
-            }
+            self.weight_gradient_tile(xb, gyb, rows.clone(), scratch, gw);
             if self.dx_conv.is_none() {
+                // this tile's output columns of dY_b: Cout x n, rows l apart
+                let (dy, n) = (Mat::block(&gyb[r0 * g.ow..], l), rows.len() * g.ow);
                 let dcols = &mut scratch.gcols[..ckk * n];
                 matmul(MatMut::rows(dcols, n), false, ckk, n, cout, wt, dy, par);
                 col2im_rows(dcols, g, rows, gxb);
@@ -836,6 +874,50 @@ impl<T: WithDType> Backward<'_, T> {
         }
         if let (Some((tplan, flipped)), Some(ts)) = (&self.dx_conv, &mut scratch.dx) {
             conv_image(gyb, flipped, &self.zeros, tplan, ts, gxb, par);
+        }
+    }
+
+    /// `dW += dY_tile cols_tile^T` for the output rows `rows` (`dW^T` with the panel kernel):
+    /// `gemm` on im2col columns, the panel kernel on im2col columns, or the panel kernel on
+    /// the padded image ([`Taps::row_span`]) where [`Backward::dw_taps`] allows.
+    fn weight_gradient_tile(
+        &self,
+        xb: &[T],
+        gyb: &[T],
+        rows: std::ops::Range<usize>,
+        scratch: &mut BackwardScratch<T>,
+        gw: &mut [T],
+    ) {
+        let g = &self.plan.g;
+        let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
+        let (r0, n) = (rows.start, rows.len() * g.ow);
+        let dy = &gyb[r0 * g.ow..];
+        match (self.plan.kernel, self.dw_taps()) {
+            (Kernel::Gemm, _) => {
+                let cols = &mut scratch.cols;
+                im2col_tile(xb, g, rows, ColLayout::Rows, cols);
+                let cols_t = Mat::rows(&cols[..ckk * n], n).t();
+                let dy = Mat::block(dy, l);
+                let par = self.par;
+                matmul(MatMut::rows(gw, ckk), true, cout, ckk, n, dy, cols_t, par);
+            }
+            (Kernel::Panels, None) => {
+                im2col_tile(xb, g, rows, ColLayout::Rows, &mut scratch.cols);
+                let dyt = f32s_mut(&mut scratch.dyt);
+                pack_transposed(f32s(dy), cout, n, l, dyt);
+                weight_gradient_panels(f32s(&scratch.cols), dyt, f32s_mut(gw), g, n);
+            }
+            (Kernel::Panels, Some(taps)) => {
+                let span = taps.row_span(g, rows.len());
+                let dyt = f32s_mut(&mut scratch.dyt);
+                pack_transposed_rows(f32s(dy), g, rows.len(), taps.wp, dyt);
+                let padded = &f32s(&scratch.padded)[r0 * taps.wp..];
+                for (cp, panel) in dyt[..panels_len(span, cout)].chunks(span * NR).enumerate() {
+                    let lanes = NR.min(cout - cp * NR);
+                    let c = &mut f32s_mut(gw)[cp * NR..];
+                    offsets_product(ckk, span, padded, &taps.offs, panel, c, cout, lanes);
+                }
+            }
         }
     }
 }

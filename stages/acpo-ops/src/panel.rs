@@ -114,12 +114,63 @@ pub(crate) fn panel_product(
         // + k`, `b` up to `k * 16`, `c` up to `(m-1) rsc + lanes`) inside its slice, `c` is
         // the only mutable one, and the CPU reports the kernel's features.
         unsafe {
+            let a = avx2::Strided { a: a.as_ptr(), rsa };
             let b = avx2::Panel(b.as_ptr());
-            avx2::product(m, k, a.as_ptr(), rsa, b, c.as_mut_ptr(), rsc, lanes)
+            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
         };
         return;
     }
-    portable_product(m, k, a, rsa, |kk, l| b[kk * NR + l], c, rsc, lanes);
+    let a = |i: usize, kk: usize| a[i * rsa + kk];
+    portable_product(m, k, a, |kk, l| b[kk * NR + l], c, rsc, lanes);
+}
+
+/// [`panel_product`] with the left operand's rows at offsets in one slice: `A[i][kk] =
+/// x[offs[i] + kk]`. This is the weight gradient without its im2col: `x` a zero-padded image,
+/// `offs` where each kernel tap's row of columns starts.
+///
+/// Panics when `offs` has fewer than `m` entries, a row would read past `x`, the panel or the
+/// result is too short, or `lanes > 16`.
+#[allow(clippy::too_many_arguments)] // as panel_product, the left operand as slice and offsets
+pub(crate) fn offsets_product(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    offs: &[u32],
+    b: &[f32],
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
+    if m == 0 || lanes == 0 {
+        return;
+    }
+    let offs = &offs[..m];
+    check_result(m, c.len(), rsc, lanes);
+    let reach = offs.iter().max().map_or(0, |&o| o as usize + k);
+    assert!(
+        reach <= x.len(),
+        "offsets product: a row reads past the image"
+    );
+    assert!(
+        k * NR <= b.len(),
+        "panel product: panel too short for {k} rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: as in `panel_product`; every row of the left operand lies within `x` (the
+        // assert on `reach`: row `i` ends at `offs[i] + k`).
+        unsafe {
+            let a = avx2::RowOffsets {
+                base: x.as_ptr(),
+                offs: offs.as_ptr(),
+            };
+            let b = avx2::Panel(b.as_ptr());
+            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
+        };
+        return;
+    }
+    let a = |i: usize, kk: usize| x[offs[i] as usize + kk];
+    portable_product(m, k, a, |kk, l| b[kk * NR + l], c, rsc, lanes);
 }
 
 /// [`panel_product`] with the right operand's rows gathered from an image instead of a panel:
@@ -161,12 +212,13 @@ pub(crate) fn gather_product(
         // SAFETY: as in `panel_product`; every gathered row lies within `x` (the assert on
         // `reach`: a row's furthest lane is `offs[kk] + max(delta, 8) + 7`).
         unsafe {
+            let a = avx2::Strided { a: a.as_ptr(), rsa };
             let b = avx2::Gather {
                 base: x.as_ptr(),
                 offs: offs.as_ptr(),
                 delta,
             };
-            avx2::product(m, k, a.as_ptr(), rsa, b, c.as_mut_ptr(), rsc, lanes)
+            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
         };
         return;
     }
@@ -178,19 +230,25 @@ pub(crate) fn gather_product(
             x[o + delta + l - 8]
         }
     };
-    portable_product(m, k, a, rsa, at, c, rsc, lanes);
+    let a = |i: usize, kk: usize| a[i * rsa + kk];
+    portable_product(m, k, a, at, c, rsc, lanes);
 }
 
 /// The bounds every product checks: `a` holds `m` rows of `k` (rows `rsa` apart) and `c` `m`
 /// rows of `lanes` (rows `rsc` apart), `lanes <= 16`.
 fn check_shapes(m: usize, k: usize, a: usize, rsa: usize, c: usize, rsc: usize, lanes: usize) {
     assert!(
-        lanes <= NR,
-        "panel product: {lanes} lanes in a {NR}-wide panel"
-    );
-    assert!(
         k == 0 || (m - 1) * rsa + k <= a,
         "panel product: left operand too short for {m}x{k}"
+    );
+    check_result(m, c, rsc, lanes);
+}
+
+/// `c` holds `m` rows of `lanes` (rows `rsc` apart), `lanes <= 16`.
+fn check_result(m: usize, c: usize, rsc: usize, lanes: usize) {
+    assert!(
+        lanes <= NR,
+        "panel product: {lanes} lanes in a {NR}-wide panel"
     );
     assert!(
         (m - 1) * rsc + lanes <= c,
@@ -204,8 +262,7 @@ fn check_shapes(m: usize, k: usize, a: usize, rsa: usize, c: usize, rsc: usize, 
 fn portable_product(
     m: usize,
     k: usize,
-    a: &[f32],
-    rsa: usize,
+    a: impl Fn(usize, usize) -> f32,
     b: impl Fn(usize, usize) -> f32,
     c: &mut [f32],
     rsc: usize,
@@ -213,7 +270,8 @@ fn portable_product(
 ) {
     for i in 0..m {
         let mut acc = [0f32; NR];
-        for (kk, &av) in a[i * rsa..][..k].iter().enumerate() {
+        for kk in 0..k {
+            let av = a(i, kk);
             for (l, s) in acc.iter_mut().enumerate() {
                 *s = av.mul_add(b(kk, l), *s);
             }
@@ -228,6 +286,56 @@ fn portable_product(
 mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+
+    /// Where the kernel finds row `i` of the left operand (its elements are consecutive).
+    pub(super) trait Lhs: Copy {
+        /// The address of row `i`'s first element.
+        unsafe fn row(self, i: usize) -> *const f32;
+        /// The operand from its row `i` on.
+        unsafe fn skip(self, i: usize) -> Self;
+    }
+
+    /// Rows `rsa` apart.
+    #[derive(Clone, Copy)]
+    pub(super) struct Strided {
+        pub(super) a: *const f32,
+        pub(super) rsa: usize,
+    }
+
+    impl Lhs for Strided {
+        #[inline(always)]
+        unsafe fn row(self, i: usize) -> *const f32 {
+            self.a.add(i * self.rsa)
+        }
+        #[inline(always)]
+        unsafe fn skip(self, i: usize) -> Self {
+            Self {
+                a: self.row(i),
+                ..self
+            }
+        }
+    }
+
+    /// Row `i` at `offs[i]` from `base`.
+    #[derive(Clone, Copy)]
+    pub(super) struct RowOffsets {
+        pub(super) base: *const f32,
+        pub(super) offs: *const u32,
+    }
+
+    impl Lhs for RowOffsets {
+        #[inline(always)]
+        unsafe fn row(self, i: usize) -> *const f32 {
+            self.base.add(*self.offs.add(i) as usize)
+        }
+        #[inline(always)]
+        unsafe fn skip(self, i: usize) -> Self {
+            Self {
+                offs: self.offs.add(i),
+                ..self
+            }
+        }
+    }
 
     /// Where the kernel finds row `kk` of the right operand: two 8-float vectors.
     pub(super) trait Rhs: Copy {
@@ -265,13 +373,11 @@ mod avx2 {
 
     /// [`super::panel_product`] on raw pointers: blocks of six rows, then one block of the
     /// rest. Callers check the bounds and the CPU features.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn product<B: Rhs>(
+    pub(super) unsafe fn product<A: Lhs, B: Rhs>(
         m: usize,
         k: usize,
-        a: *const f32,
-        rsa: usize,
+        a: A,
         b: B,
         c: *mut f32,
         rsc: usize,
@@ -279,40 +385,39 @@ mod avx2 {
     ) {
         let mut i = 0;
         while i + MR <= m {
-            rows::<MR, B>(k, a.add(i * rsa), rsa, b, c.add(i * rsc), rsc, lanes);
+            rows::<MR, A, B>(k, a.skip(i), b, c.add(i * rsc), rsc, lanes);
             i += MR;
         }
-        let (a, c) = (a.add(i * rsa), c.add(i * rsc));
+        let (a, c) = (a.skip(i), c.add(i * rsc));
         match m - i {
             0 => {}
-            1 => rows::<1, B>(k, a, rsa, b, c, rsc, lanes),
-            2 => rows::<2, B>(k, a, rsa, b, c, rsc, lanes),
-            3 => rows::<3, B>(k, a, rsa, b, c, rsc, lanes),
-            4 => rows::<4, B>(k, a, rsa, b, c, rsc, lanes),
-            _ => rows::<5, B>(k, a, rsa, b, c, rsc, lanes),
+            1 => rows::<1, A, B>(k, a, b, c, rsc, lanes),
+            2 => rows::<2, A, B>(k, a, b, c, rsc, lanes),
+            3 => rows::<3, A, B>(k, a, b, c, rsc, lanes),
+            4 => rows::<4, A, B>(k, a, b, c, rsc, lanes),
+            _ => rows::<5, A, B>(k, a, b, c, rsc, lanes),
         }
     }
 
     /// `M` rows (`M <= 6`) times the right operand, the sums in `2 M` registers.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows<const M: usize, B: Rhs>(
+    unsafe fn rows<const M: usize, A: Lhs, B: Rhs>(
         k: usize,
-        a: *const f32,
-        rsa: usize,
+        a: A,
         b: B,
         c: *mut f32,
         rsc: usize,
         lanes: usize,
     ) {
+        let a: [*const f32; M] = std::array::from_fn(|i| a.row(i));
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for kk in 0..k {
             let (p0, p1) = b.row(kk);
             let b0 = _mm256_loadu_ps(p0);
             let b1 = _mm256_loadu_ps(p1);
             for (i, s) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(i * rsa + kk));
+                let av = _mm256_broadcast_ss(&*a[i].add(kk));
                 s[0] = _mm256_fmadd_ps(av, b0, s[0]);
                 s[1] = _mm256_fmadd_ps(av, b1, s[1]);
             }
@@ -383,7 +488,8 @@ mod tests {
                     panel_product(m, k, &a, rsa, &b, &mut fast, rsc, lanes);
                     let mut plain = c0.clone();
                     let bv = |kk: usize, l: usize| b[kk * NR + l];
-                    portable_product(m, k, &a, rsa, bv, &mut plain, rsc, lanes);
+                    let av = |i: usize, kk: usize| a[i * rsa + kk];
+                    portable_product(m, k, av, bv, &mut plain, rsc, lanes);
                     for (what, got) in [("dispatched", &fast), ("portable", &plain)] {
                         for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
                             // f32 sums of k products of magnitude <= 1
@@ -422,6 +528,27 @@ mod tests {
                 gather_product(m, k, &a, k, &x, &offs, delta, &mut got, NR, NR);
                 assert_eq!(got, want, "m {m} k {k} delta {delta}");
             }
+        }
+    }
+
+    #[test]
+    fn rows_at_offsets_are_the_rows_of_a_matrix() {
+        // The same product with the left operand's rows at scattered offsets of one slice and
+        // copied into a row-major matrix; remainder rows included.
+        let x = wave(900, 0.19);
+        for (m, k) in [(6, 9), (13, 40), (5, 1)] {
+            let offs: Vec<u32> = (0..m as u32).map(|i| (i * 61) % 800).collect();
+            let a: Vec<f32> = offs
+                .iter()
+                .flat_map(|&o| x[o as usize..][..k].to_vec())
+                .collect();
+            let b = wave(k * NR, 0.11);
+            let c0 = wave(m * NR, 0.23);
+            let mut want = c0.clone();
+            panel_product(m, k, &a, k, &b, &mut want, NR, NR);
+            let mut got = c0.clone();
+            offsets_product(m, k, &x, &offs, &b, &mut got, NR, NR);
+            assert_eq!(got, want, "m {m} k {k}");
         }
     }
 
