@@ -31,7 +31,7 @@
 //! the difference). Other devices use candle's conv2d plus a broadcast add. Finite-difference
 //! checked in `tests/gradcheck.rs` (f64, `gemm`).
 
-use crate::cpu_op::{in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::cpu_op::{in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, Pool, TypedOp3};
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
 use crate::panel::{
     f32s, f32s_mut, gather_product, offsets_product, panel_product, panels_len, Kernel, NR,
@@ -549,17 +549,15 @@ fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
 fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec<T> {
     let g = &plan.g;
     let par = inner_parallelism(g.b);
-    // runs of images, two per thread, each with its own buffers (rayon's `for_each_init` made
-    // them once per split: several times per call, each a few hundred KB to zero)
-    let run = g.b.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let buffers = Pool::default();
     let mut out = vec![T::zero(); g.b * g.out_len()];
-    out.par_chunks_mut(run * g.out_len())
-        .zip(x.par_chunks(run * g.in_len()))
-        .for_each(|(ys, xs)| {
-            let mut scratch = plan.scratch();
-            for (y, xb) in ys.chunks_mut(g.out_len()).zip(xs.chunks(g.in_len())) {
-                conv_image(xb, w, bias, plan, &mut scratch, y, par);
-            }
+    out.par_chunks_mut(g.out_len())
+        .zip(x.par_chunks(g.in_len()))
+        .for_each(|(y, xb)| {
+            buffers.with(
+                || plan.scratch(),
+                |scratch| conv_image(xb, w, bias, plan, scratch, y, par),
+            )
         });
     out
 }
@@ -753,25 +751,28 @@ fn backward_tiled<T: WithDType>(
         par: inner_parallelism(g.b),
     };
     let run = run_len(g.b);
+    let buffers = Pool::default();
     let mut gx = vec![T::zero(); g.b * g.in_len()];
     let partial: Vec<(Vec<T>, Vec<T>)> = gx
         .par_chunks_mut(run * g.in_len())
         .zip(x.par_chunks(run * g.in_len()))
         .zip(gy.par_chunks(run * g.out_len()))
-        .map_init(
-            || pass.scratch(),
-            |scratch, ((gxr, xr), gyr)| {
-                let mut grads = (vec![T::zero(); cout * ckk], vec![T::zero(); cout]);
-                let images = gxr
-                    .chunks_mut(g.in_len())
-                    .zip(xr.chunks(g.in_len()))
-                    .zip(gyr.chunks(g.out_len()));
-                for ((gxb, xb), gyb) in images {
-                    pass.image(xb, gyb, scratch, gxb, &mut grads);
-                }
-                grads
-            },
-        )
+        .map(|((gxr, xr), gyr)| {
+            let mut grads = (vec![T::zero(); cout * ckk], vec![T::zero(); cout]);
+            let images = gxr
+                .chunks_mut(g.in_len())
+                .zip(xr.chunks(g.in_len()))
+                .zip(gyr.chunks(g.out_len()));
+            buffers.with(
+                || pass.scratch(),
+                |scratch| {
+                    for ((gxb, xb), gyb) in images {
+                        pass.image(xb, gyb, scratch, gxb, &mut grads);
+                    }
+                },
+            );
+            grads
+        })
         .collect();
     let (gw, gb) = sum_runs(partial);
     let gw = match plan.kernel {

@@ -6,6 +6,7 @@
 use crate::timing::{span, OpClass};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 use std::cell::Cell;
+use std::sync::Mutex;
 
 /// The element types the CPU ops run on (f32, f64): candle's dtype plus float math.
 pub(crate) trait Elem: WithDType + num_traits::Float {
@@ -242,6 +243,33 @@ pub(crate) fn on_host<T: WithDType, R, const N: usize>(
     Ok(f(slices))
 }
 
+/// Buffers that the tasks of one parallel loop reuse: a task takes one (or makes one when all
+/// are in use) and puts it back. So a loop makes as many as run at once (about the thread
+/// count), where rayon's `for_each_init` / `map_init` make one per split of the work, several
+/// times that, each a few hundred KB to allocate and zero. Every task must overwrite what it
+/// reads from its buffers (the ops' buffers are written before they are read).
+pub(crate) struct Pool<S>(Mutex<Vec<S>>);
+
+impl<S> Default for Pool<S> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<S> Pool<S> {
+    /// Runs `f` on a free buffer, made by `make` if none is free.
+    pub(crate) fn with<R>(&self, make: impl FnOnce() -> S, f: impl FnOnce(&mut S) -> R) -> R {
+        let free = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buffer = free.unwrap_or_else(make);
+        let out = f(&mut buffer);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buffer);
+        out
+    }
+}
+
 /// The batch is split into at most this many fixed runs of consecutive images for a backward
 /// pass; each run sums its images' parameter gradients in order, and the runs' sums are added
 /// in order ([`sum_runs`]). The split depends on the batch size only, never on the thread count
@@ -310,5 +338,22 @@ mod tests {
         assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f32(-1000.0) < 1.3e-38 && exp_f32(-1000.0) > 0.0);
         assert!(exp_f32(1000.0).is_finite() && exp_f32(1000.0) > 2e38);
+    }
+
+    #[test]
+    fn a_pool_reuses_its_buffers() {
+        let pool = Pool::default();
+        let mut made = 0;
+        for _ in 0..3 {
+            pool.with(
+                || {
+                    made += 1;
+                    vec![0u8; 4]
+                },
+                |b| b[0] += 1,
+            );
+        }
+        assert_eq!(made, 1);
+        assert_eq!(pool.with(Vec::new, |b| b[0]), 3);
     }
 }
