@@ -5,8 +5,11 @@
 //! its own blocked layout. The convolution's products at the UNet's 32x32 level are only 32 rows
 //! (output channels) tall, so that packing, of an operand the size of the tile's im2col columns,
 //! is not paid back, and they ran at about half of one core's peak (`examples/gemm_shapes.rs`,
-//! bench/README "Roofline"). Here the im2col itself writes the columns in the layout the kernel
-//! reads (`conv`'s `ColLayout`), so the kernel reads each panel from L1 with no second copy.
+//! bench/README "Roofline"). Here the kernel reads its operands where they already are: panels
+//! that the im2col writes in the kernel's layout (`conv`'s `ColLayout`), or rows of a padded
+//! image at tap offsets, with no im2col at all ([`gather_product`], [`offsets_product`]).
+//! Each entry point describes its operands (`Left`, `Right`); one `product` checks every bound
+//! and runs the kernel or the portable loop.
 //!
 //! **The panel layout.** A `k x n` right operand `B` is stored as `ceil(n / 16)` panels of 16
 //! columns; panel `p` holds `B[kk][16 p + l]` at `p * k * 16 + kk * 16 + l`, zero past column
@@ -100,28 +103,7 @@ pub(crate) fn panel_product(
     rsc: usize,
     lanes: usize,
 ) {
-    if m == 0 || lanes == 0 {
-        return;
-    }
-    check_shapes(m, k, a.len(), rsa, c.len(), rsc, lanes);
-    assert!(
-        k * NR <= b.len(),
-        "panel product: panel too short for {k} rows"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the asserts above keep every address the kernel forms (`a` up to `(m-1) rsa
-        // + k`, `b` up to `k * 16`, `c` up to `(m-1) rsc + lanes`) inside its slice, `c` is
-        // the only mutable one, and the CPU reports the kernel's features.
-        unsafe {
-            let a = avx2::Strided { a: a.as_ptr(), rsa };
-            let b = avx2::Panel(b.as_ptr());
-            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
-        };
-        return;
-    }
-    let a = |i: usize, kk: usize| a[i * rsa + kk];
-    portable_product(m, k, a, |kk, l| b[kk * NR + l], c, rsc, lanes);
+    product(m, k, Strided { a, rsa }, Panel(b), c, rsc, lanes);
 }
 
 /// [`panel_product`] with the left operand's rows at offsets in one slice: `A[i][kk] =
@@ -141,36 +123,7 @@ pub(crate) fn offsets_product(
     rsc: usize,
     lanes: usize,
 ) {
-    if m == 0 || lanes == 0 {
-        return;
-    }
-    let offs = &offs[..m];
-    check_result(m, c.len(), rsc, lanes);
-    let reach = offs.iter().max().map_or(0, |&o| o as usize + k);
-    assert!(
-        reach <= x.len(),
-        "offsets product: a row reads past the image"
-    );
-    assert!(
-        k * NR <= b.len(),
-        "panel product: panel too short for {k} rows"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: as in `panel_product`; every row of the left operand lies within `x` (the
-        // assert on `reach`: row `i` ends at `offs[i] + k`).
-        unsafe {
-            let a = avx2::RowOffsets {
-                base: x.as_ptr(),
-                offs: offs.as_ptr(),
-            };
-            let b = avx2::Panel(b.as_ptr());
-            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
-        };
-        return;
-    }
-    let a = |i: usize, kk: usize| x[offs[i] as usize + kk];
-    portable_product(m, k, a, |kk, l| b[kk * NR + l], c, rsc, lanes);
+    product(m, k, RowOffsets { x, offs }, Panel(b), c, rsc, lanes);
 }
 
 /// [`panel_product`] with the right operand's rows gathered from an image instead of a panel:
@@ -194,66 +147,204 @@ pub(crate) fn gather_product(
     rsc: usize,
     lanes: usize,
 ) {
+    product(
+        m,
+        k,
+        Strided { a, rsa },
+        Gather { x, offs, delta },
+        c,
+        rsc,
+        lanes,
+    );
+}
+
+/// `C += A B` for `m` rows of `A`, `k` products per element and the first `lanes` columns of
+/// `C` (rows `rsc` apart): every bound checked here, then the AVX2+FMA kernel where the CPU has
+/// it, else the portable loop on the same operands.
+fn product<A: Left, B: Right>(
+    m: usize,
+    k: usize,
+    a: A,
+    b: B,
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
     if m == 0 || lanes == 0 {
         return;
     }
-    check_shapes(m, k, a.len(), rsa, c.len(), rsc, lanes);
-    let offs = &offs[..k];
-    let reach = offs
-        .iter()
-        .max()
-        .map_or(0, |&o| o as usize + delta.max(8) + 8);
-    assert!(
-        reach <= x.len(),
-        "gather product: a gathered row reads past the image"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: as in `panel_product`; every gathered row lies within `x` (the assert on
-        // `reach`: a row's furthest lane is `offs[kk] + max(delta, 8) + 7`).
-        unsafe {
-            let a = avx2::Strided { a: a.as_ptr(), rsa };
-            let b = avx2::Gather {
-                base: x.as_ptr(),
-                offs: offs.as_ptr(),
-                delta,
-            };
-            avx2::product(m, k, a, b, c.as_mut_ptr(), rsc, lanes)
-        };
-        return;
-    }
-    let at = |kk: usize, l: usize| {
-        let o = offs[kk] as usize;
-        if l < 8 {
-            x[o + l]
-        } else {
-            x[o + delta + l - 8]
-        }
-    };
-    let a = |i: usize, kk: usize| a[i * rsa + kk];
-    portable_product(m, k, a, at, c, rsc, lanes);
-}
-
-/// The bounds every product checks: `a` holds `m` rows of `k` (rows `rsa` apart) and `c` `m`
-/// rows of `lanes` (rows `rsc` apart), `lanes <= 16`.
-fn check_shapes(m: usize, k: usize, a: usize, rsa: usize, c: usize, rsc: usize, lanes: usize) {
-    assert!(
-        k == 0 || (m - 1) * rsa + k <= a,
-        "panel product: left operand too short for {m}x{k}"
-    );
-    check_result(m, c, rsc, lanes);
-}
-
-/// `c` holds `m` rows of `lanes` (rows `rsc` apart), `lanes <= 16`.
-fn check_result(m: usize, c: usize, rsc: usize, lanes: usize) {
     assert!(
         lanes <= NR,
         "panel product: {lanes} lanes in a {NR}-wide panel"
     );
     assert!(
-        (m - 1) * rsc + lanes <= c,
+        (m - 1) * rsc + lanes <= c.len(),
         "panel product: result too short for {m}x{lanes}"
     );
+    a.check(m, k);
+    b.check(k);
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the checks above keep every address the kernel forms inside its slice (`c`
+        // up to `(m-1) rsc + lanes`, `A`'s `m` rows of `k` and `B`'s `k` rows of 16 by their
+        // `check`), `c` is the only mutable one, and the CPU reports the kernel's features.
+        unsafe { avx2::product(m, k, a.raw(), b.raw(), c.as_mut_ptr(), rsc, lanes) };
+        return;
+    }
+    portable_product(
+        m,
+        k,
+        |i, kk| a.at(i, kk),
+        |kk, l| b.at(kk, l),
+        c,
+        rsc,
+        lanes,
+    );
+}
+
+/// A left operand: `m` rows of `k` consecutive elements each.
+trait Left: Copy {
+    /// Panics unless rows `0..m`, each `k` long, lie within the operand's slice.
+    fn check(self, m: usize, k: usize);
+    /// Element `kk` of row `i`.
+    fn at(self, i: usize, kk: usize) -> f32;
+    /// The raw form the AVX2 kernel reads.
+    #[cfg(target_arch = "x86_64")]
+    type Raw: avx2::Lhs;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> Self::Raw;
+}
+
+/// A right operand: `k` rows of 16 lanes.
+trait Right: Copy {
+    /// Panics unless rows `0..k`, all 16 lanes, lie within the operand's slice.
+    fn check(self, k: usize);
+    /// Lane `l` of row `kk`.
+    fn at(self, kk: usize, l: usize) -> f32;
+    /// The raw form the AVX2 kernel reads.
+    #[cfg(target_arch = "x86_64")]
+    type Raw: avx2::Rhs;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> Self::Raw;
+}
+
+/// Rows `rsa` apart in `a`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    a: &'a [f32],
+    rsa: usize,
+}
+
+impl Left for Strided<'_> {
+    fn check(self, m: usize, k: usize) {
+        assert!(
+            k == 0 || (m - 1) * self.rsa + k <= self.a.len(),
+            "panel product: left operand too short for {m}x{k}"
+        );
+    }
+    fn at(self, i: usize, kk: usize) -> f32 {
+        self.a[i * self.rsa + kk]
+    }
+    #[cfg(target_arch = "x86_64")]
+    type Raw = avx2::Strided;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> avx2::Strided {
+        avx2::Strided {
+            a: self.a.as_ptr(),
+            rsa: self.rsa,
+        }
+    }
+}
+
+/// Row `i` at `offs[i]` in `x`.
+#[derive(Clone, Copy)]
+struct RowOffsets<'a> {
+    x: &'a [f32],
+    offs: &'a [u32],
+}
+
+impl Left for RowOffsets<'_> {
+    fn check(self, m: usize, k: usize) {
+        let reach = self.offs[..m].iter().max().map_or(0, |&o| o as usize + k);
+        assert!(
+            reach <= self.x.len(),
+            "offsets product: a row reads past the image"
+        );
+    }
+    fn at(self, i: usize, kk: usize) -> f32 {
+        self.x[self.offs[i] as usize + kk]
+    }
+    #[cfg(target_arch = "x86_64")]
+    type Raw = avx2::RowOffsets;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> avx2::RowOffsets {
+        avx2::RowOffsets {
+            base: self.x.as_ptr(),
+            offs: self.offs.as_ptr(),
+        }
+    }
+}
+
+/// A panel: row `kk` at `kk * 16`.
+#[derive(Clone, Copy)]
+struct Panel<'a>(&'a [f32]);
+
+impl Right for Panel<'_> {
+    fn check(self, k: usize) {
+        assert!(
+            k * NR <= self.0.len(),
+            "panel product: panel too short for {k} rows"
+        );
+    }
+    fn at(self, kk: usize, l: usize) -> f32 {
+        self.0[kk * NR + l]
+    }
+    #[cfg(target_arch = "x86_64")]
+    type Raw = avx2::Panel;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> avx2::Panel {
+        avx2::Panel(self.0.as_ptr())
+    }
+}
+
+/// Row `kk` gathered from `x`: lanes 0..8 at `offs[kk]`, lanes 8..16 `delta` further.
+#[derive(Clone, Copy)]
+struct Gather<'a> {
+    x: &'a [f32],
+    offs: &'a [u32],
+    delta: usize,
+}
+
+impl Right for Gather<'_> {
+    fn check(self, k: usize) {
+        // a row's furthest lane is `offs[kk] + max(delta, 8) + 7`
+        let reach = self.offs[..k]
+            .iter()
+            .max()
+            .map_or(0, |&o| o as usize + self.delta.max(8) + 8);
+        assert!(
+            reach <= self.x.len(),
+            "gather product: a gathered row reads past the image"
+        );
+    }
+    fn at(self, kk: usize, l: usize) -> f32 {
+        let o = self.offs[kk] as usize;
+        if l < 8 {
+            self.x[o + l]
+        } else {
+            self.x[o + self.delta + l - 8]
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    type Raw = avx2::Gather;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> avx2::Gather {
+        avx2::Gather {
+            base: self.x.as_ptr(),
+            offs: self.offs.as_ptr(),
+            delta: self.delta,
+        }
+    }
 }
 
 /// The products as plain loops, the right operand's element `(kk, l)` from `b`: the fallback,
