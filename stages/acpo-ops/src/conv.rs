@@ -353,6 +353,12 @@ const TILE_ELEMS: usize = 64 * 1024;
 /// rows are split into equal chunks no longer than this (576 as 2 x 288).
 const PANEL_ROWS: usize = 320;
 
+/// Kernel rows per pass of the panel product: `ckk` split into equal chunks of at most
+/// [`PANEL_ROWS`].
+fn panel_chunk(ckk: usize) -> usize {
+    ckk.div_ceil(ckk.div_ceil(PANEL_ROWS))
+}
+
 /// Output rows per tile: as many as fit [`TILE_ELEMS`], at least one.
 fn tile_rows(g: &Geom) -> usize {
     (TILE_ELEMS / (g.ckk() * g.ow).max(1)).clamp(1, g.oh.max(1))
@@ -371,10 +377,10 @@ struct Plan {
 
 impl Plan {
     /// Tiles of [`tile_rows`]; the panel kernel for f32 where the CPU has it
-    /// ([`Kernel::detect`]) and this thread is not inside [`crate::reference_ops`], the kernel is not
-    /// pointwise (its columns are the image itself,
-    /// row-major) and the batch has an image for every thread (the panel kernel does not
-    /// split one image's product over threads; `gemm` does).
+    /// ([`Kernel::detect`]) and this thread is not inside [`crate::reference_ops`], the kernel
+    /// is not pointwise (its columns are the image itself, row-major) and the batch has an
+    /// image for every thread (the panel kernel does not split one image's product over
+    /// threads; `gemm` does).
     fn new<T: 'static>(g: Geom) -> Self {
         let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         let gemm_only = in_reference_ops();
@@ -401,7 +407,7 @@ impl Plan {
     /// [`Taps`]), or the zero-padded image they read.
     fn scratch<T: WithDType>(&self) -> Scratch<T> {
         let (cols, padded) = match &self.taps {
-            Some(t) => (0, self.g.c * t.hp * t.wp),
+            Some(t) => (0, t.padded_len(&self.g)),
             None => (self.cols_len(), 0),
         };
         Scratch {
@@ -479,7 +485,7 @@ impl Taps {
 
     /// Stride 1: the weight gradient's pixels of `rows` output rows as one run of the padded
     /// image, `WP` apart per row, the gaps between rows (`WP - OW` pixels each) included, which
-    /// [`pack_transposed_rows`] gives a zero gradient. A tap's columns for those rows are then
+    /// [`pack_transposed`] gives a zero gradient. A tap's columns for those rows are then
     /// `span` consecutive elements from its offset, and the last row's run ends inside the
     /// padded image: `(rows - 1) * WP + OW`.
     fn row_span(&self, g: &Geom, rows: usize) -> usize {
@@ -526,7 +532,7 @@ impl Taps {
         } else {
             self.stride * self.wp
         };
-        let chunk = ckk.div_ceil(ckk.div_ceil(PANEL_ROWS));
+        let chunk = panel_chunk(ckk);
         for p in (0..l).step_by(NR) {
             let at = self.stride * (p / g.ow) * self.wp + p % g.ow;
             for k0 in (0..ckk).step_by(chunk) {
@@ -619,7 +625,7 @@ fn conv_image<T: WithDType>(
 /// the kernel rows in chunks of at most [`PANEL_ROWS`], and within a chunk panel by panel.
 fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n: usize) {
     let ckk = g.ckk();
-    let chunk = ckk.div_ceil(ckk.div_ceil(PANEL_ROWS));
+    let chunk = panel_chunk(ckk);
     for k0 in (0..ckk).step_by(chunk) {
         let kc = chunk.min(ckk - k0);
         for (pp, panel) in cols[..panels_len(ckk, n)].chunks(ckk * NR).enumerate() {
@@ -639,26 +645,33 @@ fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n
     }
 }
 
-/// `dW^T += cols_tile dY_tile^T` for one tile of `n` pixels: `cols` row-major (`C*kh*kw x
-/// n`), `dyt` the tile's `dY^T` in panels of 16 output channels ([`pack_transposed`]), `gwt`
-/// the weight gradient transposed, `[C*kh*kw, Cout]`. One product per panel, every kernel row
-/// against it: the panel, `n x 16`, stays in L1.
-fn weight_gradient_panels(cols: &[f32], dyt: &[f32], gwt: &mut [f32], g: &Geom, n: usize) {
-    let (ckk, cout) = (g.ckk(), g.cout);
-    for (cp, panel) in dyt[..panels_len(n, cout)].chunks(n * NR).enumerate() {
-        let lanes = NR.min(cout - cp * NR);
-        panel_product(ckk, n, cols, n, panel, &mut gwt[cp * NR..], cout, lanes);
+/// `dW^T += cols_tile dY_tile^T` for one tile, one product per panel of 16 output channels of
+/// `dyt` (the tile's `dY^T` over `span` positions, [`pack_transposed`]): `product(panel, c,
+/// lanes)` adds every kernel row's columns times `panel` into `c`, the weight gradient
+/// transposed (`[C*kh*kw, Cout]`) from that panel's first channel on. The panel, `span x 16`,
+/// stays in L1.
+fn weight_gradient_panels(
+    dyt: &[f32],
+    span: usize,
+    cout: usize,
+    gwt: &mut [f32],
+    mut product: impl FnMut(&[f32], &mut [f32], usize),
+) {
+    for (cp, panel) in dyt[..panels_len(span, cout)].chunks(span * NR).enumerate() {
+        product(panel, &mut gwt[cp * NR..], NR.min(cout - cp * NR));
     }
 }
 
-/// [`pack_transposed`] for the padded image's row runs ([`Taps::row_span`]): `dY` of `rows`
-/// output rows (`dy` from the first; channels `OH*OW` apart) transposed into panels of 16
-/// channels over `(rows - 1) * pitch + OW` positions, output pixel `(r, ox)` at `r * pitch +
-/// ox`, zero at the gap positions between rows.
-fn pack_transposed_rows(dy: &[f32], g: &Geom, rows: usize, pitch: usize, dst: &mut [f32]) {
+/// `dY` of `rows` output rows (`dy` from the first; channels `OH*OW` apart) transposed into
+/// panels of 16 channels over `(rows - 1) * pitch + OW` positions: output pixel `(r, ox)` at
+/// `r * pitch + ox`, zero at the gaps between rows (`pitch > OW`, [`Taps::row_span`]) and in a
+/// last partial panel. With `pitch = OW` the positions are the tile's pixels.
+fn pack_transposed(dy: &[f32], g: &Geom, rows: usize, pitch: usize, dst: &mut [f32]) {
     let span = rows.saturating_sub(1) * pitch + g.ow;
     let dst = &mut dst[..panels_len(span, g.cout)];
-    dst.fill(0.0);
+    if pitch > g.ow || !g.cout.is_multiple_of(NR) {
+        dst.fill(0.0);
+    }
     for co in 0..g.cout {
         let panel = co / NR * span * NR + co % NR;
         for r in 0..rows {
@@ -676,25 +689,6 @@ fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
     (0..cols * rows)
         .map(|i| m[i % rows * cols + i / rows])
         .collect()
-}
-
-/// The transpose of `m` rows of `n` elements (rows `stride` apart in `src`) in panels of 16 of
-/// those rows: `dst[r / 16][i][r % 16] = src[r * stride + i]`, zero in a last partial panel.
-fn pack_transposed(src: &[f32], m: usize, n: usize, stride: usize, dst: &mut [f32]) {
-    let dst = &mut dst[..panels_len(n, m)];
-    if !m.is_multiple_of(NR) {
-        dst[m / NR * n * NR..].fill(0.0);
-    }
-    for r in 0..m {
-        let base = r / NR * n * NR + r % NR;
-        for (d, &v) in dst[base..]
-            .iter_mut()
-            .step_by(NR)
-            .zip(&src[r * stride..][..n])
-        {
-            *d = v;
-        }
-    }
 }
 
 /// For a stride-1 square kernel that is not pointwise, the input gradient is itself a
@@ -903,21 +897,22 @@ impl<T: WithDType> Backward<'_, T> {
                 matmul(MatMut::rows(gw, ckk), true, cout, ckk, n, dy, cols_t, par);
             }
             (Kernel::Panels, None) => {
-                im2col_tile(xb, g, rows, ColLayout::Rows, &mut scratch.cols);
+                im2col_tile(xb, g, rows.clone(), ColLayout::Rows, &mut scratch.cols);
                 let dyt = f32s_mut(&mut scratch.dyt);
-                pack_transposed(f32s(dy), cout, n, l, dyt);
-                weight_gradient_panels(f32s(&scratch.cols), dyt, f32s_mut(gw), g, n);
+                pack_transposed(f32s(dy), g, rows.len(), g.ow, dyt);
+                let cols = f32s(&scratch.cols);
+                weight_gradient_panels(dyt, n, cout, f32s_mut(gw), |panel, c, lanes| {
+                    panel_product(ckk, n, cols, n, panel, c, cout, lanes)
+                });
             }
             (Kernel::Panels, Some(taps)) => {
                 let span = taps.row_span(g, rows.len());
                 let dyt = f32s_mut(&mut scratch.dyt);
-                pack_transposed_rows(f32s(dy), g, rows.len(), taps.wp, dyt);
+                pack_transposed(f32s(dy), g, rows.len(), taps.wp, dyt);
                 let padded = &f32s(&scratch.padded)[r0 * taps.wp..];
-                for (cp, panel) in dyt[..panels_len(span, cout)].chunks(span * NR).enumerate() {
-                    let lanes = NR.min(cout - cp * NR);
-                    let c = &mut f32s_mut(gw)[cp * NR..];
-                    offsets_product(ckk, span, padded, &taps.offs, panel, c, cout, lanes);
-                }
+                weight_gradient_panels(dyt, span, cout, f32s_mut(gw), |panel, c, lanes| {
+                    offsets_product(ckk, span, padded, &taps.offs, panel, c, cout, lanes)
+                });
             }
         }
     }
@@ -1026,8 +1021,32 @@ mod tests {
         }
     }
 
-    /// A batch of two 3-channel `h x w` images, a 4-output `k x k` kernel and an output
-    /// gradient, all deterministic, with their geometry.
+    /// A batch of `b` images of `c` channels and `hw` pixels, a `cout`-output kernel of the
+    /// given (size, padding, stride) and an output gradient, all deterministic and of
+    /// magnitude <= 1, with their geometry.
+    fn batch<T: WithDType>(
+        b: usize,
+        c: usize,
+        cout: usize,
+        hw: (usize, usize),
+        (k, pad, stride): (usize, usize, usize),
+    ) -> (Geom, Vec<T>, Vec<T>, Vec<T>) {
+        let g = Geom::new(&[b, c, hw.0, hw.1], &[cout, c, k, k], pad, stride);
+        let wave = |n: usize, f: f64, phase: f64| {
+            (0..n)
+                .map(|i| T::from_f64((i as f64 * f + phase).sin()))
+                .collect()
+        };
+        let cos = std::f64::consts::FRAC_PI_2;
+        (
+            g,
+            wave(b * g.in_len(), 0.37, 0.0),
+            wave(cout * g.ckk(), 0.13, cos),
+            wave(b * g.out_len(), 0.29, 0.0),
+        )
+    }
+
+    /// Two 3-channel images and a 4-output kernel (the f64 tests' batch).
     fn two_images(
         h: usize,
         w: usize,
@@ -1035,23 +1054,14 @@ mod tests {
         pad: usize,
         stride: usize,
     ) -> (Geom, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let g = Geom::new(&[2, 3, h, w], &[4, 3, k, k], pad, stride);
-        let wave = |n: usize, f: f64| (0..n).map(|i| (i as f64 * f).sin()).collect::<Vec<_>>();
-        let wt = (0..g.cout * g.ckk())
-            .map(|i| (i as f64 * 0.13).cos())
-            .collect();
-        (
-            g,
-            wave(2 * g.in_len(), 0.37),
-            wt,
-            wave(2 * g.out_len(), 0.29),
-        )
+        batch(2, 3, 4, (h, w), (k, pad, stride))
     }
 
-    fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    fn max_abs_diff<T: WithDType>(a: &[T], b: &[T]) -> f64 {
+        assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
-            .map(|(a, b)| (a - b).abs())
+            .map(|(a, b)| (a.to_f64() - b.to_f64()).abs())
             .fold(0.0, f64::max)
     }
 
@@ -1184,25 +1194,6 @@ mod tests {
         }
     }
 
-    /// A batch of `b` f32 images of `c` channels and a `cout`-output kernel, with an output
-    /// gradient, deterministic and of magnitude <= 1.
-    fn f32_batch(
-        b: usize,
-        c: usize,
-        cout: usize,
-        hw: (usize, usize),
-        (k, pad, stride): (usize, usize, usize),
-    ) -> (Geom, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let g = Geom::new(&[b, c, hw.0, hw.1], &[cout, c, k, k], pad, stride);
-        let wave = |n: usize, f: f64| (0..n).map(|i| (i as f64 * f).sin() as f32).collect();
-        (
-            g,
-            wave(b * g.in_len(), 0.37),
-            wave(cout * g.ckk(), 0.13),
-            wave(b * g.out_len(), 0.29),
-        )
-    }
-
     #[test]
     fn the_panel_kernel_computes_what_gemm_computes() {
         // Forward, dX and dW through the panel kernel (which runs its AVX2 kernel where the CPU
@@ -1212,7 +1203,7 @@ mod tests {
         // kernel rows, partial panels, stride 2 (dX by the scatter), padding 0 and 2, rows of
         // 8 and 16 (gathered; for stride 2 from parity-split columns), an odd padded width,
         // batch 1, several tilings.
-        let f32_sum_error = |terms: usize| 4.0 * f32::EPSILON * terms as f32;
+        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
         let mut gathered = 0;
         for (b, c, cout, hw, kps) in [
             (2, 3, 4, (7, 6), (3, 1, 1)),
@@ -1229,7 +1220,7 @@ mod tests {
             (2, 2, 5, (16, 16), (3, 1, 2)),
             (1, 2, 3, (32, 31), (3, 1, 2)),
         ] {
-            let (g, x, wt, gy) = f32_batch(b, c, cout, hw, kps);
+            let (g, x, wt, gy) = batch::<f32>(b, c, cout, hw, kps);
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
             let gemm = Plan::with(g, g.oh, Kernel::Gemm);
             let want = forward_tiled(&x, &wt, &bias, &gemm);
@@ -1247,12 +1238,12 @@ mod tests {
                         plan.taps.is_some()
                     );
                     let got = forward_tiled(&x, &wt, &bias, &plan);
-                    let d = max_abs_diff_f32(&want, &got);
+                    let d = max_abs_diff(&want, &got);
                     assert!(d <= f32_sum_error(g.ckk()), "forward, {at}: {d}");
                     let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &plan);
-                    let d = max_abs_diff_f32(&wx, &gx);
+                    let d = max_abs_diff(&wx, &gx);
                     assert!(d <= f32_sum_error(cout * 9), "dx, {at}: {d}");
-                    let d = max_abs_diff_f32(&ww, &gw);
+                    let d = max_abs_diff(&ww, &gw);
                     assert!(d <= f32_sum_error(b * g.l()), "dw, {at}: {d}");
                     assert_eq!(wb, gb, "db, {at}");
                 }
@@ -1260,14 +1251,6 @@ mod tests {
         }
         // rows of 8 or 16 output pixels gather, for stride 2 only with an even padded width
         assert_eq!(gathered, 7 * 3, "gathering shapes");
-    }
-
-    fn max_abs_diff_f32(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
