@@ -8,7 +8,14 @@
 //! workspace's `Cargo.lock` that code reaches, the lock entries (name, version, source,
 //! checksum) of those crates' external dependencies and of everything they depend on. A lock
 //! change elsewhere (a test-only crate, a dependency of the engine or of another stage's crate)
-//! changes no key of this stage. The manifests are read once per pipeline load; the lock part
+//! changes no key of this stage.
+//!
+//! A registry crate replaced by a local copy (`[patch.<registry>] name = { path = ... }` in the
+//! root manifest, as `vendor/candle-core`) counts as a workspace crate: a crate that depends on
+//! it, directly or through external crates that do (per `Cargo.lock`), runs the copy's code, so
+//! its expansion includes the copy's `src` and `Cargo.toml`.
+//!
+//! The manifests (and, with patches, the lock) are read once per pipeline load; the lock part
 //! is hashed with the other dependencies ([`hash_lock_part`]).
 
 use serde::Deserialize;
@@ -65,6 +72,9 @@ struct Manifest {
     build_dependencies: BTreeMap<String, DepSpec>,
     #[serde(default)]
     target: BTreeMap<String, TargetDeps>,
+    /// `[patch.<registry>]`: replacements of registry crates, by registry.
+    #[serde(default)]
+    patch: BTreeMap<String, BTreeMap<String, DepSpec>>,
 }
 
 impl Manifest {
@@ -176,6 +186,27 @@ impl CrateGraph {
         if top.package.is_some() && !dirs.iter().any(|d| d == ".") {
             dirs.push(".".into());
         }
+        // Registry crates patched by a local copy: crate name -> the copy's directory. The
+        // copies are read like members.
+        let patched: BTreeMap<String, String> = top
+            .patch
+            .values()
+            .flatten()
+            .filter_map(|(k, d)| match d {
+                DepSpec::Table(DepTable {
+                    path: Some(p),
+                    package,
+                    ..
+                }) => Some((package.clone().unwrap_or_else(|| k.clone()), clean(p))),
+                _ => None,
+            })
+            .collect();
+        for d in patched.values() {
+            if !dirs.contains(d) {
+                dirs.push(d.clone());
+            }
+        }
+        let reached = patched_reach(root, &patched)?;
         let mut by_dir: BTreeMap<String, (String, Vec<String>, BTreeSet<String>)> = BTreeMap::new();
         for dir in &dirs {
             if dir.contains('*') {
@@ -209,6 +240,15 @@ impl CrateGraph {
                     externals.insert(real.clone());
                 }
             }
+            // An external dependency that is, or reaches, a patched crate runs the copy.
+            for e in &externals {
+                let copies = reached
+                    .get(e)
+                    .into_iter()
+                    .flatten()
+                    .chain(patched.get_key_value(e).map(|(n, _)| n));
+                dep_dirs.extend(copies.map(|n| patched[n].clone()));
+            }
             by_dir.insert(dir.clone(), (pkg.name.clone(), dep_dirs, externals));
         }
         let name_of: BTreeMap<&String, &String> =
@@ -238,7 +278,8 @@ impl CrateGraph {
         Ok(Self { crates, lock })
     }
 
-    /// The workspace crates `name` runs: itself and its transitive path dependencies.
+    /// The workspace crates `name` runs: itself and its transitive path dependencies (patched
+    /// copies of registry crates included).
     fn closure(&self, name: &str) -> Result<BTreeSet<String>, String> {
         if !self.crates.contains_key(name) {
             return Err(format!(
@@ -291,6 +332,43 @@ impl CrateGraph {
             )
         }))
     }
+}
+
+/// For each `Cargo.lock` entry name, the patched crates its dependencies reach (itself
+/// excluded); empty without a lock file or patches.
+fn patched_reach(
+    root: &Path,
+    patched: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    let path = root.join("Cargo.lock");
+    if patched.is_empty() || !path.is_file() {
+        return Ok(BTreeMap::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let lock = CargoLock::parse(&text, "Cargo.lock")?;
+    let mut out = BTreeMap::new();
+    for (name, ix) in &lock.by_name {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = ix.clone();
+        let mut hits = BTreeSet::new();
+        while let Some(i) = stack.pop() {
+            if !seen.insert(i) {
+                continue;
+            }
+            for spec in &lock.packages[i].dependencies {
+                let dep = spec.split(' ').next().unwrap_or_default();
+                if patched.contains_key(dep) {
+                    hits.insert(dep.to_string());
+                }
+                stack.extend(lock.matching(spec));
+            }
+        }
+        hits.remove(name);
+        if !hits.is_empty() {
+            out.insert(name.clone(), hits);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +692,67 @@ checksum = "ff"
         );
         let e = hash_lock_part("[[package]\n", &app_part()).unwrap_err();
         assert!(e.starts_with("Cargo.lock: "), "{e}");
+    }
+
+    /// `[patch.crates-io] ext = { path = "vendor/ext" }`: `app` depends on `ext` directly,
+    /// `b` through `wrap` (per the lock), `c` on neither.
+    #[test]
+    fn a_patched_copy_counts_for_the_crates_that_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        write(
+            r,
+            "Cargo.toml",
+            "[workspace]\nmembers = [\"app\", \"b\", \"c\"]\nexclude = [\"vendor\"]\n\
+             [patch.crates-io]\next = { path = \"vendor/ext\" }\n",
+        );
+        write(
+            r,
+            "app/Cargo.toml",
+            "[package]\nname = \"app\"\n[dependencies]\next = \"1\"\n",
+        );
+        write(
+            r,
+            "b/Cargo.toml",
+            "[package]\nname = \"b\"\n[dependencies]\nwrap = \"1\"\n",
+        );
+        write(
+            r,
+            "c/Cargo.toml",
+            "[package]\nname = \"c\"\n[dependencies]\nserde = \"1\"\n",
+        );
+        write(
+            r,
+            "vendor/ext/Cargo.toml",
+            "[package]\nname = \"ext\"\n[dependencies.itoa]\nversion = \"1\"\n",
+        );
+        write(
+            r,
+            "Cargo.lock",
+            "[[package]]\nname = \"wrap\"\nversion = \"1.0.0\"\nsource = \"registry+x\"\n\
+             dependencies = [\"ext\"]\n\n[[package]]\nname = \"ext\"\nversion = \"1.0.0\"\n\
+             dependencies = [\"itoa\"]\n\n[[package]]\nname = \"itoa\"\nversion = \"1.0.0\"\n\
+             source = \"registry+x\"\n\n[[package]]\nname = \"serde\"\nversion = \"1.0.0\"\n\
+             source = \"registry+x\"\n",
+        );
+        let g = CrateGraph::load(r).unwrap();
+        let copy = ["vendor/ext/Cargo.toml", "vendor/ext/src"].map(String::from);
+        for member in ["app", "b"] {
+            let paths = g.expand(member).unwrap();
+            assert!(
+                copy.iter().all(|p| paths.contains(p)),
+                "{member}: {paths:?}"
+            );
+        }
+        assert_eq!(g.expand("c").unwrap(), ["c/Cargo.toml", "c/src"]);
+        assert_eq!(
+            g.crates["ext"].externals,
+            ["itoa"].map(String::from).into(),
+            "the copy's own dependencies are in the lock part"
+        );
+        std::fs::remove_file(r.join("vendor/ext/Cargo.toml")).unwrap();
+        let e = CrateGraph::load(r).unwrap_err();
+        assert!(e.contains("vendor/ext/Cargo.toml"), "{e}");
     }
 
     #[test]
