@@ -235,6 +235,39 @@ fn candle_upsample_nearest2d_gradient_is_wrong_when_input_reused_regression() {
     );
 }
 
+/// The vendored candle-core (`vendor/candle-core/ACPO-PATCH.md`) stores the first gradient that
+/// reaches a tensor as it is and adds the later ones: a tensor feeding several ops must still get
+/// their sum, and a gradient that arrives strided (through a transpose) is stored contiguous.
+#[test]
+fn backprop_sums_every_gradient_that_reaches_a_tensor() {
+    let x = Var::new(&[1.0f64, 2.0, 3.0], &Device::Cpu).unwrap();
+    let xt = x.as_tensor();
+    // y = 2x + x^2 + x: dy/dx = 3 + 2x
+    let y = (((xt * 2.0).unwrap() + xt.sqr().unwrap()).unwrap() + xt).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(xt).unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(g, [5.0, 7.0, 9.0]);
+
+    let m = Var::new(&[[1.0f64, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+    let r = Tensor::new(&[[1.0f64, 10.0], [100.0, 1000.0]], &Device::Cpu).unwrap();
+    let z = m
+        .as_tensor()
+        .t()
+        .unwrap()
+        .mul(&r)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let grads = z.backward().unwrap();
+    let g = grads.get(m.as_tensor()).unwrap();
+    assert!(g.is_contiguous());
+    assert_eq!(
+        g.to_vec2::<f64>().unwrap(),
+        [[1.0, 100.0], [10.0, 1000.0]],
+        "the gradient of m is r transposed"
+    );
+}
+
 #[test]
 fn replacement_upsample_gradient_is_right_when_input_reused() {
     let f = reuse_graph(upsample_nearest2x);
