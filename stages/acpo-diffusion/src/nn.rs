@@ -8,6 +8,10 @@
 use std::collections::HashMap;
 
 pub use acpo_ops::attention::{attention, attention_generic, softmax_last};
+/// Nearest-neighbour 2x upsampling of `[B, C, H, W]`: one op on the CPU (acpo-ops), a broadcast
+/// elsewhere. Replaces `Tensor::upsample_nearest2d`, whose gradient in candle 0.11 is wrong when
+/// its input also feeds another op (`tests/gradcheck.rs` has the regression test).
+pub use acpo_ops::resample::{upsample_nearest2x, upsample_nearest2x_generic};
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::VarMap;
 
@@ -243,19 +247,6 @@ impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         crate::norm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
     }
-}
-
-/// Nearest-neighbour 2x upsampling of `[B, C, H, W]` as unsqueeze + broadcast + reshape.
-///
-/// Replaces `Tensor::upsample_nearest2d`, whose gradient in candle 0.11 is wrong when its input
-/// also feeds another op (`tests/gradcheck.rs` has the regression test). The backward pass of a
-/// broadcast is a sum over the broadcast axes, which is exactly nearest upsampling's adjoint.
-pub fn upsample_nearest2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .contiguous()?
-        .reshape((b, c, 2 * h, 2 * w))
 }
 
 /// Sinusoidal embedding of (possibly fractional) timesteps `t: [B]` into `[B, dim]`

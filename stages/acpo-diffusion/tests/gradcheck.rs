@@ -4,7 +4,8 @@
 mod common;
 
 use acpo_diffusion::nn::{
-    attention, softmax_last, timestep_embedding, upsample_nearest2x, Conv2d, GroupNorm, Linear,
+    attention, softmax_last, timestep_embedding, upsample_nearest2x, upsample_nearest2x_generic,
+    Conv2d, GroupNorm, Linear,
 };
 use acpo_diffusion::rng::SeededRng;
 use acpo_diffusion::{UNet, UNetConfig};
@@ -207,9 +208,10 @@ fn fused_softmax_has_no_gradient_regression() {
     );
 }
 
-fn reuse_graph(
-    up: fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> impl Fn(&[Tensor]) -> candle_core::Result<Tensor> {
+/// A nearest 2x upsampling function.
+type Upsample = fn(&Tensor) -> candle_core::Result<Tensor>;
+
+fn reuse_graph(up: Upsample) -> impl Fn(&[Tensor]) -> candle_core::Result<Tensor> {
     // The upsample's input also feeds another op (as in the UNet, where a tensor is both
     // upsampled and kept as a skip connection).
     move |xs: &[Tensor]| {
@@ -268,17 +270,24 @@ fn backprop_sums_every_gradient_that_reaches_a_tensor() {
     );
 }
 
+/// The replacement: acpo-ops' CPU op (f64 here) and the generic broadcast other devices use.
 #[test]
 fn replacement_upsample_gradient_is_right_when_input_reused() {
-    let f = reuse_graph(upsample_nearest2x);
-    let e = max_rel_err(&[randn(20, &[2, 2, 3, 3], 1.0)], &f, 12);
-    assert!(e < TOL, "upsample_nearest2x: rel err {e}");
-    let e = max_rel_err(
-        &[randn(21, &[1, 3, 2, 4], 1.0)],
-        &|xs: &[Tensor]| upsample_nearest2x(&xs[0]),
-        12,
-    );
-    assert!(e < TOL, "upsample_nearest2x alone: rel err {e}");
+    let ups: [(&str, Upsample); 2] = [
+        ("upsample_nearest2x", upsample_nearest2x),
+        ("upsample_nearest2x_generic", upsample_nearest2x_generic),
+    ];
+    for (name, up) in ups {
+        let f = reuse_graph(up);
+        let e = max_rel_err(&[randn(20, &[2, 2, 3, 3], 1.0)], &f, 12);
+        assert!(e < TOL, "{name}: rel err {e}");
+        let e = max_rel_err(
+            &[randn(21, &[1, 3, 2, 4], 1.0)],
+            &move |xs: &[Tensor]| up(&xs[0]),
+            12,
+        );
+        assert!(e < TOL, "{name} alone: rel err {e}");
+    }
 }
 
 #[test]

@@ -15,9 +15,10 @@
 //!   thread). For a stride-1 or stride-2 kernel whose output rows are 8 pixels or a multiple of
 //!   16 there is no im2col: each 16-pixel panel's columns are 16 consecutive elements of a
 //!   zero-padded copy of the image (for stride 2 with its columns split by parity), which the
-//!   kernel gathers as it multiplies ([`Taps`]). Otherwise the columns of
-//!   a tile of output rows small enough for the core's L2 cache ([`TILE_ELEMS`]) are written in
-//!   16-pixel panels and multiplied from there.
+//!   kernel gathers as it multiplies ([`Taps`]); a pointwise kernel's are the image itself,
+//!   read in place (where its rows fit; else `gemm` multiplies the image). Otherwise the
+//!   columns of a tile of output rows small enough for the core's L2 cache ([`TILE_ELEMS`])
+//!   are written in 16-pixel panels and multiplied from there.
 //! - **`gemm`** (the crate candle's own matmul uses) everywhere else: the tile's im2col
 //!   columns, row-major, and one `gemm` call into the tile's output columns.
 //!
@@ -31,7 +32,9 @@
 //! the difference). Other devices use candle's conv2d plus a broadcast add. Finite-difference
 //! checked in `tests/gradcheck.rs` (f64, `gemm`).
 
-use crate::cpu_op::{in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, Pool, TypedOp3};
+use crate::cpu_op::{
+    in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, ParZeroed, Pool, TypedOp3,
+};
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
 use crate::panel::{
     f32s, f32s_mut, gather_product, offsets_product, panel_product, panels_len, Kernel, NR,
@@ -377,14 +380,15 @@ struct Plan {
 
 impl Plan {
     /// Tiles of [`tile_rows`]; the panel kernel for f32 where the CPU has it
-    /// ([`Kernel::detect`]) and this thread is not inside [`crate::reference_ops`], the kernel
-    /// is not pointwise (its columns are the image itself, row-major) and the batch has an
-    /// image for every thread (the panel kernel does not split one image's product over
-    /// threads; `gemm` does).
+    /// ([`Kernel::detect`]), this thread is not inside [`crate::reference_ops`], the batch has
+    /// an image for every thread (the panel kernel does not split one image's product over
+    /// threads; `gemm` does), and a pointwise kernel reads the image in place ([`Taps`]; else
+    /// `gemm` multiplies the image itself, where the panel kernel would copy it into panels).
     fn new<T: 'static>(g: Geom) -> Self {
         let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         let gemm_only = in_reference_ops();
-        let kernel = if f32 && !gemm_only && !g.pointwise() && g.b >= rayon::current_num_threads() {
+        let in_place = !g.pointwise() || Taps::new(&g).is_some();
+        let kernel = if f32 && !gemm_only && in_place && g.b >= rayon::current_num_threads() {
             Kernel::detect()
         } else {
             Kernel::Gemm
@@ -403,6 +407,12 @@ impl Plan {
         }
     }
 
+    /// A pointwise kernel through `gemm`, which multiplies the image itself (its columns,
+    /// row-major), forward and backward, without tiles.
+    fn pointwise_gemm(&self) -> bool {
+        self.g.pointwise() && self.kernel == Kernel::Gemm
+    }
+
     /// Per-thread buffers for the forward pass: the tile's columns (none where the plan has
     /// [`Taps`]), or the zero-padded image they read.
     fn scratch<T: WithDType>(&self) -> Scratch<T> {
@@ -416,10 +426,10 @@ impl Plan {
         }
     }
 
-    /// A tile's columns in any [`ColLayout`] (none for a pointwise kernel, whose columns are
-    /// the image).
+    /// A tile's columns in any [`ColLayout`] (none for a pointwise kernel through `gemm`,
+    /// whose columns are the image).
     fn cols_len(&self) -> usize {
-        if self.g.pointwise() {
+        if self.pointwise_gemm() {
             0
         } else {
             self.g.ckk().next_multiple_of(NR) * (self.rt * self.g.ow).next_multiple_of(NR)
@@ -457,7 +467,7 @@ impl Taps {
         let (hp, wp, stride) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let rows_fit = g.ow.is_multiple_of(NR) || (g.ow == NR / 2 && g.oh.is_multiple_of(2));
         let strided = stride == 1 || (stride == 2 && wp.is_multiple_of(2));
-        if !strided || g.pointwise() || g.l() == 0 || !rows_fit {
+        if !strided || g.l() == 0 || !rows_fit {
             return None;
         }
         u32::try_from(g.c * hp * wp).ok()?;
@@ -478,9 +488,28 @@ impl Taps {
         Some(Self { offs, ..taps })
     }
 
-    /// Elements of the padded image: `[C, HP, WP]`.
+    /// Elements of the padded image, `[C, HP, WP]`; none where it is the image itself.
     fn padded_len(&self, g: &Geom) -> usize {
-        g.c * self.hp * self.wp
+        match self.is_image(g) {
+            true => 0,
+            false => g.c * self.hp * self.wp,
+        }
+    }
+
+    /// Whether the padded image is the image itself (no padding, stride 1: a pointwise
+    /// kernel), which is then read in place.
+    fn is_image(&self, g: &Geom) -> bool {
+        g.pad == 0 && self.stride == 1
+    }
+
+    /// The padded image of `x`: `x` itself where [`Taps::is_image`], else `buffer` after
+    /// [`Taps::pad`].
+    fn padded<'a, T: Copy>(&self, g: &Geom, x: &'a [T], buffer: &'a mut [T]) -> &'a [T] {
+        if self.is_image(g) {
+            return x;
+        }
+        self.pad(g, x, buffer);
+        buffer
     }
 
     /// Stride 1: the weight gradient's pixels of `rows` output rows as one run of the padded
@@ -556,8 +585,8 @@ fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec
     let g = &plan.g;
     let par = inner_parallelism(g.b);
     let buffers = Pool::default();
-    let mut out = vec![T::zero(); g.b * g.out_len()];
-    out.par_chunks_mut(g.out_len())
+    let mut out = ParZeroed::new(g.b * g.out_len(), g.out_len());
+    out.par_chunks_mut()
         .zip(x.par_chunks(g.in_len()))
         .for_each(|(y, xb)| {
             buffers.with(
@@ -565,7 +594,7 @@ fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec
                 |scratch| conv_image(xb, w, bias, plan, scratch, y, par),
             )
         });
-    out
+    out.into_vec()
 }
 
 /// One image: `y [Cout, OH*OW] = bias + w [Cout, C*kh*kw] * columns of xb`, in the tiles of
@@ -585,14 +614,14 @@ fn conv_image<T: WithDType>(
     for (row, &bv) in y.chunks_mut(l).zip(bias) {
         row.fill(bv);
     }
-    if g.pointwise() {
+    if plan.pointwise_gemm() {
         let (lhs, rhs) = (Mat::rows(w, ckk), Mat::rows(xb, l));
         matmul(MatMut::rows(y, l), true, g.cout, l, ckk, lhs, rhs, par);
         return;
     }
     if let Some(taps) = &plan.taps {
-        taps.pad(g, xb, &mut scratch.padded);
-        taps.product(f32s(w), f32s(&scratch.padded), f32s_mut(y), g);
+        let padded = taps.padded(g, xb, &mut scratch.padded);
+        taps.product(f32s(w), f32s(padded), f32s_mut(y), g);
         return;
     }
     let cols = &mut scratch.cols;
@@ -691,12 +720,11 @@ fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
         .collect()
 }
 
-/// For a stride-1 square kernel that is not pointwise, the input gradient is itself a
-/// convolution: `dY` correlated with the kernel flipped in space and transposed in its
+/// For a stride-1 square kernel, the input gradient is itself a convolution: `dY` correlated with the kernel flipped in space and transposed in its
 /// channels, padded by `k - 1 - pad`. Returns that convolution's geometry (`dY [B, Cout, OH,
 /// OW]` -> `[B, C, H, W]`) and kernel `[C, Cout*kh*kw]`; None where it does not apply.
 fn input_gradient_as_conv<T: WithDType>(w: &[T], g: &Geom) -> Option<(Geom, Vec<T>)> {
-    if g.stride != 1 || g.kh != g.kw || g.pointwise() || g.pad + 1 > g.kh {
+    if g.stride != 1 || g.kh != g.kw || g.pad + 1 > g.kh {
         return None;
     }
     let (k, c, cout) = (g.kh, g.c, g.cout);
@@ -740,15 +768,16 @@ fn backward_tiled<T: WithDType>(
         plan,
         w,
         dx_conv: input_gradient_as_conv(w, g)
+            .filter(|_| !plan.pointwise_gemm())
             .map(|(gt, flipped)| (Plan::with(gt, tile_rows(&gt), plan.kernel), flipped)),
         zeros: vec![T::zero(); g.c],
         par: inner_parallelism(g.b),
     };
     let run = run_len(g.b);
     let buffers = Pool::default();
-    let mut gx = vec![T::zero(); g.b * g.in_len()];
+    let mut gx = ParZeroed::new(g.b * g.in_len(), run * g.in_len());
     let partial: Vec<(Vec<T>, Vec<T>)> = gx
-        .par_chunks_mut(run * g.in_len())
+        .par_chunks_mut()
         .zip(x.par_chunks(run * g.in_len()))
         .zip(gy.par_chunks(run * g.out_len()))
         .map(|((gxr, xr), gyr)| {
@@ -773,7 +802,7 @@ fn backward_tiled<T: WithDType>(
         Kernel::Panels => transpose(&gw, ckk, cout),
         Kernel::Gemm => gw,
     };
-    (gx, gw, gb)
+    (gx.into_vec(), gw, gb)
 }
 
 /// What every image of one backward pass shares: the plan, the kernel, the input gradient's
@@ -846,14 +875,14 @@ impl<T: WithDType> Backward<'_, T> {
             *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
         }
         let wt = Mat::rows(w, ckk).t();
-        if g.pointwise() {
+        if plan.pointwise_gemm() {
             // The columns are the image itself: dW += dY_b X_b^T, dX_b = W^T dY_b.
             let (dy, xt) = (Mat::rows(gyb, l), Mat::rows(xb, l).t());
             matmul(MatMut::rows(gw, ckk), true, cout, ckk, l, dy, xt, par);
             matmul(MatMut::rows(gxb, l), false, ckk, l, cout, wt, dy, par);
             return;
         }
-        if let Some(taps) = self.dw_taps() {
+        if let Some(taps) = self.dw_taps().filter(|t| !t.is_image(g)) {
             taps.pad(g, xb, &mut scratch.padded);
         }
         for r0 in (0..g.oh).step_by(plan.rt) {
@@ -909,7 +938,11 @@ impl<T: WithDType> Backward<'_, T> {
                 let span = taps.row_span(g, rows.len());
                 let dyt = f32s_mut(&mut scratch.dyt);
                 pack_transposed(f32s(dy), g, rows.len(), taps.wp, dyt);
-                let padded = &f32s(&scratch.padded)[r0 * taps.wp..];
+                let padded = match taps.is_image(g) {
+                    true => f32s(xb),
+                    false => f32s(&scratch.padded),
+                };
+                let padded = &padded[r0 * taps.wp..];
                 weight_gradient_panels(dyt, span, cout, f32s_mut(gw), |panel, c, lanes| {
                     offsets_product(ckk, span, padded, &taps.offs, panel, c, cout, lanes)
                 });
@@ -1219,6 +1252,9 @@ mod tests {
             (2, 3, 7, (32, 32), (3, 1, 2)),
             (2, 2, 5, (16, 16), (3, 1, 2)),
             (1, 2, 3, (32, 31), (3, 1, 2)),
+            (2, 5, 7, (8, 8), (1, 0, 1)),
+            (2, 6, 4, (16, 16), (1, 0, 1)),
+            (1, 3, 5, (7, 6), (1, 0, 1)),
         ] {
             let (g, x, wt, gy) = batch::<f32>(b, c, cout, hw, kps);
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
@@ -1249,8 +1285,9 @@ mod tests {
                 }
             }
         }
-        // rows of 8 or 16 output pixels gather, for stride 2 only with an even padded width
-        assert_eq!(gathered, 7 * 3, "gathering shapes");
+        // rows of 8 or 16 output pixels gather, for stride 2 only with an even padded width;
+        // pointwise kernels read the image in place
+        assert_eq!(gathered, 9 * 3, "gathering shapes");
     }
 
     #[test]
@@ -1259,7 +1296,9 @@ mod tests {
         let threads = rayon::current_num_threads();
         assert_eq!(Plan::new::<f32>(g(threads, 3)).kernel, Kernel::detect());
         assert_eq!(Plan::new::<f64>(g(threads, 3)).kernel, Kernel::Gemm);
-        assert_eq!(Plan::new::<f32>(g(threads, 1)).kernel, Kernel::Gemm);
+        assert_eq!(Plan::new::<f32>(g(threads, 1)).kernel, Kernel::detect());
+        let pointwise_7x6 = Geom::new(&[threads, 8, 7, 6], &[8, 8, 1, 1], 0, 1);
+        assert_eq!(Plan::new::<f32>(pointwise_7x6).kernel, Kernel::Gemm);
         if threads > 1 {
             assert_eq!(Plan::new::<f32>(g(1, 3)).kernel, Kernel::Gemm);
         }

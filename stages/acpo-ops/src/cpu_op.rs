@@ -5,7 +5,10 @@
 
 use crate::timing::{span, OpClass};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The element types the CPU ops run on (f32, f64): candle's dtype plus float math.
@@ -270,6 +273,63 @@ impl<S> Pool<S> {
     }
 }
 
+/// An op's output, `n` elements that the tasks of a parallel loop write chunk by chunk: the
+/// task that takes a chunk zeroes it first, in its own cache and on every thread at once.
+/// `vec![0; n]` instead has the calling thread zero the whole output (a `memset` of megabytes)
+/// while the other threads wait: about 4 % of a sampling step of the cpu-profile UNet (`perf`).
+pub(crate) struct ParZeroed<T> {
+    v: Vec<T>,
+    n: usize,
+    chunk: usize,
+    zeroed: AtomicUsize,
+}
+
+impl<T: WithDType> ParZeroed<T> {
+    /// `n` elements in chunks of `chunk` (the last may be shorter).
+    pub(crate) fn new(n: usize, chunk: usize) -> Self {
+        Self {
+            v: Vec::with_capacity(n),
+            n,
+            chunk: chunk.max(1),
+            zeroed: AtomicUsize::new(0),
+        }
+    }
+
+    /// The chunks in order, each zeroed by the task that takes it.
+    pub(crate) fn par_chunks_mut(&mut self) -> impl IndexedParallelIterator<Item = &mut [T]> {
+        let Self {
+            v,
+            n,
+            chunk,
+            zeroed,
+        } = self;
+        let zeroed = &*zeroed;
+        v.spare_capacity_mut()[..*n]
+            .par_chunks_mut(*chunk)
+            .map(move |c| {
+                for e in c.iter_mut() {
+                    e.write(T::zero());
+                }
+                zeroed.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: every element of `c` was written just above.
+                unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) }
+            })
+    }
+
+    /// The output. Panics unless every chunk was handed out, and so written.
+    pub(crate) fn into_vec(mut self) -> Vec<T> {
+        let chunks = self.n.div_ceil(self.chunk);
+        assert_eq!(
+            self.zeroed.load(Ordering::Relaxed),
+            chunks,
+            "ParZeroed: a loop wrote only some of the output's chunks"
+        );
+        // SAFETY: all `n` elements were initialised, chunk by chunk (counted above).
+        unsafe { self.v.set_len(self.n) };
+        self.v
+    }
+}
+
 /// The batch is split into at most this many fixed runs of consecutive images for a backward
 /// pass; each run sums its images' parameter gradients in order, and the runs' sums are added
 /// in order ([`sum_runs`]). The split depends on the batch size only, never on the thread count
@@ -338,6 +398,26 @@ mod tests {
         assert!(exp_f32(f32::NAN).is_nan());
         assert!(exp_f32(-1000.0) < 1.3e-38 && exp_f32(-1000.0) > 0.0);
         assert!(exp_f32(1000.0).is_finite() && exp_f32(1000.0) > 2e38);
+    }
+
+    #[test]
+    fn par_zeroed_hands_out_zeroed_chunks_and_checks_it_wrote_them_all() {
+        let mut out = ParZeroed::<f32>::new(10, 4);
+        out.par_chunks_mut().enumerate().for_each(|(i, c)| {
+            assert!(c.iter().all(|&v| v == 0.0));
+            c[0] = i as f32 + 1.0;
+        });
+        assert_eq!(
+            out.into_vec(),
+            [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 0.0]
+        );
+        assert!(ParZeroed::<f64>::new(0, 0).into_vec().is_empty());
+        let partial = std::panic::catch_unwind(|| {
+            let mut out = ParZeroed::<f32>::new(10, 4);
+            out.par_chunks_mut().take(2).for_each(|c| c[0] = 1.0);
+            out.into_vec()
+        });
+        assert!(partial.is_err(), "two of three chunks written");
     }
 
     #[test]

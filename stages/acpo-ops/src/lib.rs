@@ -6,6 +6,7 @@
 //!   module docs; how fast: README "Speed").
 //! - [`norm`]: group normalisation, optionally fused with SiLU, forward and backward.
 //! - [`attention`]: multi-head scaled dot-product attention, forward and backward.
+//! - [`resample`]: nearest-neighbour 2x upsampling, forward and backward.
 //! - [`timing`]: opt-in wall-clock counters per op class, for the roofline bench.
 //! - `cpu_op`: what they share: the f32/f64 dispatch, host slices, fixed-order reductions, the
 //!   CPU feature check and a vectorisable f32 `exp`;
@@ -18,6 +19,7 @@ mod cpu_op;
 mod mat;
 pub mod norm;
 mod panel;
+pub mod resample;
 #[cfg(test)]
 mod test_util;
 pub mod timing;

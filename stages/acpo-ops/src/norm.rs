@@ -9,7 +9,9 @@
 //! accumulated in f64. Other devices use the generic-op version. Finite-difference checked in
 //! `tests/gradcheck.rs`.
 
-use crate::cpu_op::{avx2_fma, in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, TypedOp3};
+use crate::cpu_op::{
+    avx2_fma, in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, ParZeroed, TypedOp3,
+};
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -216,11 +218,11 @@ impl GroupNormOp {
     fn forward<T: Elem>(&self, x: &[T], gamma: &[T], beta: &[T], b: usize) -> Vec<T> {
         let exact = in_reference_ops();
         let per = x.len() / b;
-        let mut y = vec![T::zero(); x.len()];
-        y.par_chunks_mut(per)
+        let mut y = ParZeroed::new(x.len(), per);
+        y.par_chunks_mut()
             .zip(x.par_chunks(per))
             .for_each(|(yb, xb)| self.forward_image(xb, gamma, beta, yb, exact));
-        y
+        y.into_vec()
     }
 
     /// One image: writes `dx` and adds into the per-channel `dgamma`, `dbeta` accumulators.
@@ -292,12 +294,12 @@ impl GroupNormOp {
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let c = gamma.len();
         let per = x.len() / b;
-        let mut gx = vec![T::zero(); x.len()];
         // Fixed runs of images summed in a fixed order: bit-reproducible (see cpu_op.rs).
         let run = run_len(b);
+        let mut gx = ParZeroed::new(x.len(), run * per);
         let exact = in_reference_ops();
         let partial: Vec<(Vec<f64>, Vec<f64>)> = gx
-            .par_chunks_mut(run * per)
+            .par_chunks_mut()
             .zip(x.par_chunks(run * per))
             .zip(gout.par_chunks(run * per))
             .map(|((gxr, xr), gor)| {
@@ -311,7 +313,7 @@ impl GroupNormOp {
             .collect();
         let (dg, db) = sum_runs(partial);
         let cast = |v: Vec<f64>| v.into_iter().map(T::from_f64).collect::<Vec<T>>();
-        (gx, cast(dg), cast(db))
+        (gx.into_vec(), cast(dg), cast(db))
     }
 }
 
