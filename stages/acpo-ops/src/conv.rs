@@ -33,7 +33,7 @@
 //! checked in `tests/gradcheck.rs` (f64, `gemm`).
 
 use crate::cpu_op::{
-    in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, ParZeroed, Pool, TypedOp3,
+    in_reference_ops, lane_sum, on_host, run_len, sum_runs, Elem, Op3, ParZeroed, Pool, TypedOp3,
 };
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
 use crate::panel::{
@@ -872,7 +872,7 @@ impl<T: WithDType> Backward<'_, T> {
         let g = &plan.g;
         let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
         for (gbv, row) in gb.iter_mut().zip(gyb.chunks(l)) {
-            *gbv += row.iter().fold(T::zero(), |s, &v| s + v);
+            *gbv += T::from_f64(lane_sum(row, row, |v, _| v.to_f64()));
         }
         let wt = Mat::rows(w, ckk).t();
         if plan.pointwise_gemm() {

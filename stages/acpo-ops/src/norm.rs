@@ -10,7 +10,8 @@
 //! `tests/gradcheck.rs`.
 
 use crate::cpu_op::{
-    avx2_fma, in_reference_ops, on_host, run_len, sum_runs, Elem, Op3, ParZeroed, TypedOp3,
+    avx2_fma, in_reference_ops, lane_sum, on_host, run_len, sum_runs, Elem, Op3, ParZeroed,
+    TypedOp3,
 };
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType, D};
@@ -72,29 +73,6 @@ struct GroupNormOp {
     groups: usize,
     eps: f64,
     silu: bool,
-}
-
-/// Independent partial sums that [`lane_sum`] keeps: one f64 chain is bound by the add's
-/// latency (about 4 cycles per element, most of this op's time in `perf`); eight independent
-/// chains overlap. They are added in a fixed order, so a sum does not depend on threads.
-const LANES: usize = 8;
-
-/// `sum_i f(xs[i], ys[i])` in f64 over [`LANES`] interleaved chains (element `i` in chain
-/// `i % LANES`, the tail past the last full round in its own), added in a fixed order. Over
-/// whole chunks of `LANES`, so that the chains become vector registers.
-#[inline(always)]
-fn lane_sum<T: Copy>(xs: &[T], ys: &[T], f: impl Fn(T, T) -> f64) -> f64 {
-    let mut acc = [0f64; LANES];
-    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
-    let tail: f64 = (xc.remainder().iter().zip(yc.remainder()))
-        .map(|(&x, &y)| f(x, y))
-        .sum();
-    for (xb, yb) in xc.zip(yc) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(xb[l], yb[l]);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Mean and 1/std of one group's values.
