@@ -720,7 +720,8 @@ fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
         .collect()
 }
 
-/// For a stride-1 square kernel, the input gradient is itself a convolution: `dY` correlated with the kernel flipped in space and transposed in its
+/// For a stride-1 square kernel (pointwise included), the input gradient is itself a
+/// convolution: `dY` correlated with the kernel flipped in space and transposed in its
 /// channels, padded by `k - 1 - pad`. Returns that convolution's geometry (`dY [B, Cout, OH,
 /// OW]` -> `[B, C, H, W]`) and kernel `[C, Cout*kh*kw]`; None where it does not apply.
 fn input_gradient_as_conv<T: WithDType>(w: &[T], g: &Geom) -> Option<(Geom, Vec<T>)> {
