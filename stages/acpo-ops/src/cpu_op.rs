@@ -218,7 +218,7 @@ fn slice<'a, O: TypedOp3, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a 
 /// Runs `f` on the tensors' elements, row-major, on the host: borrowed from the storage of a
 /// contiguous CPU tensor (the backward passes' inputs, activation-sized: a copy of each cost a
 /// few percent of a training step), copied for any other.
-pub(crate) fn on_host<T: WithDType, R, const N: usize>(
+pub fn on_host<T: WithDType, R, const N: usize>(
     ts: [&Tensor; N],
     f: impl FnOnce([&[T]; N]) -> R,
 ) -> candle_core::Result<R> {

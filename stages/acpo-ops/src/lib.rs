@@ -24,4 +24,4 @@ pub mod resample;
 mod test_util;
 pub mod timing;
 
-pub use cpu_op::reference_ops;
+pub use cpu_op::{on_host, reference_ops};
