@@ -16,9 +16,11 @@
 //!   16 there is no im2col: each 16-pixel panel's columns are 16 consecutive elements of a
 //!   zero-padded copy of the image (for stride 2 with its columns split by parity), which the
 //!   kernel gathers as it multiplies ([`Taps`]); a pointwise kernel's are the image itself,
-//!   read in place (where its rows fit; else `gemm` multiplies the image). Otherwise the
-//!   columns of a tile of output rows small enough for the core's L2 cache ([`TILE_ELEMS`])
-//!   are written in 16-pixel panels and multiplied from there.
+//!   read in place. A stride-1 kernel with any other row width is multiplied the same way over
+//!   the padded image's pitch, the positions past each output row computed and dropped
+//!   ([`Taps::product_pitched`]). Otherwise (stride 2 there) the columns of a tile of output
+//!   rows small enough for the core's L2 cache ([`TILE_ELEMS`]) are written in 16-pixel
+//!   panels and multiplied from there.
 //! - **`gemm`** (the crate candle's own matmul uses) everywhere else: the tile's im2col
 //!   columns, row-major, and one `gemm` call into the tile's output columns.
 //!
@@ -62,14 +64,39 @@ pub fn conv2d_bias(
     padding: usize,
     stride: usize,
 ) -> candle_core::Result<Tensor> {
+    conv(x, w, b, padding, stride, false)
+}
+
+/// `relu(conv2d(x, w) + b)`, the ReLU applied to each image's output as it is finished (no
+/// second pass over the batch, no second tensor), for inference: the op has no backward pass
+/// (an error if one is asked for). The FID Inception's layers.
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    conv(x, w, b, padding, stride, true)
+}
+
+fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    padding: usize,
+    stride: usize,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
     let supported = matches!(x.device(), Device::Cpu)
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && x.dtype() == w.dtype()
         && x.dtype() == b.dtype();
     if !supported || std::env::var_os("ACPO_NATIVE_CONV").is_some() {
-        return x
+        let y = x
             .conv2d(w, padding, stride, 1, 1)?
-            .broadcast_add(&b.reshape((1, (), 1, 1))?);
+            .broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+        return if relu { y.relu() } else { Ok(y) };
     }
     let (_, c, h, wd) = x.dims4()?;
     let (cout, cin, kh, kw) = w.dims4()?;
@@ -85,7 +112,11 @@ pub fn conv2d_bias(
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &b.contiguous()?,
-        Op3(GemmConv { padding, stride }),
+        Op3(GemmConv {
+            padding,
+            stride,
+            relu,
+        }),
     )
 }
 
@@ -382,8 +413,9 @@ impl Plan {
     /// Tiles of [`tile_rows`]; the panel kernel for f32 where the CPU has it
     /// ([`Kernel::detect`]), this thread is not inside [`crate::reference_ops`], the batch has
     /// an image for every thread (the panel kernel does not split one image's product over
-    /// threads; `gemm` does), and a pointwise kernel reads the image in place ([`Taps`]; else
-    /// `gemm` multiplies the image itself, where the panel kernel would copy it into panels).
+    /// threads; `gemm` does), and a pointwise kernel reads the image without im2col ([`Taps`];
+    /// else `gemm` multiplies the image itself, where the panel kernel would copy it into
+    /// panels).
     fn new<T: 'static>(g: Geom) -> Self {
         let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         let gemm_only = in_reference_ops();
@@ -417,6 +449,9 @@ impl Plan {
     /// [`Taps`]), or the zero-padded image they read.
     fn scratch<T: WithDType>(&self) -> Scratch<T> {
         let (cols, padded) = match &self.taps {
+            Some(t) if t.needs_tile(&self.g) => {
+                (self.g.cout * pitch_tile(&self.g), t.padded_len(&self.g))
+            }
             Some(t) => (0, t.padded_len(&self.g)),
             None => (self.cols_len(), 0),
         };
@@ -438,7 +473,8 @@ impl Plan {
 }
 
 /// See [`Plan::scratch`]. The padded image's border is written once, as zeros, and only its
-/// interior after that.
+/// interior after that. `cols` is the pitch tile of [`Taps::product_pitched`] where it needs
+/// one.
 struct Scratch<T> {
     cols: Vec<T>,
     padded: Vec<T>,
@@ -458,24 +494,29 @@ struct Taps {
     hp: usize,
     wp: usize,
     stride: usize,
+    /// Stride 1 with output rows that fit no panel: the product runs over the padded image's
+    /// pitch instead of over the output pixels ([`Taps::product_pitched`]).
+    pitched: bool,
 }
 
 impl Taps {
-    /// None where the geometry does not allow it (stride, row width, odd rows, an odd padded
-    /// width for stride 2, or offsets past `u32`).
+    /// None where the geometry does not allow it (a stride other than 1 or 2; for stride 2,
+    /// rows that fit no panel or an odd padded width; offsets past `u32`). Stride 1 with rows
+    /// that fit no panel is [`Taps::pitched`].
     fn new(g: &Geom) -> Option<Self> {
         let (hp, wp, stride) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let rows_fit = g.ow.is_multiple_of(NR) || (g.ow == NR / 2 && g.oh.is_multiple_of(2));
-        let strided = stride == 1 || (stride == 2 && wp.is_multiple_of(2));
-        if !strided || g.l() == 0 || !rows_fit {
+        let strided = stride == 1 || (stride == 2 && wp.is_multiple_of(2) && rows_fit);
+        if !strided || g.l() == 0 || (!rows_fit && !pitch_enabled()) {
             return None;
         }
-        u32::try_from(g.c * hp * wp).ok()?;
+        u32::try_from(g.c * hp * wp + NR).ok()?;
         let taps = Self {
             offs: vec![],
             hp,
             wp,
             stride,
+            pitched: !rows_fit,
         };
         let mut offs = Vec::with_capacity(g.ckk());
         for c in 0..g.c {
@@ -488,18 +529,26 @@ impl Taps {
         Some(Self { offs, ..taps })
     }
 
-    /// Elements of the padded image, `[C, HP, WP]`; none where it is the image itself.
+    /// Elements of the padded image, `[C, HP, WP]`, and for [`Taps::pitched`] the 16 zeros
+    /// that its last panel reads past the image; none where it is the image itself.
     fn padded_len(&self, g: &Geom) -> usize {
-        match self.is_image(g) {
-            true => 0,
-            false => g.c * self.hp * self.wp,
+        match (self.is_image(g), self.pitched) {
+            (true, _) => 0,
+            (false, false) => g.c * self.hp * self.wp,
+            (false, true) => g.c * self.hp * self.wp + NR,
         }
     }
 
-    /// Whether the padded image is the image itself (no padding, stride 1: a pointwise
-    /// kernel), which is then read in place.
+    /// Whether the padded image is the image itself (no padding, stride 1, rows that fit: a
+    /// pointwise kernel), which is then read in place.
     fn is_image(&self, g: &Geom) -> bool {
-        g.pad == 0 && self.stride == 1
+        g.pad == 0 && self.stride == 1 && !self.pitched
+    }
+
+    /// [`Taps::pitched`] with gaps between the output rows in the pitch (`WP > OW`): the
+    /// product then writes a scratch tile and copies its output pixels out.
+    fn needs_tile(&self, g: &Geom) -> bool {
+        self.pitched && self.wp > g.ow
     }
 
     /// The padded image of `x`: `x` itself where [`Taps::is_image`], else `buffer` after
@@ -552,8 +601,20 @@ impl Taps {
         }
     }
 
-    /// `y += w * columns` for a whole image, panel by panel, from the padded image.
-    fn product(&self, w: &[f32], padded: &[f32], y: &mut [f32], g: &Geom) {
+    /// `y += w * columns` for a whole image, panel by panel, from the padded image (`y` holds
+    /// the bias; `tile` is [`Plan::scratch`]'s for [`Taps::pitched`]).
+    fn product(
+        &self,
+        w: &[f32],
+        bias: &[f32],
+        padded: &[f32],
+        y: &mut [f32],
+        g: &Geom,
+        tile: &mut [f32],
+    ) {
+        if self.pitched {
+            return self.product_pitched(w, bias, padded, y, g, tile);
+        }
         let (ckk, l) = (g.ckk(), g.l());
         // the second half of a panel: 8 output pixels on, or the next output row
         let delta = if g.ow.is_multiple_of(NR) {
@@ -572,16 +633,103 @@ impl Taps {
             }
         }
     }
+
+    /// [`Taps::product`] for stride 1 with output rows that fit no panel: the product runs over
+    /// the positions `q = oy * WP + ox` of the padded image's pitch, `ox < WP`, where a panel's
+    /// 16 columns of every tap are again 16 consecutive elements of the padded image; the `WP -
+    /// OW` positions past each output row are computed and dropped. With no such gap (`WP =
+    /// OW`: pointwise, or no padding across the rows) the positions are the output pixels and
+    /// the product adds into `y`; otherwise into a scratch `tile` of [`pitch_tile`] positions
+    /// per output channel, filled with the bias first, whose output pixels are then copied
+    /// into `y`. Per output pixel the sums are those of the im2col panels, in the same order.
+    fn product_pitched(
+        &self,
+        w: &[f32],
+        bias: &[f32],
+        padded: &[f32],
+        y: &mut [f32],
+        g: &Geom,
+        tile: &mut [f32],
+    ) {
+        let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
+        let positions = (g.oh - 1) * self.wp + g.ow;
+        let t = pitch_tile(g);
+        let chunk = panel_chunk(ckk);
+        for q0 in (0..positions).step_by(t) {
+            let n = t.min(positions - q0);
+            let (c, rsc) = match self.needs_tile(g) {
+                true => {
+                    for (row, &b) in tile.chunks_mut(t).zip(bias) {
+                        row[..n].fill(b);
+                    }
+                    (&mut tile[..], t)
+                }
+                false => (&mut y[q0..], l),
+            };
+            for k0 in (0..ckk).step_by(chunk) {
+                let kc = chunk.min(ckk - k0);
+                let (a, offs) = (&w[k0..], &self.offs[k0..]);
+                for p in (0..n).step_by(NR) {
+                    let (x, lanes) = (&padded[q0 + p..], NR.min(n - p));
+                    gather_product(cout, kc, a, ckk, x, offs, NR / 2, &mut c[p..], rsc, lanes);
+                }
+            }
+            if self.needs_tile(g) {
+                self.copy_out(tile, t, q0..q0 + n, y, g);
+            }
+        }
+    }
+
+    /// The output pixels among the pitch positions `qs` of `tile` (`t` positions per output
+    /// channel) into `y` (`[Cout, OH*OW]`).
+    fn copy_out(
+        &self,
+        tile: &[f32],
+        t: usize,
+        qs: std::ops::Range<usize>,
+        y: &mut [f32],
+        g: &Geom,
+    ) {
+        let l = g.l();
+        for oy in qs.start / self.wp..=(qs.end - 1) / self.wp {
+            let row = oy * self.wp;
+            let (lo, hi) = (qs.start.max(row), qs.end.min(row + g.ow));
+            if lo >= hi {
+                continue;
+            }
+            for co in 0..g.cout {
+                let src = &tile[co * t + lo - qs.start..][..hi - lo];
+                y[co * l + oy * g.ow + lo - row..][..hi - lo].copy_from_slice(src);
+            }
+        }
+    }
 }
 
-/// Forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]`.
-fn forward<T: WithDType>(x: &[T], w: &[T], bias: &[T], g: &Geom) -> Vec<T> {
-    forward_tiled(x, w, bias, &Plan::new::<T>(*g))
+/// Whether [`Taps::pitched`] is used: yes, unless the environment variable `ACPO_CONV_PITCH`
+/// is `off` (the bench's A/B switch: such rows then take the im2col panels); read once per
+/// process.
+fn pitch_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ACPO_CONV_PITCH").map_or(true, |v| v != "off"))
 }
 
-/// [`forward`] as `plan` says: per image, per tile, the tile's columns then one product into
-/// those output columns.
-fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec<T> {
+/// Pitch positions per tile of [`Taps::product_pitched`]: a multiple of 16 with `Cout` rows of
+/// them within [`TILE_ELEMS`] (at least one panel), and no more than the image has.
+fn pitch_tile(g: &Geom) -> usize {
+    let fit = (TILE_ELEMS / g.cout.max(1)).max(NR) / NR * NR;
+    fit.min((g.oh * (g.w + 2 * g.pad)).next_multiple_of(NR))
+}
+
+/// The forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]` as
+/// `plan` says: per image, per tile, the tile's columns then one product into those output
+/// columns; then `epilogue`, if any, on each image's output.
+fn forward_tiled<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    bias: &[T],
+    plan: &Plan,
+    epilogue: Option<fn(&mut [T])>,
+) -> Vec<T> {
     let g = &plan.g;
     let par = inner_parallelism(g.b);
     let buffers = Pool::default();
@@ -592,7 +740,10 @@ fn forward_tiled<T: WithDType>(x: &[T], w: &[T], bias: &[T], plan: &Plan) -> Vec
             buffers.with(
                 || plan.scratch(),
                 |scratch| conv_image(xb, w, bias, plan, scratch, y, par),
-            )
+            );
+            if let Some(f) = epilogue {
+                f(y);
+            }
         });
     out.into_vec()
 }
@@ -621,7 +772,8 @@ fn conv_image<T: WithDType>(
     }
     if let Some(taps) = &plan.taps {
         let padded = taps.padded(g, xb, &mut scratch.padded);
-        taps.product(f32s(w), f32s(padded), f32s_mut(y), g);
+        let tile = f32s_mut(&mut scratch.cols);
+        taps.product(f32s(w), f32s(bias), f32s(padded), f32s_mut(y), g, tile);
         return;
     }
     let cols = &mut scratch.cols;
@@ -956,6 +1108,15 @@ impl<T: WithDType> Backward<'_, T> {
 struct GemmConv {
     padding: usize,
     stride: usize,
+    /// ReLU on the output ([`conv2d_bias_relu`]; forward only).
+    relu: bool,
+}
+
+/// `v = max(v, 0)` in place (candle's `relu`).
+fn relu_in_place<T: Elem>(y: &mut [T]) {
+    for v in y {
+        *v = num_traits::Float::max(*v, T::zero());
+    }
 }
 
 impl TypedOp3 for GemmConv {
@@ -979,7 +1140,8 @@ impl TypedOp3 for GemmConv {
             self.padding,
             self.stride,
         );
-        forward(x, w, b, &g)
+        let epilogue = self.relu.then_some(relu_in_place::<T> as fn(&mut [T]));
+        forward_tiled(x, w, b, &Plan::new::<T>(g), epilogue)
     }
 
     fn backward<T: Elem>(
@@ -989,6 +1151,9 @@ impl TypedOp3 for GemmConv {
         _b: &Tensor,
         gy: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        if self.relu {
+            candle_core::bail!("conv2d_bias_relu is inference-only: it has no backward pass");
+        }
         let g = Geom::new(x.dims(), w.dims(), self.padding, self.stride);
         let (gx, gw, gb) = on_host([x, w, gy], |[x, w, gy]| backward::<T>(x, w, gy, &g))?;
         let dev = x.device();
@@ -1114,11 +1279,11 @@ mod tests {
             let (g, x, wt, gy) = two_images(h, w, k, pad, stride);
             let bias = [0.5, -0.25, 0.0, 1.0];
             let gemm = |rt| Plan::with(g, rt, Kernel::Gemm);
-            let whole = forward_tiled(&x, &wt, &bias, &gemm(g.oh));
+            let whole = forward_tiled(&x, &wt, &bias, &gemm(g.oh), None);
             let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &gemm(g.oh));
             for rt in [1, 2, 3] {
                 let at = format!("h {h} w {w} k {k} stride {stride} rows {rt}");
-                let d = max_abs_diff(&whole, &forward_tiled(&x, &wt, &bias, &gemm(rt)));
+                let d = max_abs_diff(&whole, &forward_tiled(&x, &wt, &bias, &gemm(rt), None));
                 assert!(d < 1e-12, "forward, {at}: {d}");
                 let (tx, tw, tb) = backward_tiled(&x, &wt, &gy, &gemm(rt));
                 for (what, a, b) in [("dx", &gx, &tx), ("dw", &gw, &tw), ("db", &gb, &tb)] {
@@ -1260,7 +1425,7 @@ mod tests {
             let (g, x, wt, gy) = batch::<f32>(b, c, cout, hw, kps);
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
             let gemm = Plan::with(g, g.oh, Kernel::Gemm);
-            let want = forward_tiled(&x, &wt, &bias, &gemm);
+            let want = forward_tiled(&x, &wt, &bias, &gemm, None);
             let (wx, ww, wb) = backward_tiled(&x, &wt, &gy, &gemm);
             for rt in [1, 2, g.oh] {
                 let with_taps = Plan::with(g, rt, Kernel::Panels);
@@ -1274,7 +1439,7 @@ mod tests {
                         "b {b} c {c} cout {cout} {hw:?} {kps:?} rows {rt} taps {}",
                         plan.taps.is_some()
                     );
-                    let got = forward_tiled(&x, &wt, &bias, &plan);
+                    let got = forward_tiled(&x, &wt, &bias, &plan, None);
                     let d = max_abs_diff(&want, &got);
                     assert!(d <= f32_sum_error(g.ckk()), "forward, {at}: {d}");
                     let (gx, gw, gb) = backward_tiled(&x, &wt, &gy, &plan);
@@ -1286,9 +1451,78 @@ mod tests {
                 }
             }
         }
-        // rows of 8 or 16 output pixels gather, for stride 2 only with an even padded width;
-        // pointwise kernels read the image in place
-        assert_eq!(gathered, 9 * 3, "gathering shapes");
+        // stride 1 always gathers (over the padded image's pitch where the rows fit no
+        // panel), stride 2 with rows of 8 or 16 output pixels and an even padded width
+        assert_eq!(gathered, 14 * 3, "gathering shapes");
+    }
+
+    #[test]
+    fn the_pitched_product_computes_what_the_im2col_panels_compute() {
+        // Stride 1 with rows that fit no panel (the FID Inception's 147, 71, 35 and 17 pixel
+        // rows): the product over the padded image's pitch against the im2col panels, bit for
+        // bit (the same sums in the same order), and against gemm within f32 rounding. Gaps
+        // between rows (padding) and none (pointwise, a 7x1 kernel), a ragged last panel,
+        // several tiles per image (many output channels), two chunks of kernel rows, batch 1.
+        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
+        for (b, c, cout, hw, (kh, kw), pad) in [
+            (2, 3, 7, (7, 6), (3, 3), 1),
+            (1, 3, 13, (9, 9), (3, 3), 1),
+            (2, 5, 7, (7, 6), (1, 1), 0),
+            (2, 6, 5, (17, 17), (1, 1), 0),
+            (2, 4, 6, (13, 17), (7, 1), 0),
+            (2, 4, 6, (17, 23), (1, 7), 0),
+            (1, 2, 700, (9, 9), (3, 3), 1),
+            (2, 40, 9, (7, 5), (3, 3), 1),
+            (2, 3, 5, (11, 10), (5, 5), 2),
+        ] {
+            let g = Geom::new(&[b, c, hw.0, hw.1], &[cout, c, kh, kw], pad, 1);
+            let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+            let (x, wt) = (wave(b * g.in_len(), 0.37), wave(cout * g.ckk(), 0.13));
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let pitched = Plan::with(g, g.oh, Kernel::Panels);
+            let at = format!("b {b} c {c} cout {cout} {hw:?} {kh}x{kw} pad {pad}");
+            assert!(pitched.taps.as_ref().is_some_and(|t| t.pitched), "{at}");
+            let im2col = Plan {
+                taps: None,
+                ..pitched.clone()
+            };
+            let got = forward_tiled(&x, &wt, &bias, &pitched, None);
+            assert_eq!(got, forward_tiled(&x, &wt, &bias, &im2col, None), "{at}");
+            let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
+            let d = max_abs_diff(&want, &got);
+            assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
+        }
+    }
+
+    #[test]
+    fn the_fused_relu_is_the_relu_of_the_convolution() {
+        // Bit for bit, on the panel path (batch 2) and gemm (f64, batch 1), with a pitched
+        // width; and the fused op refuses a backward pass instead of returning a wrong one.
+        for (dtype, b) in [(DType::F32, 2), (DType::F64, 1)] {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (b, 3, 7, 9), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.5, (5, 3, 3, 3), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 0.5, 5, &dev).unwrap();
+            let [x, w, bias] = [x, w, bias].map(|t| t.to_dtype(dtype).unwrap());
+            let fused = conv2d_bias_relu(&x, &w, &bias, 1, 1).unwrap();
+            let plain = conv2d_bias(&x, &w, &bias, 1, 1).unwrap().relu().unwrap();
+            let v = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            assert_eq!(v(&fused), v(&plain), "{dtype:?}");
+            assert!(v(&fused).contains(&0.0) && v(&fused).iter().any(|&e| e > 0.0));
+        }
+        let x = candle_core::Var::randn(0f32, 1.0, (2, 3, 7, 9), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.5, (5, 3, 3, 3), &Device::Cpu).unwrap();
+        let bias = Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap();
+        let y = conv2d_bias_relu(x.as_tensor(), &w, &bias, 1, 1).unwrap();
+        let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(err.contains("inference-only"), "{err}");
     }
 
     #[test]
@@ -1298,8 +1532,9 @@ mod tests {
         assert_eq!(Plan::new::<f32>(g(threads, 3)).kernel, Kernel::detect());
         assert_eq!(Plan::new::<f64>(g(threads, 3)).kernel, Kernel::Gemm);
         assert_eq!(Plan::new::<f32>(g(threads, 1)).kernel, Kernel::detect());
+        // a pointwise kernel whose rows fit no panel runs over the pitch (a copy of the image)
         let pointwise_7x6 = Geom::new(&[threads, 8, 7, 6], &[8, 8, 1, 1], 0, 1);
-        assert_eq!(Plan::new::<f32>(pointwise_7x6).kernel, Kernel::Gemm);
+        assert_eq!(Plan::new::<f32>(pointwise_7x6).kernel, Kernel::detect());
         if threads > 1 {
             assert_eq!(Plan::new::<f32>(g(1, 3)).kernel, Kernel::Gemm);
         }
