@@ -3,10 +3,11 @@
 //! network (acpo-fid). Each op falls back to candle's own on other devices and dtypes.
 //!
 //! - [`conv`]: 2-D convolution with a fused bias, forward and backward (why hand-written: its
-//!   module docs; how fast: README "Speed").
+//!   module docs; how fast: README "Speed"), and with a fused ReLU for inference.
 //! - [`norm`]: group normalisation, optionally fused with SiLU, forward and backward.
 //! - [`attention`]: multi-head scaled dot-product attention, forward and backward.
 //! - [`resample`]: nearest-neighbour 2x upsampling, forward and backward.
+//! - [`pool`]: max and average pooling with padding (inference only).
 //! - [`timing`]: opt-in wall-clock counters per op class, for the roofline bench.
 //! - `cpu_op`: what they share: the f32/f64 dispatch, host slices, fixed-order reductions, the
 //!   CPU feature check and a vectorisable f32 `exp`;
@@ -19,6 +20,7 @@ mod cpu_op;
 mod mat;
 pub mod norm;
 mod panel;
+pub mod pool;
 pub mod resample;
 #[cfg(test)]
 mod test_util;
