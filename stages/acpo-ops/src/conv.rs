@@ -387,6 +387,13 @@ const TILE_ELEMS: usize = 64 * 1024;
 /// rows are split into equal chunks no longer than this (576 as 2 x 288).
 const PANEL_ROWS: usize = 320;
 
+/// Kernel elements (`Cout * C*kh*kw`) above which [`Taps::product`] runs chunk by chunk of
+/// kernel rows, every panel within a chunk, instead of panel by panel, every chunk within a
+/// panel: 128 Ki (512 KiB in f32, the L2 of one core here). A larger kernel would otherwise be
+/// read from L3 or memory once per 16-pixel panel (the FID Inception's 8x8 blocks: kernels of
+/// up to 2.6 MB); the cpu-profile UNet's kernels (at most 64 x 1152) keep the panel order.
+const LARGE_KERNEL: usize = 128 * 1024;
+
 /// Kernel rows per pass of the panel product: `ckk` split into equal chunks of at most
 /// [`PANEL_ROWS`].
 fn panel_chunk(ckk: usize) -> usize {
@@ -623,13 +630,21 @@ impl Taps {
             self.stride * self.wp
         };
         let chunk = panel_chunk(ckk);
-        for p in (0..l).step_by(NR) {
+        let mut panel = |p: usize, k0: usize| {
             let at = self.stride * (p / g.ow) * self.wp + p % g.ow;
+            let kc = chunk.min(ckk - k0);
+            let (a, offs) = (&w[k0..], &self.offs[k0..]);
+            let c = &mut y[p..];
+            gather_product(g.cout, kc, a, ckk, &padded[at..], offs, delta, c, l, NR);
+        };
+        // the same sums in the same order either way; only which operand stays in cache
+        if g.cout * ckk > LARGE_KERNEL {
             for k0 in (0..ckk).step_by(chunk) {
-                let kc = chunk.min(ckk - k0);
-                let (a, offs) = (&w[k0..], &self.offs[k0..]);
-                let c = &mut y[p..];
-                gather_product(g.cout, kc, a, ckk, &padded[at..], offs, delta, c, l, NR);
+                (0..l).step_by(NR).for_each(|p| panel(p, k0));
+            }
+        } else {
+            for p in (0..l).step_by(NR) {
+                (0..ckk).step_by(chunk).for_each(|k0| panel(p, k0));
             }
         }
     }
@@ -1491,6 +1506,31 @@ mod tests {
             let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
             let d = max_abs_diff(&want, &got);
             assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
+        }
+    }
+
+    #[test]
+    fn large_kernels_gather_chunk_by_chunk_to_the_same_bits() {
+        // Kernels past LARGE_KERNEL run the gathered product in the other loop order: the
+        // same sums in the same order as the im2col panels, rows of 8 (two-row panels) and 16.
+        for (c, cout, hw, k, pad) in [(64, 256, (8, 8), 3, 1), (600, 256, (4, 16), 1, 0)] {
+            let g = Geom::new(&[2, c, hw.0, hw.1], &[cout, c, k, k], pad, 1);
+            assert!(g.cout * g.ckk() > LARGE_KERNEL);
+            let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+            let (x, wt) = (wave(2 * g.in_len(), 0.37), wave(cout * g.ckk(), 0.13));
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.01).collect();
+            let gathered = Plan::with(g, g.oh, Kernel::Panels);
+            assert!(gathered.taps.as_ref().is_some_and(|t| !t.pitched));
+            let im2col = Plan {
+                taps: None,
+                ..gathered.clone()
+            };
+            let got = forward_tiled(&x, &wt, &bias, &gathered, None);
+            assert_eq!(
+                got,
+                forward_tiled(&x, &wt, &bias, &im2col, None),
+                "c {c} {hw:?}"
+            );
         }
     }
 
