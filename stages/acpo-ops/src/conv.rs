@@ -405,6 +405,21 @@ fn tile_rows(g: &Geom) -> usize {
     (TILE_ELEMS / (g.ckk() * g.ow).max(1)).clamp(1, g.oh.max(1))
 }
 
+/// Output pixels that a tile of im2col panels holds at least.
+const MIN_TILE_PIXELS: usize = 128;
+
+/// Output rows per tile of im2col panels: [`tile_rows`], but at least [`MIN_TILE_PIXELS`]
+/// pixels, so that the tile's last, partial panel wastes at most about an eighth of its
+/// product. Where a row's columns are larger than [`TILE_ELEMS`], one row per tile made
+/// tiles of one row; the FID Inception's stride-2 kernel to 17-pixel rows (`C*kh*kw` = 2,592)
+/// then multiplied two panels per row, one of them for a single pixel. The tile's columns
+/// then outgrow L2, but the product reads them a chunk of kernel rows at a time.
+fn panel_tile_rows(g: &Geom) -> usize {
+    tile_rows(g)
+        .max(MIN_TILE_PIXELS.div_ceil(g.ow.max(1)))
+        .min(g.oh.max(1))
+}
+
 /// How one call's convolution runs: its geometry, the output rows per tile, which kernel
 /// multiplies a tile's columns, and where the panel kernel can read the columns straight from
 /// the padded image instead ([`Taps`]).
@@ -432,7 +447,14 @@ impl Plan {
         } else {
             Kernel::Gemm
         };
-        Self::with(g, tile_rows(&g), kernel)
+        let plan = Self::with(g, tile_rows(&g), kernel);
+        match plan.kernel == Kernel::Panels && plan.taps.is_none() {
+            true => Self {
+                rt: panel_tile_rows(&g),
+                ..plan
+            },
+            false => plan,
+        }
     }
 
     /// `rt` rows per tile and `kernel`; [`Taps`] where the panel kernel can use them.
@@ -1362,6 +1384,17 @@ mod tests {
         // a row wider than the budget still makes one-row tiles
         let wide = Geom::new(&[1, 512, 4, 64], &[8, 512, 3, 3], 1, 1);
         assert_eq!(tile_rows(&wide), 1);
+        // im2col panels take at least MIN_TILE_PIXELS pixels per tile (the Inception's
+        // stride-2 kernel to 17-pixel rows: 8 rows, not 1), and no more rows than there are
+        let s2 = Geom::new(&[2, 288, 35, 35], &[384, 288, 3, 3], 0, 2);
+        assert_eq!((tile_rows(&s2), panel_tile_rows(&s2)), (1, 8));
+        let short = Geom::new(&[2, 288, 7, 7], &[384, 288, 3, 3], 0, 2);
+        assert_eq!(panel_tile_rows(&short), short.oh);
+        let threads = rayon::current_num_threads();
+        let plan = Plan::new::<f32>(Geom { b: threads, ..s2 });
+        if plan.kernel == Kernel::Panels {
+            assert_eq!(plan.rt, 8);
+        }
     }
 
     #[test]
