@@ -82,37 +82,42 @@ impl Pool2d {
     }
 
     /// One image plane `x` (`h x w`) into `y` (`oh x ow`) ([`Pool2d::reduce`] with this
-    /// pool's reduction; the larger of two values is the first unless the second is larger).
-    fn plane<T: Elem>(&self, x: &[T], hw: (usize, usize), rows: &mut Vec<T>, y: &mut [T]) {
+    /// pool's reduction; the larger of two values is the first unless the second is larger;
+    /// an average divides by the window's pixel count last).
+    fn plane<T: Elem>(&self, x: &[T], hw: (usize, usize), column: &mut Vec<T>, y: &mut [T]) {
         match self.kind {
             PoolKind::Max => {
                 let max = |a: T, b: T| if b > a { b } else { a };
-                self.reduce(x, hw, rows, y, T::neg_infinity(), max);
+                self.reduce(x, hw, column, y, T::neg_infinity(), max);
             }
             PoolKind::AvgExcludePad => {
-                self.reduce(x, hw, rows, y, T::zero(), |a, b| a + b);
+                self.reduce(x, hw, column, y, T::zero(), |a, b| a + b);
                 let (h, w) = hw;
                 let (oh, ow) = self.out_hw(h, w);
-                let cols: Vec<_> = (0..ow).map(|ox| self.window(ox, w)).collect();
+                let cols: Vec<T> = (0..ow)
+                    .map(|ox| self.window(ox, w))
+                    .map(|(x0, x1)| T::from_f64((x1 - x0) as f64))
+                    .collect();
                 for (oy, yrow) in y.chunks_exact_mut(ow).enumerate().take(oh) {
                     let (y0, y1) = self.window(oy, h);
-                    for (v, &(x0, x1)) in yrow.iter_mut().zip(&cols) {
-                        *v /= T::from_f64(((y1 - y0) * (x1 - x0)) as f64);
+                    let rows = T::from_f64((y1 - y0) as f64);
+                    for (v, &c) in yrow.iter_mut().zip(&cols) {
+                        *v /= rows * c;
                     }
                 }
             }
         }
     }
 
-    /// The windows' reductions by `step` from `start`, separably: each input row over the
-    /// windows' columns into `rows` (`h x ow`), one window column at a time, then each output
-    /// row over its window's rows of that; both inner loops run along a row and vectorise
-    /// (for stride 1).
+    /// The windows' reductions by `step` from `start`, separably: for each output row, its
+    /// window's input rows reduced into `column` (`w` long, one value per input column), then
+    /// the windows' columns of that, one window column at a time. The inner loops run along a
+    /// row and vectorise (the last one for stride 1).
     fn reduce<T: Elem>(
         &self,
         x: &[T],
         (h, w): (usize, usize),
-        rows: &mut Vec<T>,
+        column: &mut Vec<T>,
         y: &mut [T],
         start: T,
         step: impl Fn(T, T) -> T,
@@ -127,32 +132,28 @@ impl Pool2d {
                 (kx, lo, hi)
             })
             .collect();
-        rows.clear();
-        rows.resize(h * ow, start);
-        for (xrow, racc) in x.chunks_exact(w).zip(rows.chunks_exact_mut(ow)) {
+        for (oy, yrow) in y.chunks_exact_mut(ow).enumerate().take(oh) {
+            let (y0, y1) = self.window(oy, h);
+            column.clear();
+            column.resize(w, start);
+            for xrow in x[y0 * w..y1 * w].chunks_exact(w) {
+                for (acc, &v) in column.iter_mut().zip(xrow) {
+                    *acc = step(*acc, v);
+                }
+            }
+            yrow.fill(start);
             for &(kx, lo, hi) in &taps {
                 let first = lo * self.stride + kx - self.pad;
-                let racc = &mut racc[lo..hi];
+                let out = &mut yrow[lo..hi];
                 if self.stride == 1 {
-                    for (acc, &v) in racc.iter_mut().zip(&xrow[first..first + hi - lo]) {
+                    for (acc, &v) in out.iter_mut().zip(&column[first..first + hi - lo]) {
                         *acc = step(*acc, v);
                     }
                 } else {
-                    for (acc, &v) in racc
-                        .iter_mut()
-                        .zip(xrow[first..].iter().step_by(self.stride))
-                    {
+                    let src = column[first..].iter().step_by(self.stride);
+                    for (acc, &v) in out.iter_mut().zip(src) {
                         *acc = step(*acc, v);
                     }
-                }
-            }
-        }
-        for (oy, yrow) in y.chunks_exact_mut(ow).enumerate().take(oh) {
-            let (y0, y1) = self.window(oy, h);
-            yrow.fill(start);
-            for r in rows[y0 * ow..y1 * ow].chunks_exact(ow) {
-                for (acc, &v) in yrow.iter_mut().zip(r) {
-                    *acc = step(*acc, v);
                 }
             }
         }
@@ -163,7 +164,9 @@ impl Pool2d {
         let mut y = ParZeroed::new(b * c * oh * ow, oh * ow);
         y.par_chunks_mut()
             .zip(x.par_chunks(h * w))
-            .for_each_init(Vec::new, |rows, (yp, xp)| self.plane(xp, (h, w), rows, yp));
+            .for_each_init(Vec::new, |column, (yp, xp)| {
+                self.plane(xp, (h, w), column, yp)
+            });
         y.into_vec()
     }
 
