@@ -211,10 +211,7 @@ impl Update {
         m: &Tensor,
         v: &Tensor,
     ) -> candle_core::Result<[Tensor; 3]> {
-        let host = [theta, g, m, v]
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-        if !host {
+        if !f32_on_cpu(&[theta, g, m, v]) {
             return self.ops(theta, g, m, v);
         }
         let (nt, nm, nv) = acpo_ops::on_host([theta, g, m, v], |[theta, g, m, v]| {
@@ -345,10 +342,7 @@ impl Ema {
 /// affine ops' arithmetic (`x * s + 0`, the constant rounded to f32), so the bits are those of
 /// [`ema_step_ops`], which other devices and dtypes run.
 fn ema_step(shadow: &Tensor, current: &Tensor, decay: f64) -> candle_core::Result<Tensor> {
-    let host = [shadow, current]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if !host {
+    if !f32_on_cpu(&[shadow, current]) {
         return ema_step_ops(shadow, current, decay);
     }
     let (d, c) = (decay as f32, (1.0 - decay) as f32);
@@ -359,6 +353,13 @@ fn ema_step(shadow: &Tensor, current: &Tensor, decay: f64) -> candle_core::Resul
             .collect::<Vec<f32>>()
     })?;
     Tensor::from_vec(new, shadow.shape(), shadow.device())
+}
+
+/// Whether every tensor is f32 on the CPU: what the host versions of [`Update::apply`] and
+/// [`ema_step`] need.
+fn f32_on_cpu(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// [`ema_step`] as candle ops.
@@ -430,16 +431,18 @@ mod tests {
         );
     }
 
+    /// The bits of a rank-1 f32 tensor's elements.
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// The host update gives the candle ops' bits: weight decay on and off, a clipping scale,
     /// an odd size, moments from earlier steps.
     #[test]
     fn the_host_update_is_the_candle_op_update_bit_for_bit() {
         let dev = Device::Cpu;
         let mut rng = crate::rng::SeededRng::new(7, &[]);
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.to_vec1().unwrap();
-            v.iter().map(|x| x.to_bits()).collect()
-        };
         for (wd, scale) in [(0.0, 1.0), (0.01, 0.37)] {
             let mut theta = rng.normal(&[37], &dev).unwrap();
             let (mut m, mut v) = (theta.zeros_like().unwrap(), theta.zeros_like().unwrap());
@@ -457,8 +460,8 @@ mod tests {
                 };
                 let host = update.apply(&theta, &g, &m, &v).unwrap();
                 let ops = update.ops(&theta, &g, &m, &v).unwrap();
-                for (what, a, b) in [("theta", 0, 0), ("m", 1, 1), ("v", 2, 2)] {
-                    assert_eq!(bits(&host[a]), bits(&ops[b]), "{what}, wd {wd}, step {t}");
+                for (what, (h, o)) in ["theta", "m", "v"].iter().zip(host.iter().zip(&ops)) {
+                    assert_eq!(bits(h), bits(o), "{what}, wd {wd}, step {t}");
                 }
                 [theta, m, v] = host;
             }
@@ -474,10 +477,6 @@ mod tests {
             let current = rng.normal(&[41], &dev).unwrap();
             let host = ema_step(&shadow, &current, decay).unwrap();
             let ops = ema_step_ops(&shadow, &current, decay).unwrap();
-            let bits = |t: &Tensor| -> Vec<u32> {
-                let v: Vec<f32> = t.to_vec1().unwrap();
-                v.iter().map(|x| x.to_bits()).collect()
-            };
             assert_eq!(bits(&host), bits(&ops), "decay {decay}");
             shadow = host;
         }
@@ -573,11 +572,6 @@ mod tests {
             w.set(&(decayed - (adjusted * lr).unwrap()).unwrap())
                 .unwrap();
         }
-        let got: Vec<f32> = a.as_tensor().to_vec1().unwrap();
-        let want: Vec<f32> = w.as_tensor().to_vec1().unwrap();
-        assert_eq!(
-            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-        );
+        assert_eq!(bits(a.as_tensor()), bits(w.as_tensor()));
     }
 }

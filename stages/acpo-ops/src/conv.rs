@@ -432,28 +432,32 @@ struct Plan {
 }
 
 impl Plan {
-    /// Tiles of [`tile_rows`]; the panel kernel for f32 where the CPU has it
-    /// ([`Kernel::detect`]), this thread is not inside [`crate::reference_ops`], the batch has
-    /// an image for every thread (the panel kernel does not split one image's product over
-    /// threads; `gemm` does), and a pointwise kernel reads the image without im2col ([`Taps`];
-    /// else `gemm` multiplies the image itself, where the panel kernel would copy it into
-    /// panels).
+    /// Tiles of [`tile_rows`] (of im2col panels, [`panel_tile_rows`]); the panel kernel for
+    /// f32 where the CPU has it ([`Kernel::detect`]), this thread is not inside
+    /// [`crate::reference_ops`], the batch has an image for every thread (the panel kernel
+    /// does not split one image's product over threads; `gemm` does), and a pointwise kernel
+    /// reads the image without im2col ([`Taps`]; else `gemm` multiplies the image itself,
+    /// where the panel kernel would copy it into panels). [`Taps`] are built once, here.
     fn new<T: 'static>(g: Geom) -> Self {
         let f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
         let gemm_only = in_reference_ops();
-        let in_place = !g.pointwise() || Taps::new(&g).is_some();
+        let taps = Taps::new(&g);
+        let in_place = !g.pointwise() || taps.is_some();
         let kernel = if f32 && !gemm_only && in_place && g.b >= rayon::current_num_threads() {
             Kernel::detect()
         } else {
             Kernel::Gemm
         };
-        let plan = Self::with(g, tile_rows(&g), kernel);
-        match plan.kernel == Kernel::Panels && plan.taps.is_none() {
-            true => Self {
-                rt: panel_tile_rows(&g),
-                ..plan
-            },
-            false => plan,
+        let taps = taps.filter(|_| kernel == Kernel::Panels);
+        let rt = match (kernel, &taps) {
+            (Kernel::Panels, None) => panel_tile_rows(&g),
+            _ => tile_rows(&g),
+        };
+        Self {
+            g,
+            rt,
+            kernel,
+            taps,
         }
     }
 
@@ -1547,10 +1551,8 @@ mod tests {
         // Kernels past LARGE_KERNEL run the gathered product in the other loop order: the
         // same sums in the same order as the im2col panels, rows of 8 (two-row panels) and 16.
         for (c, cout, hw, k, pad) in [(64, 256, (8, 8), 3, 1), (600, 256, (4, 16), 1, 0)] {
-            let g = Geom::new(&[2, c, hw.0, hw.1], &[cout, c, k, k], pad, 1);
+            let (g, x, wt, _) = batch::<f32>(2, c, cout, hw, (k, pad, 1));
             assert!(g.cout * g.ckk() > LARGE_KERNEL);
-            let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
-            let (x, wt) = (wave(2 * g.in_len(), 0.37), wave(cout * g.ckk(), 0.13));
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.01).collect();
             let gathered = Plan::with(g, g.oh, Kernel::Panels);
             assert!(gathered.taps.as_ref().is_some_and(|t| !t.pitched));

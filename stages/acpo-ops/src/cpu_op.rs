@@ -136,9 +136,9 @@ pub(crate) fn forward<O: TypedOp3>(
     ) -> candle_core::Result<Vec<T>> {
         let [l1, l2, l3] = layouts;
         Ok(op.forward(
-            slice::<O, _>(a, l1)?,
-            slice::<O, _>(b, l2)?,
-            slice::<O, _>(c, l3)?,
+            contiguous_slice(a, l1, O::NAME)?,
+            contiguous_slice(b, l2, O::NAME)?,
+            contiguous_slice(c, l3, O::NAME)?,
             layouts,
         ))
     }
@@ -207,11 +207,16 @@ impl<O: TypedOp3 + Send + Sync> CustomOp3 for Op3<O> {
     }
 }
 
-/// The elements a contiguous layout addresses.
-fn slice<'a, O: TypedOp3, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+/// The elements of a CPU storage's slice `v` that a contiguous layout addresses; an error
+/// naming op `name` for any other layout.
+pub(crate) fn contiguous_slice<'a, T>(
+    v: &'a [T],
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{}: non-contiguous input", O::NAME)))?;
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: non-contiguous input")))?;
     Ok(&v[a..b])
 }
 

@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_op::{Elem, ParZeroed};
+use crate::cpu_op::{contiguous_slice, Elem, ParZeroed};
 
 /// Which reduction a window takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,12 +207,13 @@ impl CustomOp1 for Pool2d {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l.shape().dims4()?;
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("pool2d: non-contiguous input".into()))?;
         let storage = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(self.forward(&v[a..b], dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.forward(&v[a..b], dims)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(self.forward(contiguous_slice(v, l, self.name())?, dims))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(self.forward(contiguous_slice(v, l, self.name())?, dims))
+            }
             _ => candle_core::bail!("pool2d: only f32 and f64"),
         };
         let (oh, ow) = self.out_hw(dims.2, dims.3);

@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_op::{Elem, ParZeroed};
+use crate::cpu_op::{contiguous_slice, Elem, ParZeroed};
 
 /// `x: [B, C, H, W]` -> `[B, C, 2H, 2W]`, each pixel repeated in a 2x2 block.
 pub fn upsample_nearest2x(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -34,18 +34,6 @@ pub fn upsample_nearest2x_generic(x: &Tensor) -> candle_core::Result<Tensor> {
         .broadcast_as((b, c, h, 2, w, 2))?
         .contiguous()?
         .reshape((b, c, 2 * h, 2 * w))
-}
-
-/// The contiguous elements of a CPU storage, as f32 or f64.
-fn typed_slice<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    name: &str,
-) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: non-contiguous input")))?;
-    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 /// Rows of an image plane handed to one task: enough work to pay for a rayon task.
@@ -80,8 +68,12 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let storage = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(upsample(typed_slice(s, l, self.name())?, w)),
-            CpuStorage::F64(_) => CpuStorage::F64(upsample(typed_slice(s, l, self.name())?, w)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(upsample(contiguous_slice(v, l, self.name())?, w))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(upsample(contiguous_slice(v, l, self.name())?, w))
+            }
             _ => candle_core::bail!("{}: only f32 and f64", self.name()),
         };
         Ok((storage, Shape::from((b, c, 2 * h, 2 * w))))
@@ -134,8 +126,12 @@ impl CustomOp1 for BlockSum2x {
         }
         let w = w2 / 2;
         let storage = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(block_sum(typed_slice(s, l, self.name())?, w)),
-            CpuStorage::F64(_) => CpuStorage::F64(block_sum(typed_slice(s, l, self.name())?, w)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(block_sum(contiguous_slice(v, l, self.name())?, w))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(block_sum(contiguous_slice(v, l, self.name())?, w))
+            }
             _ => candle_core::bail!("{}: only f32 and f64", self.name()),
         };
         Ok((storage, Shape::from((b, c, h2 / 2, w))))
