@@ -39,7 +39,8 @@ use crate::cpu_op::{
 };
 use crate::mat::{inner_parallelism, matmul, Mat, MatMut};
 use crate::panel::{
-    f32s, f32s_mut, gather_product, offsets_product, panel_product, panels_len, Kernel, NR,
+    f32s, f32s_mut, offsets_product, pack_left, packed_gather_product, packed_len,
+    packed_panel_product, panel_product, panels_len, Kernel, NR,
 };
 use crate::timing::OpClass;
 use candle_core::{DType, Device, Layout, Shape, Tensor, WithDType};
@@ -520,7 +521,7 @@ struct Scratch<T> {
 /// by parity (the even columns, then the odd ones, of each row), so that every second input
 /// column is again consecutive. A tap reads at `offs[(c, ky, kx)]` from the position of the
 /// panel's first output pixel; the panel kernel gathers the columns as it multiplies
-/// ([`gather_product`]).
+/// ([`packed_gather_product`]).
 #[derive(Debug, Clone)]
 struct Taps {
     offs: Vec<u32>,
@@ -635,7 +636,8 @@ impl Taps {
     }
 
     /// `y += w * columns` for a whole image, panel by panel, from the padded image (`y` holds
-    /// the bias; `tile` is [`Plan::scratch`]'s for [`Taps::pitched`]).
+    /// the bias; `w` is [`packed_kernel`]'s; `tile` is [`Plan::scratch`]'s for
+    /// [`Taps::pitched`]).
     fn product(
         &self,
         w: &[f32],
@@ -659,9 +661,9 @@ impl Taps {
         let mut panel = |p: usize, k0: usize| {
             let at = self.stride * (p / g.ow) * self.wp + p % g.ow;
             let kc = chunk.min(ckk - k0);
-            let (a, offs) = (&w[k0..], &self.offs[k0..]);
+            let (a, offs) = (&w[g.cout * k0..], &self.offs[k0..]);
             let c = &mut y[p..];
-            gather_product(g.cout, kc, a, ckk, &padded[at..], offs, delta, c, l, NR);
+            packed_gather_product(g.cout, kc, a, &padded[at..], offs, delta, c, l, NR);
         };
         // the same sums in the same order either way; only which operand stays in cache
         if g.cout * ckk > LARGE_KERNEL {
@@ -709,10 +711,11 @@ impl Taps {
             };
             for k0 in (0..ckk).step_by(chunk) {
                 let kc = chunk.min(ckk - k0);
-                let (a, offs) = (&w[k0..], &self.offs[k0..]);
+                let (a, offs) = (&w[cout * k0..], &self.offs[k0..]);
                 for p in (0..n).step_by(NR) {
                     let (x, lanes) = (&padded[q0 + p..], NR.min(n - p));
-                    gather_product(cout, kc, a, ckk, x, offs, NR / 2, &mut c[p..], rsc, lanes);
+                    let c = &mut c[p..];
+                    packed_gather_product(cout, kc, a, x, offs, NR / 2, c, rsc, lanes);
                 }
             }
             if self.needs_tile(g) {
@@ -761,6 +764,23 @@ fn pitch_tile(g: &Geom) -> usize {
     fit.min((g.oh * (g.w + 2 * g.pad)).next_multiple_of(NR))
 }
 
+/// The kernel `w [Cout, C*kh*kw]` as the panel kernel reads it ([`pack_left`]): per chunk of
+/// [`panel_chunk`] kernel rows, that chunk's `Cout x kc` block, the chunk from kernel row `k0`
+/// at `Cout * k0`. Packed once per call, read by every image; empty for a plan through `gemm`.
+fn packed_kernel<T: 'static>(w: &[T], plan: &Plan) -> Vec<f32> {
+    if plan.kernel != Kernel::Panels {
+        return vec![];
+    }
+    let (w, ckk, cout) = (f32s(w), plan.g.ckk(), plan.g.cout);
+    let mut packed = vec![0f32; packed_len(cout, ckk)];
+    let chunk = panel_chunk(ckk);
+    for k0 in (0..ckk).step_by(chunk) {
+        let kc = chunk.min(ckk - k0);
+        pack_left(cout, kc, &w[k0..], ckk, &mut packed[cout * k0..]);
+    }
+    packed
+}
+
 /// The forward pass over contiguous `x [B,C,H,W]`, `w [Cout,C*kh*kw]`, `bias [Cout]` as
 /// `plan` says: per image, per tile, the tile's columns then one product into those output
 /// columns; then `epilogue`, if any, on each image's output.
@@ -773,6 +793,7 @@ fn forward_tiled<T: WithDType>(
 ) -> Vec<T> {
     let g = &plan.g;
     let par = inner_parallelism(g.b);
+    let packed = packed_kernel(w, plan);
     let buffers = Pool::default();
     let mut out = ParZeroed::new(g.b * g.out_len(), g.out_len());
     out.par_chunks_mut()
@@ -780,7 +801,7 @@ fn forward_tiled<T: WithDType>(
         .for_each(|(y, xb)| {
             buffers.with(
                 || plan.scratch(),
-                |scratch| conv_image(xb, w, bias, plan, scratch, y, par),
+                |scratch| conv_image(xb, w, &packed, bias, plan, scratch, y, par),
             );
             if let Some(f) = epilogue {
                 f(y);
@@ -791,10 +812,12 @@ fn forward_tiled<T: WithDType>(
 
 /// One image: `y [Cout, OH*OW] = bias + w [Cout, C*kh*kw] * columns of xb`, in the tiles of
 /// `plan` through `scratch` (from [`Plan::scratch`]), or from the padded image where the plan
-/// has [`Taps`].
+/// has [`Taps`]; the panel kernel reads `w` as `packed` ([`packed_kernel`]).
+#[allow(clippy::too_many_arguments)] // the image, the kernel in two forms, the plan's buffers
 fn conv_image<T: WithDType>(
     xb: &[T],
     w: &[T],
+    packed: &[f32],
     bias: &[T],
     plan: &Plan,
     scratch: &mut Scratch<T>,
@@ -814,7 +837,7 @@ fn conv_image<T: WithDType>(
     if let Some(taps) = &plan.taps {
         let padded = taps.padded(g, xb, &mut scratch.padded);
         let tile = f32s_mut(&mut scratch.cols);
-        taps.product(f32s(w), f32s(bias), f32s(padded), f32s_mut(y), g, tile);
+        taps.product(packed, f32s(bias), f32s(padded), f32s_mut(y), g, tile);
         return;
     }
     let cols = &mut scratch.cols;
@@ -837,14 +860,15 @@ fn conv_image<T: WithDType>(
             }
             Kernel::Panels => {
                 im2col_tile(xb, g, rows, ColLayout::PixelPanels, cols);
-                forward_panels(f32s(w), f32s(cols), f32s_mut(y), g, r0 * g.ow, n);
+                forward_panels(packed, f32s(cols), f32s_mut(y), g, r0 * g.ow, n);
             }
         }
     }
 }
 
 /// `y[:, p0..p0 + n] += w cols` for one tile whose `n` pixels' columns are in pixel panels:
-/// the kernel rows in chunks of at most [`PANEL_ROWS`], and within a chunk panel by panel.
+/// the kernel rows in chunks of at most [`PANEL_ROWS`], and within a chunk panel by panel
+/// (`w` is [`packed_kernel`]'s).
 fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n: usize) {
     let ckk = g.ckk();
     let chunk = panel_chunk(ckk);
@@ -852,17 +876,9 @@ fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n
         let kc = chunk.min(ckk - k0);
         for (pp, panel) in cols[..panels_len(ckk, n)].chunks(ckk * NR).enumerate() {
             let lanes = NR.min(n - pp * NR);
+            let (a, b) = (&w[g.cout * k0..], &panel[k0 * NR..]);
             let c = &mut y[p0 + pp * NR..];
-            panel_product(
-                g.cout,
-                kc,
-                &w[k0..],
-                ckk,
-                &panel[k0 * NR..],
-                c,
-                g.l(),
-                lanes,
-            );
+            packed_panel_product(g.cout, kc, a, b, c, g.l(), lanes);
         }
     }
 }
@@ -963,7 +979,11 @@ fn backward_tiled<T: WithDType>(
         w,
         dx_conv: input_gradient_as_conv(w, g)
             .filter(|_| !plan.pointwise_gemm())
-            .map(|(gt, flipped)| (Plan::with(gt, tile_rows(&gt), plan.kernel), flipped)),
+            .map(|(gt, flipped)| {
+                let tplan = Plan::with(gt, tile_rows(&gt), plan.kernel);
+                let packed = packed_kernel(&flipped, &tplan);
+                (tplan, flipped, packed)
+            }),
         zeros: vec![T::zero(); g.c],
         par: inner_parallelism(g.b),
     };
@@ -1000,11 +1020,12 @@ fn backward_tiled<T: WithDType>(
 }
 
 /// What every image of one backward pass shares: the plan, the kernel, the input gradient's
-/// convolution (plan and flipped kernel) where it applies, its zero bias, `gemm`'s threading.
+/// convolution (plan, flipped kernel, and that kernel [`packed_kernel`]) where it applies, its
+/// zero bias, `gemm`'s threading.
 struct Backward<'a, T> {
     plan: &'a Plan,
     w: &'a [T],
-    dx_conv: Option<(Plan, Vec<T>)>,
+    dx_conv: Option<(Plan, Vec<T>, Vec<f32>)>,
     zeros: Vec<T>,
     par: gemm::Parallelism,
 }
@@ -1048,7 +1069,7 @@ impl<T: WithDType> Backward<'_, T> {
             padded: vec![T::zero(); padded],
             dyt: vec![T::zero(); dyt],
             gcols: vec![T::zero(); if scatter { g.ckk() * rt * g.ow } else { 0 }],
-            dx: self.dx_conv.as_ref().map(|(p, _)| p.scratch()),
+            dx: self.dx_conv.as_ref().map(|(p, ..)| p.scratch()),
         }
     }
 
@@ -1090,8 +1111,8 @@ impl<T: WithDType> Backward<'_, T> {
                 col2im_rows(dcols, g, rows, gxb);
             }
         }
-        if let (Some((tplan, flipped)), Some(ts)) = (&self.dx_conv, &mut scratch.dx) {
-            conv_image(gyb, flipped, &self.zeros, tplan, ts, gxb, par);
+        if let (Some((tplan, flipped, packed)), Some(ts)) = (&self.dx_conv, &mut scratch.dx) {
+            conv_image(gyb, flipped, packed, &self.zeros, tplan, ts, gxb, par);
         }
     }
 

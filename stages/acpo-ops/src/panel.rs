@@ -7,7 +7,7 @@
 //! is not paid back, and they ran at about half of one core's peak (`examples/gemm_shapes.rs`,
 //! bench/README "Roofline"). Here the kernel reads its operands where they already are: panels
 //! that the im2col writes in the kernel's layout (`conv`'s `ColLayout`), or rows of a padded
-//! image at tap offsets, with no im2col at all ([`gather_product`], [`offsets_product`]).
+//! image at tap offsets, with no im2col at all ([`packed_gather_product`], [`offsets_product`]).
 //! Each entry point describes its operands (`Left`, `Right`); one `product` checks every bound
 //! and runs the kernel or the portable loop.
 //!
@@ -29,8 +29,8 @@ use std::sync::OnceLock;
 /// Columns per panel: two AVX2 registers of f32.
 pub(crate) const NR: usize = 16;
 
-/// Rows of `A` the kernel keeps in registers at a time.
-#[cfg(target_arch = "x86_64")]
+/// Rows of `A` the kernel keeps in registers at a time, and the height of a block of a packed
+/// left operand ([`pack_left`]).
 const MR: usize = 6;
 
 /// Which implementation runs the convolution's tile products.
@@ -126,20 +126,59 @@ pub(crate) fn offsets_product(
     product(m, k, RowOffsets { x, offs }, Panel(b), c, rsc, lanes);
 }
 
-/// [`panel_product`] with the right operand's rows gathered from an image instead of a panel:
-/// `B[kk][l] = x[offs[kk] + l]` for `l < 8` and `x[offs[kk] + delta + l - 8]` for the second
-/// half (`delta` is 8 where a row's 16 lanes are contiguous, an image row's pitch where they
-/// are two image rows of 8). This is the convolution without its im2col: `x` a zero-padded
-/// image, `offs` where each kernel tap reads, relative to the output pixels' first input pixel.
+/// Elements of an `m x k` left operand packed by [`pack_left`].
+pub(crate) fn packed_len(m: usize, k: usize) -> usize {
+    m * k
+}
+
+/// The `m x k` left operand `A[i][kk] = a[i * rsa + kk]` packed into `dst` for the kernel:
+/// blocks of six rows (the last one `m % 6` rows where that is not zero), the block from row
+/// `i0` at `i0 * k`, and within a block of `h` rows element `(i0 + i, kk)` at `kk * h + i`. The
+/// kernel then reads a block's `h` values for one `kk` from one address, consecutively,
+/// instead of from `h` rows `rsa` apart.
 ///
-/// Panics when an operand is too short, `offs` has fewer than `k` entries, a gathered row
-/// would read past `x`, or `lanes > 16`.
-#[allow(clippy::too_many_arguments)] // as panel_product, with the gather's three
-pub(crate) fn gather_product(
+/// Panics when `a` is too short for the shape or `dst` shorter than [`packed_len`].
+pub(crate) fn pack_left(m: usize, k: usize, a: &[f32], rsa: usize, dst: &mut [f32]) {
+    Strided { a, rsa }.check(m, k);
+    for i0 in (0..m).step_by(MR) {
+        let h = MR.min(m - i0);
+        let block = &mut dst[i0 * k..][..h * k];
+        for (kk, col) in block.chunks_exact_mut(h).enumerate() {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = a[(i0 + i) * rsa + kk];
+            }
+        }
+    }
+}
+
+/// [`panel_product`] with the left operand packed by [`pack_left`] (`a` holds its `m x k`
+/// elements): the same sums in the same order, so the same result, bit for bit.
+pub(crate) fn packed_panel_product(
     m: usize,
     k: usize,
     a: &[f32],
-    rsa: usize,
+    b: &[f32],
+    c: &mut [f32],
+    rsc: usize,
+    lanes: usize,
+) {
+    product(m, k, Packed { a, m, k }, Panel(b), c, rsc, lanes);
+}
+
+/// [`packed_panel_product`] with the right operand's rows gathered from an image instead of a
+/// panel: `B[kk][l] = x[offs[kk] + l]` for `l < 8` and `x[offs[kk] + delta + l - 8]` for the
+/// second half (`delta` is 8 where a row's 16 lanes are contiguous, an image row's pitch where
+/// they are two image rows of 8). This is the convolution without its im2col: `x` a
+/// zero-padded image, `offs` where each kernel tap reads, relative to the output pixels' first
+/// input pixel; `a` the kernel, packed by [`pack_left`].
+///
+/// Panics when an operand is too short, `offs` has fewer than `k` entries, a gathered row
+/// would read past `x`, or `lanes > 16`.
+#[allow(clippy::too_many_arguments)] // the shape, the packed kernel, the gather, the result
+pub(crate) fn packed_gather_product(
+    m: usize,
+    k: usize,
+    a: &[f32],
     x: &[f32],
     offs: &[u32],
     delta: usize,
@@ -147,15 +186,8 @@ pub(crate) fn gather_product(
     rsc: usize,
     lanes: usize,
 ) {
-    product(
-        m,
-        k,
-        Strided { a, rsa },
-        Gather { x, offs, delta },
-        c,
-        rsc,
-        lanes,
-    );
+    let b = Gather { x, offs, delta };
+    product(m, k, Packed { a, m, k }, b, c, rsc, lanes);
 }
 
 /// `C += A B` for `m` rows of `A`, `k` products per element and the first `lanes` columns of
@@ -285,6 +317,37 @@ impl Left for RowOffsets<'_> {
     }
 }
 
+/// `m x k` rows packed by [`pack_left`].
+#[derive(Clone, Copy)]
+struct Packed<'a> {
+    a: &'a [f32],
+    m: usize,
+    k: usize,
+}
+
+impl Left for Packed<'_> {
+    fn check(self, m: usize, k: usize) {
+        assert!(
+            m == self.m && k == self.k && packed_len(m, k) <= self.a.len(),
+            "packed product: left operand too short for {m}x{k}"
+        );
+    }
+    fn at(self, i: usize, kk: usize) -> f32 {
+        let i0 = i / MR * MR;
+        let h = MR.min(self.m - i0);
+        self.a[i0 * self.k + kk * h + i - i0]
+    }
+    #[cfg(target_arch = "x86_64")]
+    type Raw = avx2::Packed;
+    #[cfg(target_arch = "x86_64")]
+    fn raw(self) -> avx2::Packed {
+        avx2::Packed {
+            a: self.a.as_ptr(),
+            k: self.k,
+        }
+    }
+}
+
 /// A panel: row `kk` at `kk * 16`.
 #[derive(Clone, Copy)]
 struct Panel<'a>(&'a [f32]);
@@ -378,8 +441,12 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// Where the kernel finds row `i` of the left operand (its elements are consecutive).
+    /// Where the kernel finds row `i` of the left operand: its element `kk` at `row(i) + kk *
+    /// STEP`, for a block of `M` rows from the operand's start (after a `skip`).
     pub(super) trait Lhs: Copy {
+        /// Whether a block's elements of one `kk` are consecutive ([`Packed`]): the step from
+        /// one `kk` to the next is then the block's height; else 1.
+        const PACKED: bool = false;
         /// The address of row `i`'s first element.
         unsafe fn row(self, i: usize) -> *const f32;
         /// The operand from its row `i` on.
@@ -423,6 +490,28 @@ mod avx2 {
         unsafe fn skip(self, i: usize) -> Self {
             Self {
                 offs: self.offs.add(i),
+                ..self
+            }
+        }
+    }
+
+    /// Blocks of rows packed by [`super::pack_left`]: the block from row `i` at `i * k`.
+    #[derive(Clone, Copy)]
+    pub(super) struct Packed {
+        pub(super) a: *const f32,
+        pub(super) k: usize,
+    }
+
+    impl Lhs for Packed {
+        const PACKED: bool = true;
+        #[inline(always)]
+        unsafe fn row(self, i: usize) -> *const f32 {
+            self.a.add(i)
+        }
+        #[inline(always)]
+        unsafe fn skip(self, i: usize) -> Self {
+            Self {
+                a: self.a.add(i * self.k),
                 ..self
             }
         }
@@ -501,6 +590,7 @@ mod avx2 {
         rsc: usize,
         lanes: usize,
     ) {
+        let step = if A::PACKED { M } else { 1 };
         let a: [*const f32; M] = std::array::from_fn(|i| a.row(i));
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for kk in 0..k {
@@ -508,7 +598,7 @@ mod avx2 {
             let b0 = _mm256_loadu_ps(p0);
             let b1 = _mm256_loadu_ps(p1);
             for (i, s) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a[i].add(kk));
+                let av = _mm256_broadcast_ss(&*a[i].add(kk * step));
                 s[0] = _mm256_fmadd_ps(av, b0, s[0]);
                 s[1] = _mm256_fmadd_ps(av, b1, s[1]);
             }
@@ -597,6 +687,43 @@ mod tests {
     }
 
     #[test]
+    fn a_packed_left_operand_gives_the_strided_products_bit_for_bit() {
+        // row counts around the six-row blocks, rows with gaps (rsa > k), partial panels
+        for m in [1, 5, 6, 7, 13, 32] {
+            for k in [1, 9, 64] {
+                for lanes in [3, 16] {
+                    let rsa = k + 2;
+                    let a = wave(m * rsa, 0.37);
+                    let mut packed = vec![f32::NAN; packed_len(m, k)];
+                    pack_left(m, k, &a, rsa, &mut packed);
+                    assert!(packed.iter().all(|v| !v.is_nan()), "every element packed");
+                    let b = wave(k * NR, 0.11);
+                    let c0 = wave(m * NR, 0.23);
+                    let mut want = c0.clone();
+                    panel_product(m, k, &a, rsa, &b, &mut want, NR, lanes);
+                    let mut got = c0.clone();
+                    packed_panel_product(m, k, &packed, &b, &mut got, NR, lanes);
+                    assert_eq!(got, want, "m {m} k {k} lanes {lanes}");
+                    let mut plain = c0.clone();
+                    let p = Packed { a: &packed, m, k };
+                    portable_product(
+                        m,
+                        k,
+                        |i, kk| p.at(i, kk),
+                        |kk, l| b[kk * NR + l],
+                        &mut plain,
+                        NR,
+                        lanes,
+                    );
+                    for (g, w) in plain.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-5, "portable on packed: {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn gathered_rows_are_the_rows_of_a_panel() {
         // The same product with the right operand gathered from an "image" and packed as a
         // panel: contiguous rows (delta 8) and rows split over two image rows (delta 11).
@@ -612,11 +739,13 @@ mod tests {
                     }
                 }
                 let a = wave(m * k, 0.41);
+                let mut packed = vec![0f32; packed_len(m, k)];
+                pack_left(m, k, &a, k, &mut packed);
                 let c0 = wave(m * NR, 0.23);
                 let mut want = c0.clone();
                 panel_product(m, k, &a, k, &panel, &mut want, NR, NR);
                 let mut got = c0.clone();
-                gather_product(m, k, &a, k, &x, &offs, delta, &mut got, NR, NR);
+                packed_gather_product(m, k, &packed, &x, &offs, delta, &mut got, NR, NR);
                 assert_eq!(got, want, "m {m} k {k} delta {delta}");
             }
         }
@@ -649,7 +778,7 @@ mod tests {
         // the second half of row 1 would read x[23..31] of 30
         let (a, x) = (vec![0f32; 2], vec![0f32; 30]);
         let mut c = vec![0f32; NR];
-        gather_product(1, 2, &a, 2, &x, &[0, 15], 8, &mut c, NR, NR);
+        packed_gather_product(1, 2, &a, &x, &[0, 15], 8, &mut c, NR, NR);
     }
 
     #[test]
