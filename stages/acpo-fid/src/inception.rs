@@ -23,6 +23,7 @@
 use crate::error::{FidError, Result};
 use crate::io::ImageSet;
 use acpo_ops::conv::conv2d_bias_relu;
+use acpo_ops::copy::{cat_channels, pad_zeros};
 use acpo_ops::pool::{pool2d, PoolKind};
 use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
@@ -142,7 +143,7 @@ impl ConvBn {
             conv2d_bias_relu(x, &self.weight, &self.bias, ph, self.stride)?
         } else {
             // the conv takes one padding for both axes (1x7 / 7x1 convs)
-            let xp = x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?;
+            let xp = pad_zeros(x, ph, pw)?;
             conv2d_bias_relu(&xp, &self.weight, &self.bias, 0, self.stride)?
         })
     }
@@ -242,7 +243,7 @@ struct BlockE {
 }
 
 fn cat(parts: &[Tensor]) -> Result<Tensor> {
-    Ok(Tensor::cat(parts, 1)?)
+    Ok(cat_channels(parts)?)
 }
 
 impl BlockA {

@@ -8,6 +8,8 @@
 //! - [`attention`]: multi-head scaled dot-product attention, forward and backward.
 //! - [`resample`]: nearest-neighbour 2x upsampling, forward and backward.
 //! - [`pool`]: max and average pooling with padding (inference only).
+//! - [`copy`]: concatenation along the channels and zero padding, one task per image
+//!   (inference; tracked tensors go to candle's ops).
 //! - [`timing`]: opt-in wall-clock counters per op class, for the roofline bench.
 //! - `cpu_op`: what they share: the f32/f64 dispatch, host slices, fixed-order reductions, the
 //!   CPU feature check and a vectorisable f32 `exp`;
@@ -16,6 +18,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod copy;
 mod cpu_op;
 mod mat;
 pub mod norm;
