@@ -33,7 +33,9 @@ candle2=$("$bin" "$model" "$batch" "$steps")
 jax2=$("$venv/bin/python" scripts/bench/diffusion_peer.py "$model" "$batch" "$steps")
 echo "$candle1"; echo "$jax1"; echo "$candle2"; echo "$jax2"
 
-python3 - "$candle1" "$candle2" "$jax1" "$jax2" <<'PY' > bench/diffusion.json
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_bf16|amx_tile|amx_bf16|amx_int8)$' | sort | tr '\n' ' ')
+python3 - "$candle1" "$candle2" "$jax1" "$jax2" "$cpu" "$flags" "$(nproc)" <<'PY' > bench/diffusion.json
 import json, sys
 c = [json.loads(a) for a in sys.argv[1:3]]
 j = [json.loads(a) for a in sys.argv[3:5]]
@@ -44,6 +46,8 @@ print(json.dumps({
     "what": "UNet training step images/s, batch %d, 32x32, %d params (best of 2 runs each)" % (c[0]["batch"], c[0]["params"]),
     "candle_images_per_s": ci, "jax_images_per_s": ji,
     "candle_over_jax": round(ci / ji, 3),
+    "cpu": sys.argv[5], "flags": sys.argv[6].split(), "threads": int(sys.argv[7]),
+    "cores_busy": {"candle": max(x["cores_busy"] for x in c), "jax": max(x["cores_busy"] for x in j)},
     "runs": {"candle": c, "jax": j},
 }, indent=2))
 PY

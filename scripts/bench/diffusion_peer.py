@@ -208,16 +208,19 @@ m = jax.tree_util.tree_map(jnp.zeros_like, P)
 v = jax.tree_util.tree_map(jnp.zeros_like, P)
 s = cfg["image_size"]
 total = 0.0
+cpu = 0.0  # CPU seconds of all the process's threads during the timed steps
 for i in range(steps + 1):
     k1, k2, k3 = jax.random.split(nk(), 3)
     x0 = 0.5 * jax.random.normal(k1, (batch, s, s, cfg["in_channels"]))
     eps = jax.random.normal(k2, (batch, s, s, cfg["in_channels"]))
     t = jax.random.randint(k3, (batch,), 0, 1000)
     jax.block_until_ready((x0, eps, t))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     P, m, v, loss = step(P, m, v, float(i + 1), x0, t, eps)
     jax.block_until_ready(loss)
     if i > 0:  # the first step compiles
         total += time.perf_counter() - t0
+        cpu += time.process_time() - c0
 print(json.dumps({"impl": "jax-" + jax.__version__, "params": int(n_params), "batch": batch, "steps": steps,
-                  "step_s": round(total / steps, 4), "images_per_s": round(batch * steps / total, 3)}))
+                  "step_s": round(total / steps, 4), "images_per_s": round(batch * steps / total, 3),
+                  "cores_busy": round(cpu / total, 2)}))
