@@ -172,6 +172,12 @@ pub(crate) fn packed_panel_product(
 /// zero-padded image, `offs` where each kernel tap reads, relative to the output pixels' first
 /// input pixel; `a` the kernel, packed by [`pack_left`].
 ///
+/// With `copy` (and `k <= COPY_ROWS`) the gathered rows are first copied into a panel on the
+/// stack, which every block of six rows then reads: worth it where many blocks read the panel
+/// and its rows lie in distinct cache lines (a pointwise kernel's rows are a channel plane
+/// apart: 320 unaligned rows touch up to 640 lines, more than L1 holds, and each block re-read
+/// them). The same sums in the same order either way.
+///
 /// Panics when an operand is too short, `offs` has fewer than `k` entries, a gathered row
 /// would read past `x`, or `lanes > 16`.
 #[allow(clippy::too_many_arguments)] // the shape, the packed kernel, the gather, the result
@@ -179,16 +185,29 @@ pub(crate) fn packed_gather_product(
     m: usize,
     k: usize,
     a: &[f32],
-    x: &[f32],
-    offs: &[u32],
-    delta: usize,
+    (x, offs, delta): (&[f32], &[u32], usize),
+    copy: bool,
     c: &mut [f32],
     rsc: usize,
     lanes: usize,
 ) {
     let b = Gather { x, offs, delta };
+    if copy && k <= COPY_ROWS {
+        b.check(k);
+        let mut panel = [0f32; COPY_ROWS * NR];
+        for (kk, row) in panel.chunks_exact_mut(NR).take(k).enumerate() {
+            let o = offs[kk] as usize;
+            row[..NR / 2].copy_from_slice(&x[o..o + NR / 2]);
+            row[NR / 2..].copy_from_slice(&x[o + delta..o + delta + NR / 2]);
+        }
+        return product(m, k, Packed { a, m, k }, Panel(&panel), c, rsc, lanes);
+    }
     product(m, k, Packed { a, m, k }, b, c, rsc, lanes);
 }
+
+/// Gathered rows at most that [`packed_gather_product`] copies into a panel (20 KiB): the
+/// convolution's chunks of kernel rows are no longer (its `PANEL_ROWS`).
+const COPY_ROWS: usize = 320;
 
 /// `C += A B` for `m` rows of `A`, `k` products per element and the first `lanes` columns of
 /// `C` (rows `rsc` apart): every bound checked here, then the AVX2+FMA kernel where the CPU has
@@ -744,9 +763,12 @@ mod tests {
                 let c0 = wave(m * NR, 0.23);
                 let mut want = c0.clone();
                 panel_product(m, k, &a, k, &panel, &mut want, NR, NR);
-                let mut got = c0.clone();
-                packed_gather_product(m, k, &packed, &x, &offs, delta, &mut got, NR, NR);
-                assert_eq!(got, want, "m {m} k {k} delta {delta}");
+                for copy in [false, true] {
+                    let mut got = c0.clone();
+                    let b = (&x[..], &offs[..], delta);
+                    packed_gather_product(m, k, &packed, b, copy, &mut got, NR, NR);
+                    assert_eq!(got, want, "m {m} k {k} delta {delta} copy {copy}");
+                }
             }
         }
     }
@@ -778,7 +800,7 @@ mod tests {
         // the second half of row 1 would read x[23..31] of 30
         let (a, x) = (vec![0f32; 2], vec![0f32; 30]);
         let mut c = vec![0f32; NR];
-        packed_gather_product(1, 2, &a, &x, &[0, 15], 8, &mut c, NR, NR);
+        packed_gather_product(1, 2, &a, (&x, &[0, 15], 8), true, &mut c, NR, NR);
     }
 
     #[test]
