@@ -528,23 +528,22 @@ struct Taps {
     hp: usize,
     wp: usize,
     stride: usize,
-    /// Stride 1 with output rows that fit no panel: the product runs over the padded image's
-    /// pitch instead of over the output pixels ([`Taps::product_pitched`]).
+    /// Output rows that fit no panel: the product runs over the padded image's pitch instead
+    /// of over the output pixels ([`Taps::product_pitched`]; for stride 2 [`Taps::phased`]).
     pitched: bool,
 }
 
 impl Taps {
     /// None where the geometry does not allow it (a stride other than 1 or 2; for stride 2,
-    /// rows that fit no panel or an odd padded width; offsets past `u32`). Stride 1 with rows
-    /// that fit no panel is [`Taps::pitched`].
+    /// rows that fit a panel with an odd padded width; offsets past `u32`). Rows that fit no
+    /// panel are [`Taps::pitched`] (for stride 2 over [`Taps::phased`] planes).
     fn new(g: &Geom) -> Option<Self> {
         let (hp, wp, stride) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride);
         let rows_fit = g.ow.is_multiple_of(NR) || (g.ow == NR / 2 && g.oh.is_multiple_of(2));
-        let strided = stride == 1 || (stride == 2 && wp.is_multiple_of(2) && rows_fit);
+        let strided = stride == 1 || (stride == 2 && (wp.is_multiple_of(2) || !rows_fit));
         if !strided || g.l() == 0 || (!rows_fit && !pitch_enabled()) {
             return None;
         }
-        u32::try_from(g.c * hp * wp + NR).ok()?;
         let taps = Self {
             offs: vec![],
             hp,
@@ -552,24 +551,52 @@ impl Taps {
             stride,
             pitched: !rows_fit,
         };
+        u32::try_from(g.c * taps.plane() + NR).ok()?;
         let mut offs = Vec::with_capacity(g.ckk());
         for c in 0..g.c {
             for ky in 0..g.kh {
                 for kx in 0..g.kw {
-                    offs.push((c * hp * wp + taps.at(ky, kx)) as u32);
+                    offs.push((c * taps.plane() + taps.at(ky, kx)) as u32);
                 }
             }
         }
         Some(Self { offs, ..taps })
     }
 
-    /// Elements of the padded image, `[C, HP, WP]`, and for [`Taps::pitched`] the 16 zeros
-    /// that its last panel reads past the image; none where it is the image itself.
+    /// Stride 2 with output rows that fit no panel (the FID Inception's stem, its reductions to
+    /// 35, 17 and 8 pixels): each channel of the padded image is stored as four phase planes,
+    /// its pixels `(2i + py, 2j + px)` at `(i, j)` of plane `(py, px)` (`ceil(HP / 2) x
+    /// ceil(WP / 2)` each). Output pixel `(oy, ox)` reads through tap `(ky, kx)` the pixel
+    /// `(oy + ky / 2, ox + kx / 2)` of plane `(ky % 2, kx % 2)`, so over a plane's pitch the
+    /// positions `oy * pitch + ox` are consecutive as for stride 1 ([`Taps::product_pitched`]).
+    fn phased(&self) -> bool {
+        self.stride == 2 && self.pitched
+    }
+
+    /// Elements per channel of the padded image: `HP x WP`, or four [`Taps::phased`] planes.
+    fn plane(&self) -> usize {
+        match self.phased() {
+            true => 4 * self.hp.div_ceil(2) * self.pitch(),
+            false => self.hp * self.wp,
+        }
+    }
+
+    /// Elements from one row of the padded image to the next as [`Taps::product_pitched`]
+    /// reads it: `WP`, or a [`Taps::phased`] plane's `ceil(WP / 2)`.
+    fn pitch(&self) -> usize {
+        match self.phased() {
+            true => self.wp.div_ceil(2),
+            false => self.wp,
+        }
+    }
+
+    /// Elements of the padded image, `C` times [`Taps::plane`], and for [`Taps::pitched`] the
+    /// 16 zeros that its last panel reads past the image; none where it is the image itself.
     fn padded_len(&self, g: &Geom) -> usize {
         match (self.is_image(g), self.pitched) {
             (true, _) => 0,
-            (false, false) => g.c * self.hp * self.wp,
-            (false, true) => g.c * self.hp * self.wp + NR,
+            (false, false) => g.c * self.plane(),
+            (false, true) => g.c * self.plane() + NR,
         }
     }
 
@@ -582,7 +609,7 @@ impl Taps {
     /// [`Taps::pitched`] with gaps between the output rows in the pitch (`WP > OW`): the
     /// product then writes a scratch tile and copies its output pixels out.
     fn needs_tile(&self, g: &Geom) -> bool {
-        self.pitched && self.wp > g.ow
+        self.pitched && self.pitch() > g.ow
     }
 
     /// The padded image of `x`: `x` itself where [`Taps::is_image`], else `buffer` after
@@ -605,16 +632,34 @@ impl Taps {
     }
 
     /// Where padded pixel `(y, x)` of a channel is stored: row `y`, then by the parity of `x`
-    /// for stride 2.
+    /// for stride 2; in its [`Taps::phased`] plane.
     fn at(&self, y: usize, x: usize) -> usize {
+        if self.phased() {
+            let (w2, plane) = (self.pitch(), self.plane() / 4);
+            return (y % 2 * 2 + x % 2) * plane + y / 2 * w2 + x / 2;
+        }
         y * self.wp + x % self.stride * (self.wp / self.stride) + x / self.stride
     }
 
-    /// Copies image `x` (`[C, H, W]`) into the interior of `padded` (`[C, HP, WP]`, stored as
-    /// [`Taps::at`] says).
+    /// Copies image `x` (`[C, H, W]`) into the interior of `padded` (`C` planes of
+    /// [`Taps::plane`], stored as [`Taps::at`] says).
     fn pad<T: Copy>(&self, g: &Geom, x: &[T], padded: &mut [T]) {
-        let plane = self.hp * self.wp;
+        let plane = self.plane();
         for (src, dst) in x.chunks(g.h * g.w).zip(padded.chunks_mut(plane)) {
+            if self.phased() {
+                // per input row, its even and its odd padded columns into the two planes' rows
+                for (iy, srow) in src.chunks(g.w).enumerate() {
+                    let y = iy + g.pad;
+                    for ix0 in 0..2.min(g.w) {
+                        let x0 = ix0 + g.pad;
+                        let row = &mut dst[self.at(y, x0)..];
+                        for (d, &v) in row.iter_mut().zip(srow[ix0..].iter().step_by(2)) {
+                            *d = v;
+                        }
+                    }
+                }
+                continue;
+            }
             for (iy, srow) in src.chunks(g.w).enumerate() {
                 let row = &mut dst[(iy + g.pad) * self.wp..][..self.wp];
                 if self.stride == 1 {
@@ -677,11 +722,12 @@ impl Taps {
         }
     }
 
-    /// [`Taps::product`] for stride 1 with output rows that fit no panel: the product runs over
-    /// the positions `q = oy * WP + ox` of the padded image's pitch, `ox < WP`, where a panel's
-    /// 16 columns of every tap are again 16 consecutive elements of the padded image; the `WP -
-    /// OW` positions past each output row are computed and dropped. With no such gap (`WP =
-    /// OW`: pointwise, or no padding across the rows) the positions are the output pixels and
+    /// [`Taps::product`] for output rows that fit no panel: the product runs over the positions
+    /// `q = oy * P + ox` of the padded image's pitch `P` ([`Taps::pitch`]: `WP`, or for stride 2
+    /// a [`Taps::phased`] plane's), `ox < P`, where a panel's 16 columns of every tap are again
+    /// 16 consecutive elements of the padded image; the `P - OW` positions past each output
+    /// row are computed and dropped. With no such gap (`P = OW`: pointwise, or no padding
+    /// across the rows) the positions are the output pixels and
     /// the product adds into `y`; otherwise into a scratch `tile` of [`pitch_tile`] positions
     /// per output channel, filled with the bias first, whose output pixels are then copied
     /// into `y`. Per output pixel the sums are those of the im2col panels, in the same order.
@@ -695,7 +741,7 @@ impl Taps {
         tile: &mut [f32],
     ) {
         let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
-        let positions = (g.oh - 1) * self.wp + g.ow;
+        let positions = (g.oh - 1) * self.pitch() + g.ow;
         let t = pitch_tile(g);
         let chunk = panel_chunk(ckk);
         for q0 in (0..positions).step_by(t) {
@@ -734,9 +780,9 @@ impl Taps {
         y: &mut [f32],
         g: &Geom,
     ) {
-        let l = g.l();
-        for oy in qs.start / self.wp..=(qs.end - 1) / self.wp {
-            let row = oy * self.wp;
+        let (l, pitch) = (g.l(), self.pitch());
+        for oy in qs.start / pitch..=(qs.end - 1) / pitch {
+            let row = oy * pitch;
             let (lo, hi) = (qs.start.max(row), qs.end.min(row + g.ow));
             if lo >= hi {
                 continue;
@@ -1432,7 +1478,9 @@ mod tests {
         let threads = rayon::current_num_threads();
         let plan = Plan::new::<f32>(Geom { b: threads, ..s2 });
         if plan.kernel == Kernel::Panels {
-            assert_eq!(plan.rt, 8);
+            // with the pitch on (the default) that layer reads phase planes, no im2col tiles
+            let phased = plan.taps.as_ref().is_some_and(|t| t.phased());
+            assert!(phased || plan.rt == 8, "{plan:?}");
         }
     }
 
@@ -1539,8 +1587,9 @@ mod tests {
             }
         }
         // stride 1 always gathers (over the padded image's pitch where the rows fit no
-        // panel), stride 2 with rows of 8 or 16 output pixels and an even padded width
-        assert_eq!(gathered, 14 * 3, "gathering shapes");
+        // panel), stride 2 with rows of 8 or 16 output pixels and an even padded width, or over
+        // phase planes where the rows fit no panel: all but the 32x31 stride-2 image
+        assert_eq!(gathered, 15 * 3, "gathering shapes");
     }
 
     #[test]
@@ -1576,6 +1625,39 @@ mod tests {
                 ..pitched.clone()
             };
             let got = forward_tiled(&x, &wt, &bias, &pitched, None);
+            assert_eq!(got, forward_tiled(&x, &wt, &bias, &im2col, None), "{at}");
+            let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
+            let d = max_abs_diff(&want, &got);
+            assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
+        }
+    }
+
+    #[test]
+    fn stride_two_over_phase_planes_computes_what_the_im2col_panels_compute() {
+        // Stride 2 with rows that fit no panel (the FID Inception's stem, 299 -> 149, and its
+        // reductions to 35, 17, 8): the pitched product over the four phase planes against the
+        // im2col panels, bit for bit, and against gemm within f32 rounding. Odd and even padded
+        // sizes, padding, 1x1 and 5x5 kernels, several tiles, many output channels, batch 1.
+        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
+        for (b, c, cout, hw, k, pad) in [
+            (2, 3, 32, (19, 19), 3, 0),
+            (1, 5, 7, (15, 14), 3, 1),
+            (2, 4, 9, (11, 13), 3, 0),
+            (2, 6, 5, (9, 12), 1, 0),
+            (1, 3, 6, (17, 15), 5, 2),
+            (2, 2, 700, (13, 13), 3, 1),
+            (2, 8, 80, (21, 21), 1, 0),
+        ] {
+            let (g, x, wt, _) = batch::<f32>(b, c, cout, hw, (k, pad, 2));
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let phased = Plan::with(g, g.oh, Kernel::Panels);
+            let at = format!("b {b} c {c} cout {cout} {hw:?} {k}x{k} pad {pad}");
+            assert!(phased.taps.as_ref().is_some_and(|t| t.phased()), "{at}");
+            let im2col = Plan {
+                taps: None,
+                ..phased.clone()
+            };
+            let got = forward_tiled(&x, &wt, &bias, &phased, None);
             assert_eq!(got, forward_tiled(&x, &wt, &bias, &im2col, None), "{at}");
             let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
             let d = max_abs_diff(&want, &got);
