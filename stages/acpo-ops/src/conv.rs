@@ -1600,7 +1600,6 @@ mod tests {
         // between rows (padding) and none (pointwise, a 7x1 kernel), a ragged last panel,
         // several tiles per image (many output channels), two chunks of kernel rows, batch 1,
         // a pointwise kernel whose gathered rows are copied into a panel (COPY_MIN_COUT).
-        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
         for (b, c, cout, hw, (kh, kw), pad) in [
             (2, 400, 80, (17, 17), (1, 1), 0),
             (2, 3, 7, (7, 6), (3, 3), 1),
@@ -1616,20 +1615,28 @@ mod tests {
             let g = Geom::new(&[b, c, hw.0, hw.1], &[cout, c, kh, kw], pad, 1);
             let wave = |n: usize, f: f32| (0..n).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
             let (x, wt) = (wave(b * g.in_len(), 0.37), wave(cout * g.ckk(), 0.13));
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
-            let pitched = Plan::with(g, g.oh, Kernel::Panels);
             let at = format!("b {b} c {c} cout {cout} {hw:?} {kh}x{kw} pad {pad}");
+            let pitched = Plan::with(g, g.oh, Kernel::Panels);
             assert!(pitched.taps.as_ref().is_some_and(|t| t.pitched), "{at}");
-            let im2col = Plan {
-                taps: None,
-                ..pitched.clone()
-            };
-            let got = forward_tiled(&x, &wt, &bias, &pitched, None);
-            assert_eq!(got, forward_tiled(&x, &wt, &bias, &im2col, None), "{at}");
-            let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
-            let d = max_abs_diff(&want, &got);
-            assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
+            gathers_what_the_im2col_panels_compute(&pitched, &x, &wt, &at);
         }
+    }
+
+    /// `plan` (with [`Taps`]) computes what its im2col panels compute, bit for bit, and what
+    /// gemm computes within f32 rounding; `at` names the case.
+    fn gathers_what_the_im2col_panels_compute(plan: &Plan, x: &[f32], wt: &[f32], at: &str) {
+        let g = plan.g;
+        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
+        let bias: Vec<f32> = (0..g.cout).map(|i| i as f32 * 0.1 - 0.2).collect();
+        let im2col = Plan {
+            taps: None,
+            ..plan.clone()
+        };
+        let got = forward_tiled(x, wt, &bias, plan, None);
+        assert_eq!(got, forward_tiled(x, wt, &bias, &im2col, None), "{at}");
+        let want = forward_tiled(x, wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
+        let d = max_abs_diff(&want, &got);
+        assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
     }
 
     #[test]
@@ -1638,7 +1645,6 @@ mod tests {
         // reductions to 35, 17, 8): the pitched product over the four phase planes against the
         // im2col panels, bit for bit, and against gemm within f32 rounding. Odd and even padded
         // sizes, padding, 1x1 and 5x5 kernels, several tiles, many output channels, batch 1.
-        let f32_sum_error = |terms: usize| 4.0 * f64::from(f32::EPSILON) * terms as f64;
         for (b, c, cout, hw, k, pad) in [
             (2, 3, 32, (19, 19), 3, 0),
             (1, 5, 7, (15, 14), 3, 1),
@@ -1649,19 +1655,10 @@ mod tests {
             (2, 8, 80, (21, 21), 1, 0),
         ] {
             let (g, x, wt, _) = batch::<f32>(b, c, cout, hw, (k, pad, 2));
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.2).collect();
-            let phased = Plan::with(g, g.oh, Kernel::Panels);
             let at = format!("b {b} c {c} cout {cout} {hw:?} {k}x{k} pad {pad}");
+            let phased = Plan::with(g, g.oh, Kernel::Panels);
             assert!(phased.taps.as_ref().is_some_and(|t| t.phased()), "{at}");
-            let im2col = Plan {
-                taps: None,
-                ..phased.clone()
-            };
-            let got = forward_tiled(&x, &wt, &bias, &phased, None);
-            assert_eq!(got, forward_tiled(&x, &wt, &bias, &im2col, None), "{at}");
-            let want = forward_tiled(&x, &wt, &bias, &Plan::with(g, g.oh, Kernel::Gemm), None);
-            let d = max_abs_diff(&want, &got);
-            assert!(d <= f32_sum_error(g.ckk()), "{at}: {d}");
+            gathers_what_the_im2col_panels_compute(&phased, &x, &wt, &at);
         }
     }
 
