@@ -10,11 +10,11 @@
 //! copy on rayon's threads, which run the convolutions. Tensors that autograd tracks, other
 //! devices and other dtypes go to candle's ops, which the tests compare against.
 
-use candle_core::{DType, Device, Storage, Tensor, WithDType};
+use candle_core::{DType, Device, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::cpu_op::contiguous_slice;
+use crate::cpu_op::on_host_all;
 
 /// `parts` (each `[B, C_i, H, W]`, the same `B`, `H`, `W` and dtype) concatenated along the
 /// channels: `[B, sum C_i, H, W]`, as `Tensor::cat(parts, 1)`.
@@ -40,10 +40,7 @@ pub fn cat_channels(parts: &[Tensor]) -> candle_core::Result<Tensor> {
     if !parts.iter().all(host_untracked) {
         return Tensor::cat(parts, 1);
     }
-    let parts = parts
-        .iter()
-        .map(|p| p.contiguous())
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let parts: Vec<&Tensor> = parts.iter().collect();
     let shape = (b, c, h, w);
     match first.dtype() {
         DType::F32 => per_image::<f32>(&parts, shape, cat_image),
@@ -58,7 +55,7 @@ pub fn pad_zeros(x: &Tensor, ph: usize, pw: usize) -> candle_core::Result<Tensor
     if !host_untracked(x) {
         return x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw);
     }
-    let parts = [x.contiguous()?];
+    let parts = [x];
     let shape = (b, c, h + 2 * ph, w + 2 * pw);
     let (hw, p) = ((h, w), (ph, pw));
     match x.dtype() {
@@ -75,36 +72,30 @@ fn host_untracked(t: &Tensor) -> bool {
 }
 
 /// The `[B, C, H, W]` tensor of `shape` whose image `i` `write` fills, every element, from
-/// image `i` of each of `inputs` (contiguous CPU tensors of dtype `T`): one task per image.
+/// image `i` of each of `inputs` (CPU tensors of dtype `T`, read in place where contiguous,
+/// [`on_host_all`]): one task per image.
 fn per_image<T: WithDType>(
-    inputs: &[Tensor],
+    inputs: &[&Tensor],
     shape: (usize, usize, usize, usize),
     write: impl Fn(&[&[T]], &mut [MaybeUninit<T>]) + Sync,
 ) -> candle_core::Result<Tensor> {
-    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
-    let slices = guards
-        .iter()
-        .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(cpu) => contiguous_slice(cpu.as_slice::<T>()?, layout, "copy"),
-            _ => candle_core::bail!("copy: a CPU tensor's storage is not on the CPU"),
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
     let (b, c, h, w) = shape;
     let image = c * h * w;
     let mut out = Vec::<T>::with_capacity(b * image);
-    out.spare_capacity_mut()[..b * image]
-        .par_chunks_mut(image.max(1))
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let src: Vec<&[T]> = slices
-                .iter()
-                .map(|s| &s[i * s.len() / b..][..s.len() / b])
-                .collect();
-            write(&src, dst);
-        });
+    on_host_all(inputs, |slices: &[&[T]]| {
+        out.spare_capacity_mut()[..b * image]
+            .par_chunks_mut(image.max(1))
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let src: Vec<&[T]> = slices
+                    .iter()
+                    .map(|s| &s[i * s.len() / b..][..s.len() / b])
+                    .collect();
+                write(&src, dst);
+            });
+    })?;
     // SAFETY: every chunk, and so every element, was written by `write` (its contract).
     unsafe { out.set_len(b * image) };
-    drop(guards);
     Tensor::from_vec(out, shape, &Device::Cpu)
 }
 

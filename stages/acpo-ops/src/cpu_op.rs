@@ -227,6 +227,14 @@ pub fn on_host<T: WithDType, R, const N: usize>(
     ts: [&Tensor; N],
     f: impl FnOnce([&[T]; N]) -> R,
 ) -> candle_core::Result<R> {
+    on_host_all(&ts, |slices| f(std::array::from_fn(|i| slices[i])))
+}
+
+/// [`on_host`] for any number of tensors: `f` gets one slice per tensor, in order.
+pub(crate) fn on_host_all<T: WithDType, R>(
+    ts: &[&Tensor],
+    f: impl FnOnce(&[&[T]]) -> R,
+) -> candle_core::Result<R> {
     let borrowable = |t: &Tensor| t.is_contiguous() && t.device().is_cpu();
     // copies first, under no lock of ours
     let copies = ts
@@ -237,18 +245,18 @@ pub fn on_host<T: WithDType, R, const N: usize>(
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices: [&[T]; N] = [&[]; N];
-    for ((slice, copy), (storage, layout)) in slices.iter_mut().zip(&copies).zip(&guards) {
-        *slice = match (copy, &**storage) {
+    let mut slices: Vec<&[T]> = Vec::with_capacity(ts.len());
+    for (copy, (storage, layout)) in copies.iter().zip(&guards) {
+        slices.push(match (copy, &**storage) {
             (Some(v), _) => v,
             (None, Storage::Cpu(cpu)) => {
                 let (a, b) = layout.contiguous_offsets().expect("checked contiguous");
                 &cpu.as_slice::<T>()?[a..b]
             }
             (None, _) => candle_core::bail!("on_host: a CPU tensor's storage is not on the CPU"),
-        };
+        });
     }
-    Ok(f(slices))
+    Ok(f(&slices))
 }
 
 /// Buffers that the tasks of one parallel loop reuse: a task takes one (or makes one when all
