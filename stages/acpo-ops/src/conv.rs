@@ -401,6 +401,15 @@ fn panel_chunk(ckk: usize) -> usize {
     ckk.div_ceil(ckk.div_ceil(PANEL_ROWS))
 }
 
+/// The chunks of [`panel_chunk`] kernel rows as `(k0, kc)`: the first row and the row count.
+/// The packed kernel ([`packed_kernel`]) and every product over it take the same chunks.
+fn kernel_chunks(ckk: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
+    let chunk = panel_chunk(ckk);
+    (0..ckk)
+        .step_by(chunk)
+        .map(move |k0| (k0, chunk.min(ckk - k0)))
+}
+
 /// Output rows per tile: as many as fit [`TILE_ELEMS`], at least one.
 fn tile_rows(g: &Geom) -> usize {
     (TILE_ELEMS / (g.ckk() * g.ow).max(1)).clamp(1, g.oh.max(1))
@@ -635,8 +644,8 @@ impl Taps {
     /// for stride 2; in its [`Taps::phased`] plane.
     fn at(&self, y: usize, x: usize) -> usize {
         if self.phased() {
-            let (w2, plane) = (self.pitch(), self.plane() / 4);
-            return (y % 2 * 2 + x % 2) * plane + y / 2 * w2 + x / 2;
+            let (h2, w2) = (self.hp.div_ceil(2), self.pitch());
+            return (y % 2 * 2 + x % 2) * h2 * w2 + y / 2 * w2 + x / 2;
         }
         y * self.wp + x % self.stride * (self.wp / self.stride) + x / self.stride
     }
@@ -702,22 +711,20 @@ impl Taps {
         } else {
             self.stride * self.wp
         };
-        let chunk = panel_chunk(ckk);
-        let mut panel = |p: usize, k0: usize| {
+        let mut panel = |p: usize, (k0, kc): (usize, usize)| {
             let at = self.stride * (p / g.ow) * self.wp + p % g.ow;
-            let kc = chunk.min(ckk - k0);
             let (a, offs) = (&w[g.cout * k0..], &self.offs[k0..]);
             let b = (&padded[at..], offs, delta);
             packed_gather_product(g.cout, kc, a, b, copy_rows(g), &mut y[p..], l, NR);
         };
         // the same sums in the same order either way; only which operand stays in cache
         if g.cout * ckk > LARGE_KERNEL {
-            for k0 in (0..ckk).step_by(chunk) {
-                (0..l).step_by(NR).for_each(|p| panel(p, k0));
+            for chunk in kernel_chunks(ckk) {
+                (0..l).step_by(NR).for_each(|p| panel(p, chunk));
             }
         } else {
             for p in (0..l).step_by(NR) {
-                (0..ckk).step_by(chunk).for_each(|k0| panel(p, k0));
+                kernel_chunks(ckk).for_each(|chunk| panel(p, chunk));
             }
         }
     }
@@ -743,7 +750,6 @@ impl Taps {
         let (ckk, l, cout) = (g.ckk(), g.l(), g.cout);
         let positions = (g.oh - 1) * self.pitch() + g.ow;
         let t = pitch_tile(g);
-        let chunk = panel_chunk(ckk);
         for q0 in (0..positions).step_by(t) {
             let n = t.min(positions - q0);
             let (c, rsc) = match self.needs_tile(g) {
@@ -755,8 +761,7 @@ impl Taps {
                 }
                 false => (&mut y[q0..], l),
             };
-            for k0 in (0..ckk).step_by(chunk) {
-                let kc = chunk.min(ckk - k0);
+            for (k0, kc) in kernel_chunks(ckk) {
                 let (a, offs) = (&w[cout * k0..], &self.offs[k0..]);
                 for p in (0..n).step_by(NR) {
                     let (b, lanes) = ((&padded[q0 + p..], offs, NR / 2), NR.min(n - p));
@@ -833,9 +838,7 @@ fn packed_kernel<T: 'static>(w: &[T], plan: &Plan) -> Vec<f32> {
     }
     let (w, ckk, cout) = (f32s(w), plan.g.ckk(), plan.g.cout);
     let mut packed = vec![0f32; packed_len(cout, ckk)];
-    let chunk = panel_chunk(ckk);
-    for k0 in (0..ckk).step_by(chunk) {
-        let kc = chunk.min(ckk - k0);
+    for (k0, kc) in kernel_chunks(ckk) {
         pack_left(cout, kc, &w[k0..], ckk, &mut packed[cout * k0..]);
     }
     packed
@@ -931,9 +934,7 @@ fn conv_image<T: WithDType>(
 /// (`w` is [`packed_kernel`]'s).
 fn forward_panels(w: &[f32], cols: &[f32], y: &mut [f32], g: &Geom, p0: usize, n: usize) {
     let ckk = g.ckk();
-    let chunk = panel_chunk(ckk);
-    for k0 in (0..ckk).step_by(chunk) {
-        let kc = chunk.min(ckk - k0);
+    for (k0, kc) in kernel_chunks(ckk) {
         for (pp, panel) in cols[..panels_len(ckk, n)].chunks(ckk * NR).enumerate() {
             let lanes = NR.min(n - pp * NR);
             let (a, b) = (&w[g.cout * k0..], &panel[k0 * NR..]);
@@ -1670,19 +1671,9 @@ mod tests {
         for (c, cout, hw, k, pad) in [(64, 256, (8, 8), 3, 1), (600, 256, (4, 16), 1, 0)] {
             let (g, x, wt, _) = batch::<f32>(2, c, cout, hw, (k, pad, 1));
             assert!(g.cout * g.ckk() > LARGE_KERNEL);
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.01).collect();
             let gathered = Plan::with(g, g.oh, Kernel::Panels);
             assert!(gathered.taps.as_ref().is_some_and(|t| !t.pitched));
-            let im2col = Plan {
-                taps: None,
-                ..gathered.clone()
-            };
-            let got = forward_tiled(&x, &wt, &bias, &gathered, None);
-            assert_eq!(
-                got,
-                forward_tiled(&x, &wt, &bias, &im2col, None),
-                "c {c} {hw:?}"
-            );
+            gathers_what_the_im2col_panels_compute(&gathered, &x, &wt, &format!("c {c} {hw:?}"));
         }
     }
 
