@@ -24,6 +24,7 @@
 
 use crate::cpu_op::avx2_fma;
 use std::any::TypeId;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// Columns per panel: two AVX2 registers of f32.
@@ -194,13 +195,20 @@ pub(crate) fn packed_gather_product(
     let b = Gather { x, offs, delta };
     if copy && k <= COPY_ROWS {
         b.check(k);
-        let mut panel = [0f32; COPY_ROWS * NR];
-        for (kk, row) in panel.chunks_exact_mut(NR).take(k).enumerate() {
-            let o = offs[kk] as usize;
-            row[..NR / 2].copy_from_slice(&x[o..o + NR / 2]);
-            row[NR / 2..].copy_from_slice(&x[o + delta..o + delta + NR / 2]);
+        // not zeroed first: only the k rows written below are read (20 KiB per call otherwise)
+        let mut panel = [MaybeUninit::<f32>::uninit(); COPY_ROWS * NR];
+        for (row, &o) in panel.chunks_exact_mut(NR).zip(&offs[..k]) {
+            let (lo, hi) = row.split_at_mut(NR / 2);
+            let o = o as usize;
+            for (half, src) in [(lo, &x[o..o + NR / 2]), (hi, &x[o + delta..][..NR / 2])] {
+                for (d, &v) in half.iter_mut().zip(src) {
+                    d.write(v);
+                }
+            }
         }
-        return product(m, k, Packed { a, m, k }, Panel(&panel), c, rsc, lanes);
+        // SAFETY: the first k rows of 16, all that this slice covers, were written above.
+        let panel = unsafe { std::slice::from_raw_parts(panel.as_ptr().cast::<f32>(), k * NR) };
+        return product(m, k, Packed { a, m, k }, Panel(panel), c, rsc, lanes);
     }
     product(m, k, Packed { a, m, k }, b, c, rsc, lanes);
 }
